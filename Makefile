@@ -1,0 +1,41 @@
+# Two entry points: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv and install riftune into it first if needed.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_DATA := $(abspath ../shared/data/medmnist)
+# Where the MedMNIST files are: $RIFTUNE_DATA if set, else ../shared/data/medmnist if present
+# (otherwise riftune downloads them to ~/.medmnist when online).
+ifeq ($(RIFTUNE_DATA),)
+ifneq ($(wildcard $(SHARED_DATA)/breastmnist.npz),)
+export RIFTUNE_DATA := $(SHARED_DATA)
+endif
+endif
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/riftune demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check riftune tests benchmarks
+	$(VENV)/bin/ruff format --check riftune tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

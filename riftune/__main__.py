@@ -1,0 +1,3 @@
+from riftune.cli import main
+
+raise SystemExit(main())

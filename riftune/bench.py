@@ -1,0 +1,360 @@
+"""``riftune bench``: what each regularizer adds to a training step, as a ratio to plain finetuning.
+
+All variants train the same model on the same fixed batch with the engine's own
+:class:`~riftune.step.TrainStep`. Measurements are interleaved: each round runs every variant
+for ``--steps`` timed steps (after ``--warmup`` untimed ones) in a shuffled order, so drift of a
+shared machine hits all alike. A variant's ratio is the median over rounds of
+(its median step time / plain finetuning's median step time in the same round). On CUDA the
+peak memory of each variant's steps is measured too (``torch.cuda.max_memory_allocated``).
+
+Also measured: the reference pass (pretrained embeddings of one epoch's images, eval mode, plus
+RIFT's statistics) as a fraction of one training epoch; and the regularizer's own cost
+(forward + backward of the penalty alone on random embeddings) against feature size d and
+batch size n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from riftune import distributed, regularizers
+from riftune.engine import autocast_dtype
+from riftune.models import build_classifier
+from riftune.regularizers import PretrainedView
+from riftune.report import summary_table
+from riftune.schedule import warmup_cosine
+from riftune.step import Teacher, TrainStep
+from riftune.tuning import get as get_method
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A regularizer configuration to time: a label and the flags that build it."""
+
+    label: str
+    reg: str
+    flags: dict
+
+    def build(self, dim: int) -> regularizers.Regularizer:
+        from riftune.config import finetune_parser
+
+        args = finetune_parser().parse_args(["--reg", self.reg])
+        for key, value in self.flags.items():
+            setattr(args, key, value)
+        return regularizers.get(self.reg).from_args(args, dim)
+
+
+def default_variants() -> list[Variant]:
+    """Plain finetuning, every RIFT variant, and the baselines the issue compares."""
+    variants = [Variant("plain (none)", "none", {})]
+    for q in ("identity", "learned", "optimal"):
+        for stats in ("batch", "ema"):
+            variants.append(
+                Variant(
+                    f"rift covariance q={q} stats={stats}",
+                    "rift",
+                    {"rift_match": "covariance", "rift_q": q, "rift_stats": stats},
+                )
+            )
+    for q in ("identity", "learned", "optimal"):
+        for source in ("cache", "teacher"):
+            variants.append(
+                Variant(
+                    f"rift paired q={q} ref={source}",
+                    "rift",
+                    {"rift_match": "paired", "rift_q": q, "rift_reference": source},
+                )
+            )
+    for source in ("teacher", "cache"):
+        variants.append(Variant(f"cka ref={source}", "cka", {"reference": source}))
+        variants.append(
+            Variant(f"feature-distill ref={source}", "feature-distill", {"reference": source})
+        )
+    variants.append(Variant("l2sp", "l2sp", {}))
+    return variants
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Runner:
+    """One variant's TrainStep on the shared model and batch."""
+
+    def __init__(self, variant, model, method, images, labels, cache, ctx, amp_dtype, lr):
+        self.variant = variant
+        reg = variant.build(model.num_features)
+        reg.prepare(PretrainedView(model=model, train_embeddings=cache.cpu()))
+        reg.to(ctx.device)
+        optimizer = torch.optim.AdamW(
+            method.param_groups(model, backbone_lr=lr, head_lr=lr)
+            + [{"params": list(reg.parameters()), "lr": lr, "weight_decay": 0.0}],
+            lr=lr,
+        )
+        teacher = None
+        if reg.reference == "teacher" or reg.needs_feature_maps:
+            switch = method.pretrained_forward(model)
+            teacher = Teacher(
+                model,
+                (lambda: method.pretrained_forward(model)) if switch is not None else None,
+                feature_maps=reg.needs_feature_maps,
+            )
+        self.step = TrainStep(
+            model,
+            reg,
+            optimizer,
+            warmup_cosine(optimizer, 0, 10**9),
+            torch.amp.GradScaler(ctx.device.type, enabled=False),
+            ctx,
+            lam=1.0,
+            grad_clip=1.0,
+            amp_dtype=amp_dtype,
+            reference_cache=cache if reg.reference == "cache" else None,
+            teacher=teacher,
+        )
+        self.images, self.labels = images, labels
+        self.indices = torch.arange(len(images))
+        self.device = ctx.device
+
+    def run(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            _sync(self.device)
+            start = time.perf_counter()
+            self.step(self.images, self.labels, self.indices)
+            _sync(self.device)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return times
+
+
+def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]:
+    ctx = distributed.setup(args.device)
+    amp_dtype = autocast_dtype(args.amp, ctx.device)
+    torch.manual_seed(0)
+    model = build_classifier(
+        args.backbone, num_classes=2, pretrained=not args.no_pretrained, img_size=args.img_size
+    ).to(ctx.device)
+    method = get_method(args.method)()
+    method.apply(model)
+    model.to(ctx.device)
+    method.configure(model, 0, 1)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=ctx.device)
+    labels = torch.randint(0, 2, (args.batch_size,), device=ctx.device)
+    with (
+        torch.no_grad(),
+        torch.autocast(
+            ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ),
+    ):
+        model.eval()
+        cache = torch.cat([model.embed(images + 0.1 * torch.randn_like(images)) for _ in range(4)])[
+            : args.batch_size
+        ].float()
+        model.train()
+        method.configure(model, 0, 1)
+    runners = [
+        _Runner(v, model, method, images, labels, cache, ctx, amp_dtype, 1e-5) for v in variants
+    ]
+    for runner in runners:
+        runner.run(args.warmup)
+    medians: dict[str, list[float]] = {v.label: [] for v in variants}
+    peaks: dict[str, float] = {}
+    order = list(range(len(runners)))
+    rng = random.Random(0)
+    for _ in range(args.rounds):
+        rng.shuffle(order)
+        for i in order:
+            runner = runners[i]
+            if ctx.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(ctx.device)
+            medians[runner.variant.label].append(statistics.median(runner.run(args.steps)))
+            if ctx.device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+                peaks[runner.variant.label] = max(peaks.get(runner.variant.label, 0.0), peak)
+    base = variants[0].label
+    rows = []
+    for v in variants:
+        ratios = [m / b for m, b in zip(medians[v.label], medians[base], strict=True)]
+        row = {
+            "variant": v.label,
+            "step_ms": statistics.median(medians[v.label]),
+            "time_ratio": statistics.median(ratios),
+        }
+        if peaks:
+            row["peak_mib"] = peaks[v.label]
+            row["memory_ratio"] = peaks[v.label] / peaks[base]
+        rows.append(row)
+    return rows
+
+
+def bench_reference_pass(args: argparse.Namespace, epoch_images: int, step_ms: float) -> dict:
+    """Time of the pretrained pass over ``epoch_images`` images + RIFT's fit, vs one epoch."""
+    ctx = distributed.setup(args.device)
+    amp_dtype = autocast_dtype(args.amp, ctx.device)
+    model = (
+        build_classifier(
+            args.backbone, num_classes=2, pretrained=not args.no_pretrained, img_size=args.img_size
+        )
+        .to(ctx.device)
+        .eval()
+    )
+    images = torch.randn(args.eval_batch_size, 3, args.img_size, args.img_size, device=ctx.device)
+    batches = -(-epoch_images // args.eval_batch_size)
+    rift = regularizers.RIFT(model.num_features)
+    _sync(ctx.device)
+    start = time.perf_counter()
+    with (
+        torch.no_grad(),
+        torch.autocast(
+            ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ),
+    ):
+        chunks = [model.embed(images).float() for _ in range(batches)]
+    rift.fit_reference(iter(chunks))
+    _sync(ctx.device)
+    seconds = time.perf_counter() - start
+    epoch_seconds = step_ms / 1000.0 * (epoch_images // args.batch_size)
+    return {
+        "images": epoch_images,
+        "reference_pass_s": seconds,
+        "epoch_s": epoch_seconds,
+        "fraction_of_epoch": seconds / epoch_seconds,
+    }
+
+
+def _time_penalty(fn: Callable[[], torch.Tensor], device, repeats: int) -> float:
+    for _ in range(2):
+        fn().backward()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn().backward()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def bench_scaling(args: argparse.Namespace) -> list[dict]:
+    """The penalty's own forward + backward time (ms) against d (n fixed) and n (d fixed)."""
+    ctx = distributed.setup(args.device)
+    device = ctx.device
+    grid = [(d, args.scaling_n) for d in args.scaling_d] + [
+        (args.scaling_dim, n) for n in args.scaling_batch
+    ]
+    rows = []
+    for d, n in grid:
+        generator = torch.Generator().manual_seed(0)
+        reference = torch.randn(4 * n + 8, d, generator=generator).to(device)
+        z = torch.randn(n, d, generator=generator).to(device).requires_grad_(True)
+        ref_batch = reference[:n]
+        row = {"d": d, "n": n}
+        for match in ("covariance", "paired"):
+            for q in ("identity", "learned", "optimal"):
+                rift = regularizers.RIFT(d, match=match, q=q).to(device)
+                rift.fit_reference(reference)
+                inputs = (z,) if match == "covariance" else (z, ref_batch)
+                call = functools.partial(rift, *inputs)
+                row[f"{match}/{q}"] = _time_penalty(call, device, args.scaling_repeats)
+        rows.append(row)
+    return rows
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--no-pretrained", action="store_true", help="random initialization")
+    parser.add_argument("--method", default="full")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=128)
+    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--variants", default="all", help="'all' or comma-separated labels' prefixes"
+    )
+    parser.add_argument(
+        "--epoch-images", type=int, default=546, help="images of one epoch (BreastMNIST: 546)"
+    )
+    parser.add_argument(
+        "--scaling-d",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[256, 512, 1024, 2048, 4096],
+    )
+    parser.add_argument(
+        "--scaling-batch", type=lambda s: [int(v) for v in s.split(",")], default=[8, 32, 128, 512]
+    )
+    parser.add_argument("--scaling-n", type=int, default=64, help="n of the d sweep")
+    parser.add_argument("--scaling-dim", type=int, default=1280, help="d of the n sweep")
+    parser.add_argument("--scaling-repeats", type=int, default=5)
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: steps,reference,scaling"
+    )
+    parser.add_argument("--json", help="also write the results to this JSON file")
+
+
+def run_bench(args: argparse.Namespace) -> str:
+    skip = set(filter(None, args.skip.split(",")))
+    variants = default_variants()
+    if args.variants != "all":
+        wanted = [w.strip() for w in args.variants.split(",")]
+        variants = [variants[0]] + [
+            v for v in variants[1:] if any(v.label.startswith(w) for w in wanted)
+        ]
+    results: dict = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
+    }
+    if torch.cuda.is_available() and args.device != "cpu":
+        results["device"] = torch.cuda.get_device_name()
+    else:
+        results["device"] = f"cpu ({torch.get_num_threads()} threads)"
+    parts = []
+    if "steps" not in skip:
+        rows = bench_steps(args, variants)
+        results["steps"] = rows
+        columns = [
+            ("variant", "variant", "{}"),
+            ("step_ms", "step (ms)", "{:.1f}"),
+            ("time_ratio", "time / plain", "{:.3f}"),
+        ]
+        if "peak_mib" in rows[0]:
+            columns += [
+                ("peak_mib", "peak MiB", "{:.0f}"),
+                ("memory_ratio", "memory / plain", "{:.3f}"),
+            ]
+        parts.append(summary_table(rows, columns))
+        if "reference" not in skip:
+            results["reference_pass"] = bench_reference_pass(
+                args, args.epoch_images, rows[0]["step_ms"]
+            )
+            r = results["reference_pass"]
+            parts.append(
+                f"reference pass over {r['images']} images: {r['reference_pass_s']:.2f} s = "
+                f"{100 * r['fraction_of_epoch']:.1f}% of one training epoch ({r['epoch_s']:.2f} s)"
+            )
+    if "scaling" not in skip:
+        rows = bench_scaling(args)
+        results["scaling"] = rows
+        keys = [k for k in rows[0] if k not in ("d", "n")]
+        parts.append(
+            summary_table(
+                rows,
+                [("d", "d", "{}"), ("n", "n", "{}")] + [(k, f"{k} (ms)", "{:.2f}") for k in keys],
+            )
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return f"device: {results['device']}\n\n" + "\n\n".join(parts)

@@ -1,0 +1,234 @@
+"""``riftune compare``: a resumable grid of finetuning runs, summarized in report.md.
+
+The grid is datasets × methods × regularizer variants × λ × seeds. λ is chosen per
+(dataset, method, variant) on validation AUC only, from runs with the first seed (the
+selection seed); the chosen λ then runs with every seed. Each run is a ``riftune finetune``
+subprocess in its own folder, so a finished run is skipped, an interrupted one is resumed, and
+an interrupted grid continues where it stopped. ``--jobs N`` runs N at once (e.g. on one GPU).
+
+A regularizer variant is written ``NAME`` or ``NAME[key=value,...]``; each key is the
+regularizer's own flag without its prefix (``rift[match=paired,q=optimal]`` means
+``--reg rift --rift-match paired --rift-q optimal``) or any finetune flag
+(``cka[reference=cache]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from riftune import config as config_module
+from riftune import report
+from riftune.errors import UserError
+
+_VARIANT = re.compile(r"^(?P<name>[\w-]+)(\[(?P<options>[^\]]*)\])?$")
+
+
+@dataclass(frozen=True)
+class RegularizerVariant:
+    """A regularizer with fixed flags; ``label`` names it in reports (e.g. ``paired,optimal``)."""
+
+    name: str
+    flags: tuple[str, ...]
+    label: str
+
+    @property
+    def folder(self) -> str:
+        return self.name + (f"[{self.label}]" if self.label else "")
+
+
+def parse_variant(text: str, parser: argparse.ArgumentParser) -> RegularizerVariant:
+    """``rift[match=paired,q=optimal]`` -> the flags ``--reg rift --rift-match paired ...``."""
+    match = _VARIANT.match(text.strip())
+    if match is None:
+        raise UserError(f"cannot read regularizer {text!r}; write NAME or NAME[key=value,...]")
+    name = match["name"]
+    known = {opt for action in parser._actions for opt in action.option_strings}
+    flags: list[str] = ["--reg", name]
+    values = []
+    for item in filter(None, (match["options"] or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"{item!r} in {text!r} needs the form key=value")
+        flag = next((f for f in (f"--{name}-{key}", f"--{key}") if f in known), None)
+        if flag is None:
+            raise UserError(f"{text!r}: neither --{name}-{key} nor --{key} is a finetune flag")
+        flags += [flag, value]
+        values.append(value)
+    return RegularizerVariant(name, tuple(flags), ",".join(values))
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    method: str
+    variant: RegularizerVariant
+    lam: float | None
+    seed: int
+    folder: Path
+
+    def command(self, passthrough: Sequence[str]) -> list[str]:
+        lam = ["--lam", repr(self.lam)] if self.lam is not None else []
+        return [
+            sys.executable, "-m", "riftune", "finetune",
+            "--data", self.dataset,
+            "--method", self.method,
+            *self.variant.flags,
+            *lam,
+            "--seed", str(self.seed),
+            "--out", str(self.folder),
+            "--quiet",
+            *passthrough,
+        ]  # fmt: skip
+
+    def record(self) -> dict | None:
+        """The run record for report.aggregate_runs, or None while the run is unfinished."""
+        metrics_path = self.folder / "metrics.json"
+        if not metrics_path.is_file():
+            return None
+        metrics = json.loads(metrics_path.read_text())
+        return {
+            "dataset": self.dataset,
+            "method": self.method,
+            "reg": self.variant.name,
+            "variant": self.variant.label or None,
+            "lam": self.lam,
+            "seed": self.seed,
+            **report.flatten_metrics(metrics),
+        }
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="grid folder (resumable)")
+    parser.add_argument("--grid", help="YAML file with any of the keys below (flags override)")
+    parser.add_argument("--data", help="comma-separated datasets (default: breastmnist)")
+    parser.add_argument("--methods", help="comma-separated methods (default: full)")
+    parser.add_argument(
+        "--regs",
+        help="regularizer variants separated by spaces or semicolons, e.g. "
+        "'none;rift[match=paired,q=optimal];cka' (default: none;rift)",
+    )
+    parser.add_argument("--lams", help="comma-separated λ values (default: 0.1,1,10)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once (default: 1; e.g. 8 on one GPU)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="only the final summary")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _resolve_grid(args: argparse.Namespace) -> dict:
+    grid = {
+        "data": ["breastmnist"],
+        "methods": ["full"],
+        "regs": ["none", "rift"],
+        "lams": [0.1, 1.0, 10.0],
+        "seeds": [0, 1, 2],
+        "finetune": {},
+    }
+    if args.grid:
+        path = Path(args.grid)
+        if not path.is_file():
+            raise UserError(f"grid file {path} not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        unknown = set(loaded) - set(grid)
+        if unknown:
+            raise UserError(f"{path}: unknown keys {sorted(unknown)}; use {sorted(grid)}")
+        grid.update(loaded)
+    for key, convert in (("data", str), ("methods", str), ("lams", float), ("seeds", int)):
+        text = getattr(args, key.replace("data", "data"))
+        if text:
+            grid[key] = [convert(v) for v in text.split(",") if v.strip()]
+    if args.regs:
+        grid["regs"] = [v for v in re.split(r"[;\s]+", args.regs) if v]
+    return grid
+
+
+def _finetune_flags(grid: dict, passthrough: Sequence[str]) -> list[str]:
+    flags = []
+    for key, value in grid["finetune"].items():
+        flags += [f"--{key}"] + ([] if value is True else [str(value)])
+    return flags + list(passthrough)
+
+
+def _run(job: Job, passthrough: Sequence[str], log) -> None:
+    if job.record() is not None:
+        return
+    resume = ["--resume"] if (job.folder / "checkpoints").is_dir() else []
+    job.folder.mkdir(parents=True, exist_ok=True)
+    with open(job.folder / "compare.log", "a") as handle:
+        result = subprocess.run(
+            job.command(passthrough) + resume,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=os.environ,
+        )
+    status = "done" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
+    log(f"{status}: {job.folder}")
+
+
+def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
+    """Run (or continue) the grid, then write report.md and tradeoff.png; returns report.md."""
+    out = Path(args.out)
+    grid = _resolve_grid(args)
+    flags = _finetune_flags(grid, passthrough)
+    parser = config_module.finetune_parser()
+    parser.parse_args(flags)  # refuse bad pass-through flags before running anything
+    variants = [parse_variant(text, parser) for text in grid["regs"]]
+    log = (
+        (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    )
+
+    def job(dataset, method, variant, lam, seed) -> Job:
+        lam_part = "no-lam" if lam is None else f"lam{lam:g}"
+        folder = out / "runs" / dataset / method / variant.folder / lam_part / f"seed{seed}"
+        return Job(dataset, method, variant, lam, seed, folder)
+
+    cells = [(d, m, v) for d in grid["data"] for m in grid["methods"] for v in variants]
+    first_seed, seeds = grid["seeds"][0], grid["seeds"]
+    selection = [
+        job(d, m, v, lam, first_seed)
+        for d, m, v in cells
+        for lam in ([None] if v.name == "none" else grid["lams"])
+    ]
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        list(pool.map(lambda j: _run(j, flags, log), selection))
+
+    chosen: dict[tuple, float | None] = {}
+    for d, m, v in cells:
+        records = [j.record() for j in selection if (j.dataset, j.method, j.variant) == (d, m, v)]
+        records = [r for r in records if r is not None]
+        if records:
+            best = report.select_lambda(report.aggregate_runs(records))[0]
+            chosen[(d, m, v)] = best["lam"]
+    final = [job(d, m, v, chosen[(d, m, v)], s) for (d, m, v) in chosen for s in seeds]
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        list(pool.map(lambda j: _run(j, flags, log), final))
+
+    records = [r for r in (j.record() for j in final) if r is not None]
+    missing = [str(j.folder) for j in selection + final if j.record() is None]
+    if not records:
+        raise UserError(f"no run of the grid finished; see the compare.log files under {out}")
+    groups = report.aggregate_runs(records)
+    notes = [
+        "Command: riftune " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
+        f"λ chosen on validation AUC with seed {first_seed}; every chosen λ then ran seeds "
+        f"{', '.join(map(str, seeds))}.",
+    ]
+    if missing:
+        notes.append(f"{len(missing)} runs did not finish: " + ", ".join(missing))
+    text = report.compare_report_markdown(groups, lambda_key=None, notes=[n for n in notes if n])
+    (out / "report.md").write_text(text)
+    report.plot_tradeoff(groups, out / "tradeoff.png", lambda_key=None)
+    (out / "runs.json").write_text(json.dumps(records, indent=1, sort_keys=True))
+    return text

@@ -1,0 +1,206 @@
+"""``csv:FILE``: a table with an image column, a label and (optionally) a split per row.
+
+Columns are found by name (case-insensitive), or named with options
+``csv:FILE?image=COL&label=COL&split=COL``:
+
+- image: the first of ``image, image_path, path, file, filename, file_name, img, id_code,
+  image_id, image_name, isic_id``. Values are paths relative to the CSV's folder, formatted
+  through ``template`` (default ``{}``; APTOS2019: ``template=train_images/{}.png``) or given
+  an extension with ``ext=.png``. A value with no extension that names no file is also tried
+  with the common image extensions.
+- label: the first of ``label, labels, diagnosis, class, target, category, level, dx``. All
+  integers: class indices 0..K-1 (each present in train). Otherwise class names: sorted, the
+  i-th name is class i. With no label column, one-hot columns (ISIC 2018/2019 ground truth:
+  one 0/1 column per class, exactly one 1 per row) are read; a class column with no 1 at
+  all (ISIC 2019's UNK) is dropped.
+- split: the first of ``split, set, subset, partition``, values train/val/test (also
+  training, valid, validation, dev, testing; any case). Without a split column, each class
+  is split seeded: ``test`` (default 0.2) of its rows for test, then ``val`` (default 0.1)
+  of the rest for validation. With a split column but no val rows, ``val`` of each training
+  class is held out. The split seed is ``split_seed`` (default 0), independent of the
+  training seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from riftune.data.files import IMAGE_SUFFIXES, FileSplits
+from riftune.data.npz import to_class_indices
+from riftune.data.splits import SPLITS, stratified_holdout
+from riftune.errors import UserError
+
+IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name", "img",
+                 "id_code", "image_id", "image_name", "isic_id")  # fmt: skip
+LABEL_COLUMNS = ("label", "labels", "diagnosis", "class", "target", "category", "level", "dx")
+SPLIT_COLUMNS = ("split", "set", "subset", "partition")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val", "test": "test", "testing": "test"}  # fmt: skip
+OPTIONS = ("image", "label", "split", "template", "ext", "val", "test", "split_seed")
+_INTEGER = re.compile(r"^[+-]?\d+(\.0*)?$")
+
+
+def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSplits:
+    """Read a labels table into image paths and class indices per split.
+
+    Args:
+        file: the CSV file.
+        options: any of ``image``, ``label``, ``split`` (column names), ``template`` or
+            ``ext`` (image path format), ``val``, ``test`` (hold-out fractions) and
+            ``split_seed``, as strings.
+
+    Raises:
+        UserError: a missing file or column, an unknown option or split value, an empty
+            label, or listed images that do not exist.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"unknown csv option(s) {unknown}; valid: {', '.join(OPTIONS)}")
+    if not file.is_file():
+        raise UserError(f"csv file {file} does not exist; check the path")
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = [name for name in reader.fieldnames or [] if name is not None]
+    if not rows:
+        raise UserError(f"csv file {file} has no data rows")
+    image_col = _column(header, options.get("image"), IMAGE_COLUMNS, "image", file)
+    split_col = _column(header, options.get("split"), SPLIT_COLUMNS, "split", file, required=False)
+    label_col = _column(header, options.get("label"), LABEL_COLUMNS, "label", file, required=False)
+    if label_col is not None:
+        labels, class_names = _labels(rows, label_col, file)
+    else:
+        labels, class_names = _one_hot(
+            rows, [c for c in header if c not in (image_col, split_col)], file
+        )
+    paths = _image_paths(rows, image_col, file, options)
+    indices = _split_rows(rows, split_col, labels, options, file)
+    return FileSplits(
+        paths={split: [paths[i] for i in idx] for split, idx in indices.items()},
+        labels={split: labels[idx] for split, idx in indices.items()},
+        class_names=class_names,
+    )
+
+
+def _column(
+    header: list[str],
+    chosen: str | None,
+    candidates: tuple[str, ...],
+    role: str,
+    file: Path,
+    required: bool = True,
+) -> str | None:
+    by_lower = {name.strip().lower(): name for name in header}
+    if chosen is not None:
+        if chosen.strip().lower() not in by_lower:
+            raise UserError(f"csv {file} has no column {chosen!r}; columns: {', '.join(header)}")
+        return by_lower[chosen.strip().lower()]
+    for candidate in candidates:
+        if candidate in by_lower:
+            return by_lower[candidate]
+    if required:
+        raise UserError(
+            f"csv {file}: no {role} column found (looked for {', '.join(candidates)}); "
+            f"name it with csv:{file}?{role}=COLUMN"
+        )
+    return None
+
+
+def _labels(rows: list[dict], column: str, file: Path) -> tuple[np.ndarray, list[str] | None]:
+    values = [(row[column] or "").strip() for row in rows]
+    for line, value in enumerate(values, start=2):
+        if not value:
+            raise UserError(f"csv {file} line {line}: empty {column!r}; every row needs a label")
+    if all(_INTEGER.match(value) for value in values):
+        return to_class_indices(
+            np.array([float(v) for v in values]), f"csv {file} {column!r}"
+        ), None
+    names = sorted(set(values))
+    lookup = {name: index for index, name in enumerate(names)}
+    return np.array([lookup[v] for v in values], dtype=np.int64), names
+
+
+def _one_hot(rows: list[dict], columns: list[str], file: Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        table = np.array([[float(row[c]) for c in columns] for row in rows])
+    except (TypeError, ValueError):
+        table = None
+    if (
+        table is None
+        or not columns
+        or not np.isin(table, (0.0, 1.0)).all()
+        or not (table.sum(1) == 1).all()
+    ):
+        raise UserError(
+            f"csv {file}: no label column found (looked for {', '.join(LABEL_COLUMNS)}) and the "
+            f"other columns are not one-hot; name it with csv:{file}?label=COLUMN"
+        )
+    used = table.sum(0) > 0
+    return table[:, used].argmax(1).astype(np.int64), [
+        c for c, u in zip(columns, used, strict=True) if u
+    ]
+
+
+def _image_paths(rows: list[dict], column: str, file: Path, options: dict[str, str]) -> list[Path]:
+    template = options.get("template") or "{}" + options.get("ext", "")
+    if "{}" not in template:
+        raise UserError(f"csv template {template!r} needs a {{}} where the {column!r} value goes")
+    paths, missing = [], []
+    for row in rows:
+        value = (row[column] or "").strip()
+        path = file.parent / template.format(value)
+        if not path.is_file() and not path.suffix and "template" not in options:
+            path = next((path.with_name(path.name + s) for s in sorted(IMAGE_SUFFIXES)
+                         if path.with_name(path.name + s).is_file()), path)  # fmt: skip
+        if not value or not path.is_file():
+            missing.append(path)
+        paths.append(path)
+    if missing:
+        raise UserError(
+            f"csv {file}: {len(missing)} listed images not found, e.g. {missing[0]}; paths are "
+            "relative to the csv's folder (set the format with ?template=DIR/{}.png)"
+        )
+    return paths
+
+
+def _split_rows(
+    rows: list[dict], column: str | None, labels: np.ndarray, options: dict[str, str], file: Path
+) -> dict[str, np.ndarray]:
+    try:
+        val_fraction = float(options.get("val", 0.1))
+        test_fraction = float(options.get("test", 0.2))
+        seed = int(options.get("split_seed", 0))
+    except ValueError as err:
+        raise UserError(f"csv options val, test and split_seed must be numbers ({err})") from err
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1):
+        raise UserError(
+            f"csv options val and test must be fractions in (0, 1); got {val_fraction}, {test_fraction}"
+        )
+    if column is None:
+        rest, test = stratified_holdout(labels, test_fraction, seed)
+        kept, held = stratified_holdout(labels[rest], val_fraction, seed)
+        return {"train": rest[kept], "val": rest[held], "test": test}
+    names = []
+    for line, row in enumerate(rows, start=2):
+        value = (row[column] or "").strip().lower()
+        if value not in SPLIT_ALIASES:
+            raise UserError(
+                f"csv {file} line {line}: split {row[column]!r} is not one of train, val, test"
+            )
+        names.append(SPLIT_ALIASES[value])
+    names_array = np.array(names)
+    indices = {split: np.flatnonzero(names_array == split) for split in SPLITS}
+    for split in ("train", "test"):
+        if not len(indices[split]):
+            raise UserError(
+                f"csv {file}: no rows with {column} = {split}; every run needs {split} rows"
+            )
+    if not len(indices["val"]):
+        kept, held = stratified_holdout(labels[indices["train"]], val_fraction, seed)
+        indices["train"], indices["val"] = indices["train"][kept], indices["train"][held]
+    return indices

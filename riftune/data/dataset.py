@@ -1,0 +1,151 @@
+"""The in-memory dataset every source loads into, and the train/val/test bundle it comes in."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from riftune.data.transforms import Normalize, flip_and_crop
+
+Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class ImageTensorDataset(Dataset[Item]):
+    """Images held resized as uint8 in memory; items are normalized on access.
+
+    Each item is ``(image, label, index)``: the image as float32 RGB normalized with
+    ``mean``/``std``, its class index, and its position in this dataset.
+
+    With ``augment`` on (meant for the training split; off by default), each access applies
+    :func:`~riftune.data.transforms.flip_and_crop` with randomness drawn from
+    ``(seed, epoch, index)`` alone, so an epoch's augmented images do not depend on the
+    number of processes, data-loader workers, or where a run was resumed. Call
+    :meth:`set_epoch` at the start of every epoch (and use non-persistent workers, so that
+    the workers see the new epoch).
+
+    Args:
+        images: resized pixels. Shape: (N, C, S, S) uint8, C ∈ {1, 3}.
+        labels: class indices. Shape: (N,) int64.
+        mean: per-channel RGB mean of the normalization (on the 0..1 scale).
+        std: per-channel RGB standard deviation of the normalization.
+        augment: apply random resized crop and horizontal flip on access.
+        seed: seed of the augmentation.
+        source_indices: for a subset (few-shot), each item's position in the full split.
+            Shape: (N,) int64. ``None`` when the dataset is the whole split.
+
+    Shape:
+        item image: (3, S, S) float32; label and index: () int64.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+        seed: int = 0,
+        source_indices: torch.Tensor | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"images must be uint8 (N, 1|3, S, S); got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},); got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.normalize = Normalize(mean, std)
+        self.augment = augment
+        self.seed = seed
+        self.source_indices = source_indices
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Item:
+        pixels = self._pixels(index)
+        return self.normalize(pixels), self.labels[index], torch.tensor(index, dtype=torch.int64)
+
+    def batch(self, indices: Sequence[int]) -> Item:
+        """The items at ``indices`` as one batch: the stacked ``__getitem__`` results.
+
+        Without augmentation this is one gather and one fused multiply-add, run where the
+        images live (see :meth:`to`: on the GPU it costs the host nothing).
+
+        Shape:
+            output: images (B, 3, S, S) float32; labels and indices (B,) int64; all on the
+            images' device.
+        """
+        index = torch.as_tensor(indices, dtype=torch.int64).to(self.images.device)
+        if self.augment:
+            pixels = torch.stack([self._pixels(i) for i in torch.as_tensor(indices).tolist()])
+        else:
+            pixels = self.images[index]
+        return self.normalize(pixels), self.labels[index], index
+
+    def to(self, device: torch.device | str) -> ImageTensorDataset:
+        """A copy of this dataset whose images and labels live on ``device``.
+
+        Meant for :meth:`batch` (e.g. through :class:`riftune.data.sampling.BatchLoader`):
+        the uint8 images sit on the GPU and batches never cross the host. Not for
+        multi-worker DataLoaders.
+        """
+        moved = copy.copy(self)
+        moved.images, moved.labels = self.images.to(device), self.labels.to(device)
+        return moved
+
+    def without_augmentation(self) -> ImageTensorDataset:
+        """A view of this dataset (same images) that never augments, e.g. for embeddings."""
+        plain = copy.copy(self)
+        plain.augment = False
+        return plain
+
+    def _pixels(self, index: int) -> torch.Tensor:
+        """Item ``index``'s pixels, augmented when on. Shape: (C, S, S), uint8 or float32."""
+        pixels = self.images[index]
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            pixels = flip_and_crop(pixels, rng)
+        return pixels
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation draws the next accesses use."""
+        self.epoch = epoch
+
+    @property
+    def image_size(self) -> int:
+        """The side S of the square images."""
+        return int(self.images.shape[-1])
+
+
+@dataclass
+class DatasetSplits:
+    """A loaded dataset: its three splits and what a model needs to know about it.
+
+    Attributes:
+        train: training split (the few-shot subset when ``shots`` was given).
+        val: validation split (model selection).
+        test: test split (reported once, for the selected checkpoint).
+        num_classes: number of classes K; labels are 0..K-1.
+        class_names: name of each class index, when the source names them.
+        task: ``"binary"`` for K = 2, ``"multiclass"`` otherwise (ordinal tasks included).
+        name: a short name for reports (``breastmnist_64``, a file stem, a folder name).
+        source: the file or folder the data was read from.
+    """
+
+    train: ImageTensorDataset
+    val: ImageTensorDataset
+    test: ImageTensorDataset
+    num_classes: int
+    class_names: list[str] | None
+    task: Literal["binary", "multiclass"]
+    name: str
+    source: str

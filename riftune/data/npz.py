@@ -1,0 +1,123 @@
+"""Read and validate a MedMNIST-format ``.npz`` file, never unpickling anything.
+
+The format: keys ``{train,val,test}_images`` (uint8, N×H×W or N×H×W×1 or N×H×W×3) and
+``{train,val,test}_labels`` (integers, shape (N,) or (N, 1)). The file is opened with
+``numpy.load(..., allow_pickle=False)``: an archive holding object arrays (pickled Python
+objects, which could run code when loaded) is refused before anything is unpickled.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from riftune.data.splits import SPLITS
+from riftune.errors import UserError
+
+KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
+
+
+def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Load every split of a MedMNIST-format ``.npz`` and check its arrays.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        split name → (images, labels): images uint8 as stored (N, H, W) or (N, H, W, C) with
+        C in {1, 3}; labels int64, shape (N,), non-negative.
+
+    Raises:
+        UserError: a missing path, a file that is not an ``.npz``, object arrays, missing
+            keys, wrong image dtype or shape, non-integer, negative or multi-label labels,
+            image/label count mismatch, or an empty split.
+    """
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; check the path or --data-root")
+    if not path.is_file():
+        raise UserError(f"data path {path} is not a file; give a .npz file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(
+            f"{path} is not a valid .npz file ({type(err).__name__}); give a MedMNIST-format .npz"
+        ) from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} holds a single array, not an .npz archive with keys {KEYS}")
+    with archive:
+        missing = [key for key in KEYS if key not in archive.files]
+        if missing:
+            raise UserError(
+                f"{path} lacks the keys {', '.join(missing)}; a MedMNIST .npz holds {', '.join(KEYS)}"
+            )
+        arrays = {key: _read_array(archive, key, path) for key in KEYS}
+    return {
+        split: _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, path)
+        for split in SPLITS
+    }
+
+
+def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+            raise UserError(
+                f"{path}: {key} is an object array (pickled Python objects), refused for "
+                "safety; store plain numeric arrays"
+            ) from err
+        raise UserError(f"{path}: {key} cannot be read ({err}); re-create the file") from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise UserError(f"{path}: {key} is corrupted ({type(err).__name__}); re-create it") from err
+
+
+def _check_split(
+    images: np.ndarray, labels: np.ndarray, split: str, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    if images.dtype != np.uint8:
+        raise UserError(
+            f"{path}: {split}_images has dtype {images.dtype}; expected uint8 pixels 0..255"
+        )
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
+        raise UserError(
+            f"{path}: {split}_images has shape {images.shape}; expected N×H×W (grayscale) or "
+            "N×H×W×3 (RGB)"
+        )
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise UserError(
+            f"{path}: {split}_labels has shape {labels.shape}, a multi-label task, which is not "
+            "supported yet; give one class index per image"
+        )
+    if not (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1)):
+        raise UserError(f"{path}: {split}_labels has shape {labels.shape}; expected (N,) or (N, 1)")
+    labels = labels.reshape(-1)
+    if len(images) != len(labels):
+        raise UserError(
+            f"{path}: {split} has {len(images)} images but {len(labels)} labels; "
+            "they must match one to one"
+        )
+    if len(images) == 0:
+        raise UserError(f"{path}: the {split} split is empty; every split needs images")
+    return images, to_class_indices(labels, f"{path}: {split}_labels")
+
+
+def to_class_indices(labels: np.ndarray, what: str) -> np.ndarray:
+    """Labels as int64 class indices, refusing non-integer, non-finite or negative values.
+
+    Raises:
+        UserError: a label that is not a non-negative integer.
+    """
+    if labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer):
+        values = labels.astype(np.int64)
+    elif np.issubdtype(labels.dtype, np.floating):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise UserError(f"{what} holds non-integer values; labels must be class indices")
+        values = labels.astype(np.int64)
+    else:
+        raise UserError(f"{what} has dtype {labels.dtype}; labels must be integer class indices")
+    if values.size and values.min() < 0:
+        raise UserError(f"{what} holds negative values ({values.min()}); labels must be 0..K-1")
+    return values

@@ -1,0 +1,208 @@
+"""Evaluation of a finetuned classifier: accuracy, AUC, ECE, CKA to the pretrained embeddings,
+sharpness, the top Hessian eigenvalue, and retained generalizability on another dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler
+
+from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler, load_dataset
+from riftune.distributed import DistributedContext
+from riftune.metrics import (
+    Collected,
+    accuracy,
+    auc,
+    collect,
+    expected_calibration_error,
+    hessian_top_eigenvalue,
+    knn_accuracy,
+    linear_cka,
+    linear_probe_accuracy,
+    sharpness,
+)
+from riftune.models import build_classifier
+from riftune.models.classifier import Classifier
+
+
+def eval_loader(
+    dataset: ImageTensorDataset, batch_size: int, ctx: DistributedContext
+) -> BatchLoader:
+    """Batches of this rank's strided shard of ``dataset`` (items rank, rank + W, ...), in order.
+
+    :func:`riftune.metrics.collect` gathers the shards, so every rank sees the whole split.
+    """
+    shard = ShardedEvalSampler(len(dataset), world_size=ctx.world_size, rank=ctx.rank)
+    return BatchLoader(
+        dataset.without_augmentation(), BatchSampler(shard, batch_size, drop_last=False)
+    )
+
+
+@dataclass
+class PretrainedEmbeddings:
+    """The pretrained backbone's outputs on each split, computed once before training."""
+
+    train: Collected
+    val: Collected
+    test: Collected
+
+
+def pretrained_embeddings(
+    model: Classifier, data, batch_size: int, ctx: DistributedContext, amp_dtype
+) -> PretrainedEmbeddings:
+    """Embeddings of every split by the (still pretrained) ``model``, eval mode, no augmentation."""
+    train = (
+        data.train.without_augmentation()
+        if hasattr(data.train, "without_augmentation")
+        else data.train
+    )
+    return PretrainedEmbeddings(
+        *(
+            collect(model, eval_loader(split, batch_size, ctx), ctx.device, amp_dtype=amp_dtype)
+            for split in (train, data.val, data.test)
+        )
+    )
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one split; ``collected`` keeps the finetuned embeddings, logits and labels."""
+
+    acc: float
+    auc: float
+    cka: float
+    ece: float
+    collected: Collected
+
+    def scalars(self) -> dict[str, float]:
+        return {"acc": self.acc, "auc": self.auc, "cka": self.cka, "ece": self.ece}
+
+    def prefixed(self, prefix: str) -> dict[str, float]:
+        return {prefix + k: v for k, v in self.scalars().items()}
+
+
+def evaluate_split(
+    model: Classifier,
+    loader: BatchLoader,
+    pretrained: Collected,
+    ctx: DistributedContext,
+    amp_dtype: torch.dtype | None,
+) -> EvalResult:
+    """Accuracy, AUC (MedMNIST's), ECE (15 bins) and linear CKA(pretrained, finetuned)."""
+    out = collect(model, loader, ctx.device, amp_dtype=amp_dtype)
+    return EvalResult(
+        acc=float(accuracy(out.logits, out.labels)),
+        auc=float(auc(out.logits, out.labels)),
+        cka=float(linear_cka(pretrained.embeddings.double(), out.embeddings.double())),
+        ece=float(expected_calibration_error(out.logits.softmax(-1), out.labels)),
+        collected=out,
+    )
+
+
+def _task_loss(model: Classifier, batch) -> torch.Tensor:
+    images, labels, _ = batch
+    return F.cross_entropy(model(images).logits.float(), labels)
+
+
+def landscape_metrics(
+    model: Classifier, train: ImageTensorDataset, args, ctx: DistributedContext
+) -> dict[str, float]:
+    """Sharpness and top Hessian eigenvalue of the task loss (cross-entropy, no regularizer).
+
+    Both use the same fixed batches: ``--landscape-images`` training images (no augmentation)
+    drawn with the run's seed, in batches of ``--batch-size``, spread over ranks. Sharpness is
+    adaptive (ASAM) with radius ``--sharpness-rho`` found by ``--sharpness-steps`` ascent steps;
+    the Hessian eigenvalue comes from ``--hessian-iters`` power iterations. Both run in eval
+    mode (BatchNorm running statistics) over the parameters the method trained, in float32.
+    """
+    count = min(args.landscape_images, len(train))
+    if count == 0 or (args.sharpness_rho <= 0 and args.hessian_iters <= 0):
+        return {}
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]
+    plain = train.without_augmentation()
+    batches = [
+        plain.batch(order[start : start + args.batch_size].tolist())
+        for start in range(0, count, args.batch_size)
+    ]
+    device = ctx.device
+    mine = [tuple(t.to(device) for t in b) for b in batches[ctx.rank :: ctx.world_size]]
+    out = {}
+    if args.sharpness_rho > 0:
+        out["sharpness"] = sharpness(
+            model, _task_loss, mine, rho=args.sharpness_rho, steps=args.sharpness_steps,
+            adaptive=True, seed=args.seed,
+        )  # fmt: skip
+    if args.hessian_iters > 0:
+        out["hessian_top_eig"] = hessian_top_eigenvalue(
+            model, _task_loss, mine, iters=args.hessian_iters, seed=args.seed
+        )
+    return out
+
+
+def transfer_metrics(
+    model: Classifier, args, ctx: DistributedContext, amp_dtype: torch.dtype | None
+) -> dict[str, float]:
+    """Retained generalizability on ``--transfer-data``: finetuned vs pretrained embeddings.
+
+    k-NN accuracy (k = 20, cosine, DINO's weighted vote) on the other dataset's test split with
+    its train split as memory, and the accuracy of a linear probe (L2 logistic regression)
+    trained on its train split; ``retained`` = finetuned / pretrained for each.
+    """
+    cfg = model.pretrained_cfg
+    other = load_dataset(
+        args.transfer_data, data_root=args.data_root, img_size=args.img_size,
+        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), seed=args.seed,
+    )  # fmt: skip
+    pretrained = build_classifier(
+        args.backbone, num_classes=1, pretrained=not args.no_pretrained, img_size=args.img_size
+    ).to(ctx.device)
+    scores: dict[str, dict[str, float]] = {}
+    for name, net in (("finetuned", model), ("pretrained", pretrained)):
+        train = collect(
+            net, eval_loader(other.train, args.eval_batch_size, ctx), ctx.device, amp_dtype
+        )
+        test = collect(
+            net, eval_loader(other.test, args.eval_batch_size, ctx), ctx.device, amp_dtype
+        )
+        scores[name] = {
+            "knn": knn_accuracy(train.embeddings, train.labels, test.embeddings, test.labels, k=20),
+            "probe": linear_probe_accuracy(
+                train.embeddings, train.labels, test.embeddings, test.labels, seed=args.seed
+            ),
+        }
+    ft, pre = scores["finetuned"], scores["pretrained"]
+    return {
+        "data": other.name,
+        "knn_acc": ft["knn"],
+        "knn_acc_pretrained": pre["knn"],
+        "retained": ft["knn"] / pre["knn"] if pre["knn"] > 0 else float("nan"),
+        "linear_probe_acc": ft["probe"],
+        "linear_probe_acc_pretrained": pre["probe"],
+        "linear_probe_retained": ft["probe"] / pre["probe"] if pre["probe"] > 0 else float("nan"),
+    }
+
+
+def final_metrics(
+    model: Classifier,
+    data,
+    pretrained: PretrainedEmbeddings,
+    args,
+    ctx: DistributedContext,
+    amp_dtype: torch.dtype | None,
+) -> tuple[dict, EvalResult]:
+    """metrics.json's evaluation part for the selected checkpoint (also ``riftune evaluate``)."""
+    test = evaluate_split(
+        model, eval_loader(data.test, args.eval_batch_size, ctx), pretrained.test, ctx, amp_dtype
+    )
+    val = evaluate_split(
+        model, eval_loader(data.val, args.eval_batch_size, ctx), pretrained.val, ctx, amp_dtype
+    )
+    metrics = {
+        "test": {**test.scalars(), **landscape_metrics(model, data.train, args, ctx)},
+        "val": val.scalars(),
+    }
+    if args.transfer_data:
+        metrics["transfer"] = transfer_metrics(model, args, ctx, amp_dtype)
+    return metrics, test

@@ -1,0 +1,72 @@
+"""Accuracy and MedMNIST's AUC from logits.
+
+Inputs are the whole split (under ``torch.distributed``, gather it first, e.g. with
+:func:`riftune.metrics.collect`); nothing here communicates across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def _check(
+    logits: torch.Tensor, labels: torch.Tensor, who: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels).reshape(-1)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(
+            f"{who} expects logits of shape (n, k) with k ≥ 2 classes; got {tuple(logits.shape)}"
+        )
+    if logits.shape[0] != labels.shape[0] or labels.numel() == 0:
+        raise ValueError(
+            f"{who} needs one label per row of logits and at least one row; got "
+            f"{logits.shape[0]} rows and {labels.shape[0]} labels"
+        )
+    labels = labels.long().to(logits.device)
+    if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"{who}: labels must lie in [0, {logits.shape[1]}), one per class column")
+    return logits, labels
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max logit is the label: (1/n) Σᵢ [argmax_c zᵢc = yᵢ].
+
+    Shape:
+        logits: (n, k). labels: (n,) integers in [0, k).
+    """
+    logits, labels = _check(logits, labels, "accuracy")
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def auc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve as MedMNIST's ``getAUC`` computes it.
+
+    With p = softmax(logits): for two classes, the ROC AUC of p[:, 1] against ``labels == 1``;
+    for k > 2 classes, the mean over classes c of the one-vs-rest ROC AUC of p[:, c] against
+    ``labels == c`` (Yang et al., "MedMNIST v2", Scientific Data 2023; ROC AUC via
+    ``sklearn.metrics.roc_auc_score``).
+
+    Shape:
+        logits: (n, k). labels: (n,) integers in [0, k).
+
+    Returns:
+        The AUC in [0, 1], or NaN when it is undefined: when the split lacks a positive or a
+        negative example of some class (e.g. a single-class split). NaN rather than an error,
+        so that evaluating a tiny split never aborts a run; check with ``math.isnan``.
+    """
+    from sklearn.metrics import roc_auc_score  # deferred: importing sklearn takes seconds
+
+    logits, labels = _check(logits, labels, "auc")
+    probs = torch.softmax(logits.detach().double(), dim=1).cpu().numpy()
+    y = labels.cpu().numpy()
+    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
+    scores = []
+    for c in classes:
+        positive = y == c
+        if positive.all() or not positive.any():
+            return math.nan
+        scores.append(roc_auc_score(positive, probs[:, c]))
+    return float(np.mean(scores))

@@ -1,0 +1,134 @@
+"""The protocol every regularizer follows, and the registry that finds one by name.
+
+A regularizer is an ``nn.Module`` that the training engine prepares once, before training,
+from the pretrained model, and then calls once per step:
+
+    total_loss = task_loss + lam * regularizer.penalty(step)
+
+What it needs from the engine it declares through class attributes, so the engine does only
+the work a regularizer asks for (no frozen teacher pass unless ``reference == "teacher"``).
+A new regularizer is one new file: subclass :class:`Regularizer`, decorate it with
+:func:`register`, and import the module in ``riftune/regularizers/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+ReferenceSource = Literal["cache", "teacher"]
+
+
+@dataclass
+class PretrainedView:
+    """What the engine hands :meth:`Regularizer.prepare`, computed once before training.
+
+    Attributes:
+        model: the classifier with its pretrained backbone (before any update), unwrapped
+            from DDP. Regularizers that anchor weights (L2-SP) snapshot it here.
+        train_embeddings: pretrained embeddings of the whole training split in dataset
+            order, eval mode, no augmentation. Shape: (N, d). Under torch.distributed every
+            rank holds the full tensor. The per-sample cache is this tensor.
+    """
+
+    model: nn.Module
+    train_embeddings: torch.Tensor
+
+
+@dataclass
+class StepInputs:
+    """What the engine hands :meth:`Regularizer.penalty` on every training step.
+
+    Attributes:
+        embeddings: finetuned embeddings of the local batch, with gradient. Shape: (n, d).
+        reference: pretrained embeddings of the same n samples, without gradient, from the
+            per-sample cache or a frozen teacher pass (``Regularizer.reference``); ``None``
+            when the regularizer asked for none. Shape: (n, d).
+        feature_maps: intermediate feature maps of the finetuned backbone, when
+            ``Regularizer.needs_feature_maps``; each (n, c_l, h_l, w_l).
+        reference_feature_maps: the teacher's maps at the same layers, without gradient.
+        model: the classifier being trained, unwrapped from DDP.
+    """
+
+    embeddings: torch.Tensor
+    reference: torch.Tensor | None = None
+    feature_maps: list[torch.Tensor] | None = None
+    reference_feature_maps: list[torch.Tensor] | None = None
+    model: nn.Module | None = None
+
+
+class Regularizer(nn.Module):
+    """Base class: a penalty on how far finetuning moves away from the pretrained model.
+
+    Class attributes a subclass sets:
+        name: the registry name used by ``--reg``.
+        reference: ``None`` when no per-sample pretrained embeddings are needed, else the
+            default source, ``"cache"`` or ``"teacher"``; an instance may override it.
+        needs_feature_maps: whether :class:`StepInputs` must carry intermediate maps
+            (and, with a teacher, the teacher's maps).
+        min_batch_size: the smallest global batch the penalty is defined on (e.g. 2 for a
+            covariance); the engine refuses a smaller ``--batch-size`` before training.
+    """
+
+    name: ClassVar[str] = ""
+    reference: ReferenceSource | None = None
+    needs_feature_maps: ClassVar[bool] = False
+    min_batch_size: ClassVar[int] = 1
+
+    @classmethod
+    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
+        """Add this regularizer's own command-line flags (prefixed with its name)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, dim: int) -> Regularizer:
+        """Build an instance from parsed flags; ``dim`` is the embedding size d."""
+        return cls()
+
+    def prepare(self, pretrained: PretrainedView) -> None:
+        """Called once before training, e.g. to fit reference statistics."""
+
+    def penalty(self, step: StepInputs) -> torch.Tensor:
+        """The scalar penalty for one step (before multiplication by lambda)."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Regularizer]] = {}
+
+
+def register(cls: type[Regularizer]) -> type[Regularizer]:
+    """Class decorator: make ``cls`` available as ``--reg cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a non-empty `name` to be registered")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a regularizer named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Registered regularizer names, sorted, ``none`` included."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Regularizer]:
+    """The regularizer class registered as ``name``; ValueError listing the valid names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown regularizer {name!r}; choose one of: {', '.join(available())}"
+        ) from None
+
+
+@register
+class NoRegularizer(Regularizer):
+    """Plain finetuning: a zero penalty (kept so every run has the same code path)."""
+
+    name = "none"
+
+    def penalty(self, step: StepInputs) -> torch.Tensor:
+        return step.embeddings.new_zeros(())

@@ -1,0 +1,104 @@
+r"""Explicit CKA penalty (called RSC in the RIFT paper): keep the batch CKA to the pretrained model.
+
+.. math::
+
+    \Omega(z) = 1 - \mathrm{CKA}(Z, Z_0),\qquad
+    \mathrm{CKA}(Z, Z_0) = \frac{\lVert Z_c^\top Z_{0,c}\rVert_F^2}
+        {\lVert Z_c^\top Z_c\rVert_F\,\lVert Z_{0,c}^\top Z_{0,c}\rVert_F}
+
+with Z the finetuned embeddings of the batch, Z₀ the pretrained embeddings of the same samples
+and ·_c column centering over the batch (linear CKA, Kornblith et al., "Similarity of Neural
+Network Representations Revisited", ICML 2019, https://arxiv.org/abs/1905.00414). This is the
+pairwise representation-similarity constraint the RIFT paper (arXiv 2503.07399,
+https://arxiv.org/abs/2503.07399) compares against: it needs both models' embeddings of the same
+samples at every step. Under ``torch.distributed`` CKA is taken over the global batch (every
+rank's rows, gathered with gradient), so the penalty does not depend on how the batch is split.
+
+Z₀ comes from a frozen pretrained forward pass of the batch (``--reference teacher``, the
+published form; with peft methods the engine runs the base model with adapters disabled) or
+from the per-sample cache of pretrained embeddings (``--reference cache``: the same values
+without augmentation, at no per-step cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from riftune.metrics.similarity import linear_cka
+from riftune.regularizers.base import Regularizer, StepInputs, register
+from riftune.stats import gather_global_batch
+
+REFERENCE_CHOICES = ("teacher", "cache")
+
+
+def add_reference_argument(parser: argparse._ArgumentGroup) -> None:
+    """Add ``--reference {teacher,cache}`` once, whichever paired regularizer asks first."""
+    if "--reference" in parser._option_string_actions:
+        return
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCE_CHOICES,
+        default="teacher",
+        help="pretrained embeddings for cka and feature-distill: a frozen forward pass of each "
+        "batch (teacher, the published form) or the per-sample cache (default: teacher)",
+    )
+
+
+def paired_embeddings(step: StepInputs, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The finetuned and pretrained embeddings of a step, checked to pair up.
+
+    Shape:
+        Both (n, d).
+
+    Raises:
+        ValueError: no reference embeddings, or shapes that differ.
+    """
+    if step.reference is None:
+        raise ValueError(
+            f"{who} needs the pretrained embeddings of each batch (StepInputs.reference); "
+            "run it with --reference teacher or --reference cache"
+        )
+    if step.embeddings.shape != step.reference.shape:
+        raise ValueError(
+            f"{who} pairs each sample's finetuned and pretrained embeddings; got shapes "
+            f"{tuple(step.embeddings.shape)} and {tuple(step.reference.shape)}"
+        )
+    return step.embeddings, step.reference.detach()
+
+
+@register
+class CKAPenalty(Regularizer):
+    """``--reg cka``: penalty 1 − linear CKA(z, z₀) on the (global) batch; formula above.
+
+    Args:
+        reference: where z₀ comes from, ``"teacher"`` or ``"cache"``.
+    """
+
+    name = "cka"
+    reference = "teacher"
+
+    def __init__(self, reference: str = "teacher"):
+        super().__init__()
+        if reference not in REFERENCE_CHOICES:
+            raise ValueError(f"reference must be one of {REFERENCE_CHOICES}; got {reference!r}")
+        self.reference = reference
+
+    @classmethod
+    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
+        add_reference_argument(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, dim: int) -> CKAPenalty:
+        return cls(reference=args.reference)
+
+    def penalty(self, step: StepInputs) -> torch.Tensor:
+        """1 − CKA(z, z₀) over the global batch (float64 inside, returned as float32).
+
+        Shape:
+            step.embeddings, step.reference: (n, d) each. Returns a scalar.
+        """
+        z, z0 = paired_embeddings(step, "--reg cka")
+        z, z0 = gather_global_batch(z), gather_global_batch(z0)
+        return 1.0 - linear_cka(z, z0).float()

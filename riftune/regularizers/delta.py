@@ -1,0 +1,288 @@
+r"""DELTA: channel-attention-weighted distance to the pretrained model's intermediate feature maps.
+
+Li, Xiong, Wang, Huan, Liu, Xu, Chen & Huan, "DELTA: DEep Learning Transfer using Feature Map
+with Attention for Convolutional Networks", ICLR 2019, https://openreview.net/forum?id=rkgbwsAcYm
+(arXiv https://arxiv.org/abs/1901.09229).
+
+.. math::
+
+    \Omega = \frac{1}{n}\sum_{i=1}^{n}\sum_{l}\sum_{c=1}^{C_l} w_{l,c}\,
+        \frac{\lVert FM_{l,c}(x_i) - FM^0_{l,c}(x_i)\rVert_2^2}{S_l}
+
+FM_{l,c}(x_i): channel c of the finetuned backbone's map at layer l for sample i, FM⁰ the same
+for the pretrained backbone (a frozen teacher pass, ``reference = "teacher"``; with peft methods
+the base model with adapters disabled), S_l the number of spatial positions (h·w, or tokens).
+Per layer the weights sum to one, so with uniform attention each layer contributes its mean
+squared difference. (The authors' reference implementation in the Transfer-Learning-Library,
+``AttentionBehavioralRegularization``, sums over the batch and scales by C_l/2 instead: its
+penalty is n·C_l/2 times this one per layer.) The paper's second term, L2 on the new head, is
+left to the optimizer's weight decay.
+
+Layers: :func:`riftune.models.feature_maps.default_layers` (the last block of each timm stage
+for CNNs; blocks at 1/4, 1/2, 3/4 and the end of a ViT) unless ``--delta-layers`` names them.
+
+Attention (computed once in :meth:`Delta.prepare`, as in the paper): fit a linear probe on the
+pretrained embeddings of the training split, then for each channel measure how much the probe's
+cross-entropy on training batches rises when that channel of the pretrained backbone's map is
+set to zero (eval mode, averaged over the samples of ``--delta-attention-batches`` batches and
+over ranks). Per layer these increases are z-scored and turned into weights by
+softmax(score / 5), the normalization and temperature of the authors' reference code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from riftune.metrics._distributed import all_reduce_sum
+from riftune.metrics._eval_mode import eval_mode
+from riftune.models.feature_maps import (
+    FeatureMapTap,
+    channel_axis,
+    default_layers,
+    is_nhwc,
+    resolve_layer,
+)
+from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
+from riftune.regularizers.l2sp import BufferDict
+
+TEMPERATURE = 5.0
+
+
+def fit_linear_probe(
+    embeddings: torch.Tensor, labels: torch.Tensor, weight_decay: float = 1e-4, steps: int = 100
+) -> nn.Linear:
+    r"""Multinomial logistic regression on fixed embeddings, by full-batch L-BFGS in float64.
+
+    Minimizes mean cross-entropy + (weight_decay / 2)·‖W‖²_F (bias not decayed).
+
+    Args:
+        embeddings: Shape: (N, d).
+        labels: class indices 0..k−1. Shape: (N,).
+
+    Returns:
+        ``nn.Linear(d, k)`` in float32 on the embeddings' device, without gradients.
+    """
+    x = embeddings.detach().double()
+    y = labels.detach().to(x.device).long()
+    probe = nn.Linear(x.shape[1], int(y.max()) + 1, dtype=torch.float64, device=x.device)
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(probe(x), y) + weight_decay / 2 * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return probe.float().requires_grad_(False)
+
+
+def _zero_channels(
+    module: nn.Module, inputs: tuple, output: torch.Tensor, mask: torch.Tensor, nhwc: bool
+) -> torch.Tensor:
+    """Forward hook: replica r of a batch repeated m times gets channel mask row r."""
+    axis = channel_axis(output, nhwc)
+    shape = [mask.shape[0], 1] + [1] * (output.ndim - 1)
+    shape[axis if axis < 0 else axis + 1] = mask.shape[1]
+    replicas = output.unflatten(0, (mask.shape[0], -1))
+    return (replicas * mask.view(shape).to(output.dtype)).flatten(0, 1)
+
+
+def ablation_scores(
+    backbone: nn.Module,
+    layers: Sequence[str],
+    head: nn.Module,
+    batches: Iterable[Sequence[torch.Tensor]],
+    max_images: int = 256,
+) -> list[torch.Tensor]:
+    """Per channel, the mean rise of the head's cross-entropy when that channel is zeroed.
+
+    score_{l,c} = (1/N) Σ_i [CE(head(f_{−(l,c)}(x_i)), y_i) − CE(head(f(x_i)), y_i)], with f the
+    backbone in eval mode and f_{−(l,c)} the same with channel c of layer l's output set to 0.
+    Several channels are ablated in one forward pass by repeating the batch (at most
+    ``max_images`` images per pass). Under ``torch.distributed`` the sums and N are added
+    over ranks, so every rank gets the same scores.
+
+    Args:
+        backbone: images -> embeddings. Its parameters' device is used.
+        layers: module names (resolved by suffix).
+        head: embeddings -> logits.
+        batches: ``(images, labels, ...)`` tuples, as the data loaders yield.
+        max_images: images per ablation forward pass.
+
+    Returns:
+        One tensor per layer. Shape: (C_l,), float64.
+
+    Raises:
+        ValueError: ``batches`` is empty.
+    """
+    device = next(backbone.parameters()).device
+    nhwc = is_nhwc(backbone)
+    modules = [resolve_layer(backbone, name) for name in layers]
+    sums: list[torch.Tensor] | None = None
+    count = 0
+    with torch.no_grad(), eval_mode(backbone), eval_mode(head):
+        for batch in batches:
+            images, labels = batch[0].to(device), batch[1].to(device)
+            n = images.shape[0]
+            with FeatureMapTap(backbone, layers) as tap:
+                base = F.cross_entropy(head(backbone(images)).float(), labels, reduction="sum")
+                channels = [fm.shape[1] for fm in tap.pop()]
+            if sums is None:
+                sums = [torch.zeros(c, dtype=torch.float64, device=device) for c in channels]
+            per_pass = max(1, max_images // n)
+            for module, c, total in zip(modules, channels, sums, strict=True):
+                for first in range(0, c, per_pass):
+                    picked = torch.arange(first, min(first + per_pass, c), device=device)
+                    mask = torch.ones(len(picked), c, device=device)
+                    mask[torch.arange(len(picked), device=device), picked] = 0.0
+                    hook = functools.partial(_zero_channels, mask=mask, nhwc=nhwc)
+                    handle = module.register_forward_hook(hook)
+                    try:
+                        logits = head(backbone(images.repeat(len(picked), 1, 1, 1)))
+                    finally:
+                        handle.remove()
+                    losses = F.cross_entropy(
+                        logits.float(), labels.repeat(len(picked)), reduction="none"
+                    )
+                    total[picked] += losses.view(len(picked), n).double().sum(1) - base
+            count += n
+    if sums is None:
+        raise ValueError("DELTA's channel attention needs at least one training batch; got none")
+    *sums, total_count = all_reduce_sum([*sums, torch.tensor(float(count), device=device)])
+    return [s / total_count for s in sums]
+
+
+def attention_from_scores(scores: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """softmax(z-score(scores) / temperature); uniform when all scores are equal.
+
+    Shape:
+        scores: (C,). Returns (C,), float32, summing to 1.
+    """
+    scores = scores.double()
+    spread = scores.std(unbiased=False)
+    standardized = (scores - scores.mean()) / spread if spread > 0 else torch.zeros_like(scores)
+    return torch.softmax(standardized / temperature, 0).float()
+
+
+@register
+class Delta(Regularizer):
+    """``--reg delta``: attention-weighted feature-map distance; formula in the module docstring.
+
+    Attributes:
+        feature_layers: the tapped module names (set by :meth:`prepare` when not given); the
+            engine must tap these, in this order.
+
+    Args:
+        layers: module names to regularize; ``None`` picks :func:`default_layers`.
+        attention_batches: how many training batches estimate the channel attention.
+    """
+
+    name = "delta"
+    reference = "teacher"
+    needs_feature_maps = True
+
+    def __init__(self, layers: Sequence[str] | None = None, attention_batches: int = 4):
+        super().__init__()
+        if attention_batches < 1:
+            raise ValueError(f"--delta-attention-batches must be >= 1; got {attention_batches}")
+        self.feature_layers: list[str] = list(layers or [])
+        self.attention_batches = attention_batches
+        self.attention = BufferDict()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
+        parser.add_argument(
+            "--delta-layers",
+            default=None,
+            help="delta: comma-separated backbone module names whose outputs are regularized "
+            "(default: last block of each timm stage; ViT blocks at 1/4, 1/2, 3/4, end)",
+        )
+        parser.add_argument(
+            "--delta-attention-batches",
+            type=int,
+            default=4,
+            help="delta: training batches used once to estimate channel attention (default: 4)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, dim: int) -> Delta:
+        layers = [n.strip() for n in args.delta_layers.split(",")] if args.delta_layers else None
+        return cls(layers=layers, attention_batches=args.delta_attention_batches)
+
+    def prepare(self, pretrained: PretrainedView) -> None:
+        """Choose the layers (if not given) and compute the channel attention once.
+
+        Needs ``pretrained.train_labels`` (N,) and ``pretrained.train_batches`` (a callable
+        returning an iterable of ``(images, labels, ...)`` training batches without
+        augmentation).
+        """
+        labels = getattr(pretrained, "train_labels", None)
+        batches = getattr(pretrained, "train_batches", None)
+        if labels is None or batches is None:
+            raise ValueError(
+                "--reg delta needs PretrainedView.train_labels and .train_batches to compute "
+                "its channel attention"
+            )
+        backbone = pretrained.model.backbone
+        if not self.feature_layers:
+            self.feature_layers = default_layers(backbone)
+        device = next(backbone.parameters()).device
+        probe = fit_linear_probe(pretrained.train_embeddings, labels).to(device)
+        scores = ablation_scores(
+            backbone,
+            self.feature_layers,
+            probe,
+            itertools.islice(batches(), self.attention_batches),
+        )
+        for index, layer_scores in enumerate(scores):
+            self.attention[str(index)] = attention_from_scores(layer_scores)
+
+    def penalty(self, step: StepInputs) -> torch.Tensor:
+        """Ω for one step (float32), from ``step.feature_maps`` and the teacher's maps.
+
+        Shape:
+            step.feature_maps[l], step.reference_feature_maps[l]: (n, C_l, *spatial_l).
+
+        Raises:
+            ValueError: maps missing, or not matching the prepared layers and channels.
+        """
+        maps, reference = step.feature_maps, step.reference_feature_maps
+        if maps is None or reference is None:
+            raise ValueError(
+                "--reg delta needs the finetuned and pretrained feature maps in StepInputs"
+            )
+        if not (len(maps) == len(reference) == len(self.attention) == len(self.feature_layers)):
+            raise ValueError(
+                f"--reg delta was prepared for {len(self.attention)} layers "
+                f"({', '.join(self.feature_layers)}); got {len(maps)} finetuned and "
+                f"{len(reference)} pretrained maps"
+            )
+        with torch.autocast(device_type=maps[0].device.type, enabled=False):
+            total = maps[0].new_zeros((), dtype=torch.float32)
+            for index, (fm, fm0) in enumerate(zip(maps, reference, strict=True)):
+                weights = self.attention[str(index)]
+                if fm.shape != fm0.shape or fm.shape[1] != weights.shape[0]:
+                    raise ValueError(
+                        f"--reg delta layer {self.feature_layers[index]}: maps {tuple(fm.shape)} "
+                        f"and {tuple(fm0.shape)} for {weights.shape[0]} attention weights"
+                    )
+                per_channel = (fm.float() - fm0.detach().float()).flatten(2).square().mean(2)
+                total = total + (per_channel * weights.float()).sum(1).mean()
+        return total
+
+    def get_extra_state(self) -> dict:
+        return {"feature_layers": list(self.feature_layers)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.feature_layers = list(state["feature_layers"])

@@ -1,0 +1,205 @@
+r"""L2-SP: weight decay toward the pretrained starting point instead of toward zero.
+
+Li, Grandvalet & Davoine, "Explicit Inductive Bias for Transfer Learning with Convolutional
+Networks", ICML 2018, https://arxiv.org/abs/1802.01483. The paper's penalty is
+:math:`\tfrac{\alpha}{2}\lVert w_S - w_S^0\rVert_2^2 + \tfrac{\beta}{2}\lVert w_{\bar S}\rVert_2^2`
+(w_S: the pretrained part, w_S^0 its starting point, w_S̄: the new layers). Here
+
+.. math::
+
+    \Omega(\theta) = \lVert\theta_b - \theta_b^0\rVert_2^2
+        + r\,\big(\lVert\theta_h\rVert_2^2 + \lVert\theta_{new}\rVert_2^2\big),
+    \qquad r = \beta/\alpha\ (\texttt{--l2sp-beta-ratio}),
+
+so ``loss = task + λ·Ω`` is the paper's objective with α = 2λ and β = 2λr. The default r = 0.1
+is the ratio of the values the paper recommends and DELTA (Li et al., ICLR 2019) reuses for it,
+α = 0.1 and β = 0.01.
+
+What is penalized:
+
+- θ_b⁰: every floating-point backbone parameter, snapshotted in :meth:`L2SP.prepare` (the model
+  before any update), stored as buffers so a checkpoint restores it. Each step sums over the
+  backbone parameters that currently require a gradient (a frozen parameter has not moved, and
+  methods such as LP-FT unfreeze the backbone later, so the snapshot covers all of it).
+  Parameters are matched by name, with peft's ``base_model.model.`` prefix and ``.base_layer``
+  segments removed, so a peft-wrapped backbone matches its plain snapshot.
+- LoRA (peft): the base weights stay frozen, so L2-SP applies to the *effective* weight,
+  ‖W₀ + ΔW − θ⁰‖² with ΔW = s·BA the adapter update (peft's ``get_delta_weight``; a merged
+  adapter is already inside W₀). The factors A and B are not penalized on their own. This is
+  the starting-point distance of the function actually computed; DoRA is refused, its effective
+  weight is not W₀ + ΔW.
+- θ_h: every trainable head parameter (weight and bias), the paper's new layers.
+- θ_new: trainable backbone parameters with no snapshot (added after :meth:`L2SP.prepare`),
+  also new layers in the paper's sense. Prompts or adapters that already exist at
+  :meth:`L2SP.prepare` are snapshotted there, i.e. anchored at their initial values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
+
+
+class BufferDict(nn.Module):
+    """Tensors by arbitrary name (dots allowed), kept as buffers: moved, saved and loaded.
+
+    A key missing here but present in a loaded state dict is created, so a freshly built
+    module can load the tensors that another one computed (resume from a checkpoint).
+    """
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self.register_buffer(key.replace(".", "/"), value)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._buffers[key.replace(".", "/")]
+
+    def __contains__(self, key: str) -> bool:
+        return key.replace(".", "/") in self._buffers
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        for key, value in state_dict.items():
+            name = key[len(prefix) :]
+            if key.startswith(prefix) and "." not in name and name not in self._buffers:
+                self.register_buffer(name, torch.empty_like(value))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without peft's wrapping (``base_model.model.`` and ``.base_layer``)."""
+    parts = [part for part in name.split(".") if part != "base_layer"]
+    return ".".join(parts).removeprefix("base_model.model.")
+
+
+def _lora_layers(backbone: nn.Module) -> dict[str, LoraLayer]:
+    """peft LoRA layers by the canonical name of the base weight they update.
+
+    peft is not imported here (it is slow to import): a model holding LoRA layers means peft
+    is already loaded, so its ``LoraLayer`` class is looked up among the loaded modules.
+    """
+    lora_layer = getattr(sys.modules.get("peft.tuners.lora"), "LoraLayer", None)
+    if lora_layer is None:
+        return {}
+    return {
+        canonical_name(name) + ".weight": module
+        for name, module in backbone.named_modules()
+        if isinstance(module, lora_layer)
+    }
+
+
+def _factor_ids(layers: dict[str, LoraLayer]) -> set[int]:
+    """ids of the LoRA factor parameters (everything in a LoRA layer but its base layer)."""
+    ids = {id(p) for layer in layers.values() for p in layer.parameters()}
+    return ids - {id(p) for layer in layers.values() for p in layer.get_base_layer().parameters()}
+
+
+def adapter_delta(layer: LoraLayer) -> torch.Tensor | None:
+    """ΔW of the active, unmerged LoRA adapters of ``layer`` (``None`` when there is none).
+
+    Shape:
+        That of the base layer's weight.
+
+    Raises:
+        ValueError: an active adapter uses DoRA.
+    """
+    if layer.merged or layer.disable_adapters:
+        return None
+    active = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
+    if any(layer.use_dora.get(a, False) for a in active):
+        raise ValueError("--reg l2sp supports plain LoRA, not DoRA; drop use_dora or the l2sp reg")
+    deltas = [layer.get_delta_weight(a) for a in active]
+    return torch.stack(deltas).sum(0) if deltas else None
+
+
+@register
+class L2SP(Regularizer):
+    """``--reg l2sp``: ‖θ_b − θ_b⁰‖² + r·(‖θ_h‖² + ‖θ_new‖²); see the module docstring.
+
+    Args:
+        beta_ratio: r = β/α, the weight of the plain L2 term on new parameters.
+    """
+
+    name = "l2sp"
+
+    def __init__(self, beta_ratio: float = 0.1):
+        super().__init__()
+        if beta_ratio < 0:
+            raise ValueError(f"--l2sp-beta-ratio must be >= 0; got {beta_ratio}")
+        self.beta_ratio = beta_ratio
+        self.anchor = BufferDict()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
+        parser.add_argument(
+            "--l2sp-beta-ratio",
+            type=float,
+            default=0.1,
+            help="l2sp: weight of the plain L2 on the head relative to the starting-point "
+            "term, beta/alpha (default: 0.1, the paper's alpha=0.1, beta=0.01)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, dim: int) -> L2SP:
+        return cls(beta_ratio=args.l2sp_beta_ratio)
+
+    def prepare(self, pretrained: PretrainedView) -> None:
+        """Snapshot θ_b⁰: every floating-point backbone parameter but LoRA factors."""
+        backbone = pretrained.model.backbone
+        factors = _factor_ids(_lora_layers(backbone))
+        for name, param in backbone.named_parameters():
+            if param.is_floating_point() and id(param) not in factors:
+                self.anchor[canonical_name(name)] = param.detach().clone()
+
+    def penalty(self, step: StepInputs) -> torch.Tensor:
+        """Ω(θ) of ``step.model`` (float32); gradients flow to its parameters.
+
+        Raises:
+            ValueError: no model in ``step``, no snapshot yet, or a LoRA layer whose base
+                weight was not snapshotted.
+        """
+        if step.model is None:
+            raise ValueError("--reg l2sp needs the model in StepInputs.model")
+        if not len(self.anchor):
+            raise ValueError("L2SP.prepare() must run (or a state dict be loaded) before penalty()")
+        backbone, head = step.model.backbone, step.model.head
+        lora = _lora_layers(backbone)
+        factors = _factor_ids(lora)
+        with torch.autocast(device_type=step.embeddings.device.type, enabled=False):
+            zero = step.embeddings.new_zeros((), dtype=torch.float32)
+            sp = zero
+            new = sum(
+                (p.float().square().sum() for p in head.parameters() if p.requires_grad), zero
+            )
+            for name, param in backbone.named_parameters():
+                key = canonical_name(name)
+                if id(param) in factors or not (param.requires_grad or key in lora):
+                    continue
+                if key not in self.anchor:
+                    if key in lora:
+                        raise ValueError(
+                            f"LoRA layer {key} has no L2-SP snapshot; prepare() must see the "
+                            "same backbone that is trained"
+                        )
+                    new = new + param.float().square().sum()
+                    continue
+                weight = param.float()
+                delta = adapter_delta(lora[key]) if key in lora else None
+                if delta is not None:
+                    weight = weight + delta.float()
+                sp = sp + (weight - self.anchor[key].float()).square().sum()
+            return sp + self.beta_ratio * new

@@ -1,0 +1,627 @@
+"""RIFT: Representation Invariance FineTuning (arXiv 2503.07399), covariance and paired forms.
+
+RIFT keeps a finetuned representation close to the pretrained one *up to an orthogonal map*.
+Two ways to measure "close" live here, selected by ``match``:
+
+* ``"covariance"`` (the paper's objective): the covariance of the finetuned embeddings of a batch
+  is matched to the covariance Σ₀ of the pretrained embeddings over the training set, fitted
+  once. No second model and no per-sample reference is needed while training.
+* ``"paired"`` (the invariance the paper argues from, Z_ft ≈ Z_pre·Q): the finetuned embeddings
+  of a batch are matched, sample by sample, to the pretrained embeddings of the same samples,
+  which come from a per-sample cache filled once before training (or a frozen forward pass).
+
+``q`` chooses the orthogonal map: ``"identity"`` (none), ``"learned"`` (one rotation trained with
+the model) or ``"optimal"`` (the best rotation for each batch, in closed form, never stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from riftune.errors import UserError
+from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
+from riftune.stats import StreamingMoments, gather_global_batch
+
+CLI_DEFAULT_MATCH = "paired"
+CLI_DEFAULT_Q = "identity"
+
+MATCHES = ("covariance", "paired")
+ROTATIONS = ("identity", "learned", "optimal")
+STATISTICS = ("batch", "ema")
+REFERENCE_SOURCES = ("cache", "teacher")
+
+_NORM_EPS = 1e-12
+
+
+class _CayleyRotateRows(torch.autograd.Function):
+    """Rows x ↦ Q x with Q = (I + A)⁻¹(I − A) = 2(I + A)⁻¹ − I, A skew-symmetric.
+
+    One LU factorization of I + A (always invertible: its eigenvalues are 1 + iθ) serves the
+    forward pass and the backward pass, and the gradient with respect to A is kept as a
+    product of (d, k) factors until the final outer product, so the cost is
+    (2/3)·d³ + O(k·d²) for k rows, instead of forming Q and differentiating a d×d inverse.
+
+    With M = I + A, S = M⁻¹Xᵀ and Y = X Qᵀ = 2Sᵀ − X, the backward pass of G = ∂L/∂Y is
+    T = M⁻ᵀGᵀ, ∂L/∂X = 2Tᵀ − G (= G Q) and ∂L/∂A = −2 T Sᵀ.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, x: Tensor) -> Tensor:
+        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(eye + a)
+        s = torch.linalg.lu_solve(lu, pivots, x.T)
+        ctx.save_for_backward(lu, pivots, s)
+        return 2 * s.T - x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        lu, pivots, s = ctx.saved_tensors
+        t = torch.linalg.lu_solve(lu, pivots, grad.T, adjoint=True)
+        grad_a = -2 * t @ s.T if ctx.needs_input_grad[0] else None
+        grad_x = 2 * t.T - grad if ctx.needs_input_grad[1] else None
+        return grad_a, grad_x
+
+
+def cayley_rotate_rows(a: Tensor, x: Tensor) -> Tensor:
+    """``x @ Q.T`` (each row x_i mapped to Q x_i) for the Cayley rotation Q of skew ``a``.
+
+    Q = (I + A)⁻¹(I − A) is orthogonal for every skew-symmetric A, to the precision of one
+    LU solve; Q(−A) = Q(A)ᵀ, so ``cayley_rotate_rows(-a, x)`` is ``x @ Q``.
+
+    Shape:
+        - a: (d, d), skew-symmetric.
+        - x: (k, d).
+        - output: (k, d).
+    """
+    return _CayleyRotateRows.apply(a, x)
+
+
+def spectral_distance(sigma_eigvals: Tensor, ref_eigvals: Tensor) -> Tensor:
+    """Σᵢ (λᵢ↓(Σ) − λᵢ↓(Σ₀))² over all d eigenvalues, given Σ's k largest (k ≤ d).
+
+    The eigenvalues of Σ that are not given are zero, so they add Σ_{i>k} λᵢ(Σ₀)².
+
+    Shape:
+        - sigma_eigvals: (k,), any order.
+        - ref_eigvals: (d,), descending.
+    """
+    k = sigma_eigvals.shape[0]
+    top = torch.sort(sigma_eigvals, descending=True).values
+    return (top - ref_eigvals[:k]).square().sum() + ref_eigvals[k:].square().sum()
+
+
+def batch_covariance_eigvals(zc: Tensor, fast: bool = True) -> Tensor:
+    """Eigenvalues of Σ(z) = Z_cᵀZ_c/(n − 1), all of them or the n of the Gram form.
+
+    With ``fast`` and n ≤ d they are those of the n×n matrix Z_cZ_cᵀ/(n − 1), which has the
+    same non-zero eigenvalues (the other d − n are zero); otherwise of the d×d matrix.
+    Gradients go through eigenvectors only (no eigenvalue gaps), so they stay finite for
+    repeated or zero eigenvalues.
+
+    Shape:
+        - zc: (n, d), centered rows.
+        - output: (n,) when ``fast`` and n ≤ d, else (d,); ascending.
+    """
+    n, d = zc.shape
+    gram = zc @ zc.T if fast and n <= d else zc.T @ zc
+    return torch.linalg.eigvalsh(gram / (n - 1))
+
+
+def nuclear_norm_of_product(r: Tensor, z: Tensor, fast: bool = True) -> Tensor:
+    """‖rᵀz‖_* (the sum of singular values of the d×d matrix rᵀz), differentiable in z.
+
+    ``r`` is treated as a constant. With ``fast`` and k ≤ d, the reduced QR factorization
+    rᵀ = Q_r R_r (Q_r with orthonormal columns; valid for rank-deficient r) gives
+    rᵀz = Q_r (R_r z), so ‖rᵀz‖_* = ‖R_r z‖_*: one QR of a d×k matrix without gradient and
+    the singular values of a k×d matrix, O(k²·d) in all. Otherwise the singular values of
+    the d×d product.
+
+    Shape:
+        - r, z: (k, d).
+        - output: scalar.
+    """
+    k, d = z.shape
+    if fast and k <= d:
+        with torch.no_grad():
+            r_factor = torch.linalg.qr(r.T, mode="r").R
+        return torch.linalg.svdvals(r_factor @ z).sum()
+    return torch.linalg.svdvals(r.detach().T @ z).sum()
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
+@register
+class RIFT(Regularizer):
+    r"""RIFT regularizer: keep the finetuned embeddings the pretrained ones up to a rotation.
+
+    Notation: z is the (n, d) batch of finetuned embeddings, μ(z) its mean, Z_c = z − μ(z) its
+    centered rows, Σ(z) = Z_cᵀZ_c/(n − 1) its unbiased covariance; μ₀ and Σ₀ are the mean and
+    unbiased covariance of the pretrained embeddings over the training set
+    (:meth:`fit_reference`); λᵢ↓(·) are eigenvalues in descending order; Q is orthogonal;
+    w = ``mean_weight``.
+
+    **match="covariance"** (the paper's objective). With the statistics Σ̄, μ̄ below,
+
+    .. math::
+        L = \|Σ̄ − QᵀΣ₀Q\|²_F / c_Σ + w\,\|μ̄ − Qᵀμ₀\|² / c_μ
+
+    - ``q="identity"``: Q = I, so L = ‖Σ̄ − Σ₀‖²_F/c_Σ + w‖μ̄ − μ₀‖²/c_μ.
+    - ``q="learned"``: Q = :attr:`rotation`, trained with the model.
+    - ``q="optimal"``: each term at its own minimum over orthogonal Q:
+      L = Σᵢ (λᵢ↓(Σ̄) − λᵢ↓(Σ₀))²/c_Σ + w(‖μ̄‖ − ‖μ₀‖)²/c_μ, over all d eigenvalues
+      (min_Q ‖A − QᵀBQ‖²_F for symmetric A, B; the sum is a lower bound of the joint
+      minimum when w > 0). No Q is stored.
+    - ``normalize=True``: c_Σ = ‖Σ₀‖²_F and c_μ = tr(Σ₀), which makes each term invariant to a
+      rescaling of the embeddings, so λ means the same across backbones; else c_Σ = c_μ = 1.
+    - ``stats="batch"``: Σ̄ = Σ(z), μ̄ = μ(z). ``stats="ema"``: Σ̄ = (1 − m)·R + m·Σ(z) and
+      μ̄ = (1 − m)·r + m·μ(z), where R, r are running estimates (buffers, not differentiated, so
+      the gradient flows through the current batch only; m = ``momentum``). They start at
+      Σ₀, μ₀ when the reference is fitted (the model starts pretrained) and, in training
+      mode, are replaced by Σ̄, μ̄ after each call.
+
+    **match="paired"**: ``forward(z, reference)`` where ``reference`` holds the pretrained
+    embeddings of the same n samples (treated as a constant). With
+    ẑ = Z_c/‖Z_c‖_F and r̂ = R_c/‖R_c‖_F (R_c the centered reference),
+
+    .. math::
+        L = \|ẑ − r̂Q\|²_F + w\,n\,\|μ(z)/\|Z_c\|_F − Qᵀμ(r)/\|R_c\|_F\|²
+
+    which is ‖Ẑ − R̂Q‖²_F for the batches Ẑ, R̂ with the scaled mean appended as one more row
+    (√(w·n)·μ/‖·‖_F); with w = 1 that is the uncentered batches z/‖Z_c‖_F and r/‖R_c‖_F.
+
+    - ``q="identity"``: Q = I.
+    - ``q="learned"``: Q = :attr:`rotation`.
+    - ``q="optimal"``: the orthogonal Procrustes minimum
+      ‖Ẑ‖²_F + ‖R̂‖²_F − 2‖R̂ᵀẐ‖_* (= 2 − 2‖r̂ᵀẑ‖_* for w = 0; ‖·‖_* the nuclear norm).
+
+    The paired loss is scale-free by construction: ``normalize`` has no effect and
+    ``stats="ema"`` does not apply (a running average of batches of different samples does not
+    pair with anything). It needs no fitted statistics.
+
+    **What each variant preserves.** A covariance says nothing about which sample sits where:
+    covariance/identity keeps the second moments in the original coordinates; learned and
+    optimal keep only their spectrum (the shape of the distribution up to a rotation, a
+    single one shared across steps for learned, any one per batch for optimal). Matching a
+    covariance can leave every individual embedding free to move. Paired matching keeps each
+    sample's embedding relative to the others (after centering and a global scale): identity
+    in the original coordinates, learned up to one rotation shared across steps, optimal up
+    to any rotation per batch, which is exactly the invariance Z_ft ≈ Z_pre·Q; it preserves
+    all inner products between the batch's centered embeddings.
+
+    **Learned Q** is the Cayley transform Q = (I + A)⁻¹(I − A) of a skew-symmetric A
+    (A = U − Uᵀ with U the strict upper triangle of the parameter ``rotation_generator``,
+    initialized to 0, so Q = I). It is recomputed from A on every call, so it stays orthogonal
+    to float precision however long it is trained; it covers the rotations SO(d) (which
+    reach the same minima as O(d) for covariance matching, and for paired matching whenever
+    n < d). Give the parameter to the optimizer along with the model's.
+
+    **Cost per call** (n rows, d features; under ``torch.distributed`` n is the global batch):
+
+    - covariance/identity: O(n·d²) (one n×d by d×d product), O(n·d) extra memory.
+    - covariance/learned: plus one LU factorization of a d×d matrix (⅔·d³), never a d×d
+      inverse or product; applying Q and its gradient cost O(n·d²).
+    - covariance/optimal: an n×n eigendecomposition, O(n²·d + n³) when n ≤ d
+      (O(n·d² + d³) otherwise), with Σ₀'s eigenvalues computed once by :meth:`fit_reference`.
+    - stats="ema": plus O(n·d²) to form Σ(z) and O(d²) memory; with ``learned`` a dense
+      QᵀΣ₀Q and with ``optimal`` a d×d eigendecomposition, O(d³) each.
+    - paired/identity: O(n·d); paired/learned: one d×d LU plus O(n·d²); paired/optimal: a QR of
+      the d×n reference (no gradient) and the singular values of an n×d matrix, O(n²·d).
+
+    Statistics are computed in float32 or wider (autocast is disabled inside and bf16/fp16
+    inputs are upcast). Under an initialized ``torch.distributed`` process group the batch
+    (and the reference) are all-gathered differentiably (:func:`riftune.stats.gather_global_batch`),
+    so every formula above holds for the global batch and DDP-averaged gradients equal those
+    of one process on it.
+
+    Args:
+        dim: the embedding size d.
+        match: ``"covariance"`` or ``"paired"``.
+        q: ``"identity"``, ``"learned"`` or ``"optimal"``.
+        normalize: divide by ‖Σ₀‖²_F (and tr Σ₀); covariance matching only.
+        mean_weight: w ≥ 0, the weight of the mean term.
+        stats: ``"batch"`` or ``"ema"`` (covariance matching only).
+        momentum: m ∈ (0, 1], the weight of the current batch in the running estimates.
+        reference_source: where paired references come from during training: ``"cache"``
+            (pretrained embeddings of each training sample computed once before training)
+            or ``"teacher"`` (a frozen forward pass each step). Paired matching only.
+
+    Shape:
+        - z: (n, d), n ≥ 2, any floating dtype.
+        - reference: (n, d), the pretrained embeddings of the same samples (paired only).
+        - output: scalar, float32 (float64 for float64 inputs).
+    """
+
+    name = "rift"
+
+    def __init__(
+        self,
+        dim: int,
+        match: str = "covariance",
+        q: str = "identity",
+        normalize: bool = True,
+        mean_weight: float = 0.0,
+        stats: str = "batch",
+        momentum: float = 0.1,
+        reference_source: str = "cache",
+    ):
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer (the embedding size), got {dim!r}")
+        self.dim = dim
+        self.match = _choice("match", match, MATCHES)
+        self.q = _choice("q", q, ROTATIONS)
+        self.stats = _choice("stats", stats, STATISTICS)
+        _choice("reference_source", reference_source, REFERENCE_SOURCES)
+        if not (math.isfinite(mean_weight) and mean_weight >= 0):
+            raise ValueError(f"mean_weight must be a finite number >= 0, got {mean_weight}")
+        if not (0 < momentum <= 1):
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        if match == "paired" and stats == "ema":
+            raise ValueError(
+                "stats='ema' applies to match='covariance' only; use stats='batch' with paired"
+            )
+        if match == "covariance" and reference_source != "cache":
+            raise ValueError(
+                "reference_source applies to match='paired' only; covariance matching uses "
+                "fitted statistics"
+            )
+        self.normalize = normalize
+        self.mean_weight = float(mean_weight)
+        self.momentum = float(momentum)
+        self.reference = reference_source if match == "paired" else None
+
+        self.register_buffer("ref_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ref_mean", torch.zeros(dim))
+        self.register_buffer("ref_cov", torch.zeros(dim, dim))
+        self.register_buffer("ref_cov_sq_norm", torch.zeros(()))
+        self.register_buffer("ref_trace", torch.zeros(()))
+        if match == "covariance" and q == "optimal":
+            self.register_buffer("ref_eigvals", torch.zeros(dim))
+        if stats == "ema":
+            self.register_buffer("running_cov", torch.zeros(dim, dim))
+            self.register_buffer("running_mean", torch.zeros(dim))
+        if q == "learned":
+            self.rotation_generator = nn.Parameter(torch.zeros(dim, dim))
+        self._fitted = False
+        self.register_load_state_dict_post_hook(_sync_fitted_flag)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, match={self.match!r}, q={self.q!r}, normalize={self.normalize}, "
+            f"mean_weight={self.mean_weight}, stats={self.stats!r}, momentum={self.momentum}, "
+            f"reference={self.reference!r}"
+        )
+
+    # ----------------------------------------------------------------- reference statistics
+
+    @torch.no_grad()
+    def fit_reference(
+        self, features: Tensor | Iterable[Tensor], *, all_reduce: bool = True
+    ) -> RIFT:
+        """Fit μ₀ and the unbiased Σ₀ of the pretrained embeddings, streaming, in float64.
+
+        Also stores ‖Σ₀‖²_F, tr Σ₀, Σ₀'s eigenvalues (``q="optimal"`` covariance) and resets
+        the running estimates (``stats="ema"``) to Σ₀, μ₀; all are buffers, so
+        ``state_dict()`` round-trips them.
+
+        Args:
+            features: an (N, d) tensor, or an iterable of (n, d) tensors (e.g. one per batch).
+            all_reduce: under an initialized ``torch.distributed``, treat ``features`` as this
+                rank's shard and combine the statistics of all ranks (every rank must call).
+                Pass ``False`` when every rank holds all the data.
+
+        Returns:
+            ``self``.
+        """
+        moments = StreamingMoments(self.dim)
+        chunks = [features] if isinstance(features, Tensor) else features
+        for chunk in chunks:
+            if not isinstance(chunk, Tensor):
+                raise ValueError(
+                    f"reference features must be tensors of shape (n, {self.dim}), "
+                    f"got {type(chunk).__name__}"
+                )
+            self._check_rows(chunk, "reference features", min_rows=0)
+            if not torch.isfinite(chunk).all():
+                raise ValueError(
+                    "reference features contain NaN or infinite values; check the pretrained "
+                    "model's embeddings"
+                )
+            moments.update(chunk)
+        if all_reduce:
+            moments.all_reduce()
+        if moments.count < 2:
+            raise ValueError(f"fit_reference needs at least 2 reference rows, got {moments.count}")
+        cov = moments.covariance()
+        sq_norm = cov.square().sum()
+        if self.normalize and self.match == "covariance" and sq_norm == 0:
+            raise ValueError(
+                "the reference features have zero variance, so normalize=True would divide "
+                "by zero; check the features or pass normalize=False"
+            )
+        self.ref_count.fill_(moments.count)
+        self.ref_mean.copy_(moments.mean())
+        self.ref_cov.copy_(cov)
+        self.ref_cov_sq_norm.copy_(sq_norm)
+        self.ref_trace.copy_(torch.trace(cov))
+        if hasattr(self, "ref_eigvals"):
+            self.ref_eigvals.copy_(torch.linalg.eigvalsh(cov).flip(0).clamp_min(0))
+        if self.stats == "ema":
+            self.running_cov.copy_(cov)
+            self.running_mean.copy_(moments.mean())
+        self._fitted = True
+        return self
+
+    # ----------------------------------------------------------------------- the rotation
+
+    def _skew(self) -> Tensor:
+        upper = self.rotation_generator.triu(1)
+        return upper - upper.T
+
+    @property
+    def rotation(self) -> Tensor:
+        """Q (d, d): the learned rotation (differentiable), or I for ``q="identity"``.
+
+        ``q="optimal"`` stores none (the optimal Q depends on the batch): ValueError.
+        """
+        if self.q == "optimal":
+            raise ValueError(
+                "q='optimal' stores no rotation: the best Q is found per batch in closed form"
+            )
+        if self.q == "identity":
+            return torch.eye(self.dim, device=self.ref_mean.device, dtype=self.ref_mean.dtype)
+        a = self._skew()
+        eye = torch.eye(self.dim, device=a.device, dtype=a.dtype)
+        return cayley_rotate_rows(a, eye).T
+
+    # --------------------------------------------------------------------------- forward
+
+    def _check_rows(self, x: Tensor, what: str, min_rows: int = 2) -> None:
+        if x.dim() != 2:
+            raise ValueError(
+                f"{what} must be a 2-D (n, d) tensor, got shape {tuple(x.shape)}; flatten "
+                "or pool the features first"
+            )
+        if x.shape[1] != self.dim:
+            raise ValueError(
+                f"{what} have {x.shape[1]} features but RIFT was built with dim={self.dim}"
+            )
+        if x.shape[0] < min_rows:
+            raise ValueError(
+                f"{what} need at least {min_rows} rows for batch statistics, got {x.shape[0]}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{what} must be a floating-point tensor, got {x.dtype}")
+
+    def forward(self, z: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The RIFT loss of a batch (see the class docstring for every formula).
+
+        Args:
+            z: finetuned embeddings of the batch (n, d), with gradient.
+            reference: pretrained embeddings of the same samples (n, d); paired matching only.
+
+        Returns:
+            A scalar tensor.
+        """
+        self._check_rows(z, "embeddings")
+        if self.match == "paired":
+            if reference is None:
+                raise ValueError(
+                    "match='paired' needs forward(z, reference) with the pretrained "
+                    "embeddings of the same samples"
+                )
+            self._check_rows(reference, "reference embeddings")
+            if reference.shape[0] != z.shape[0]:
+                raise ValueError(
+                    f"reference has {reference.shape[0]} rows but the batch has {z.shape[0]}; "
+                    "pass the pretrained embeddings of the same samples"
+                )
+        else:
+            if reference is not None:
+                raise ValueError(
+                    "match='covariance' takes no per-sample reference; call forward(z), or "
+                    "build RIFT(match='paired')"
+                )
+            if not self._fitted:
+                raise ValueError(
+                    "RIFT(match='covariance') has no reference statistics; call "
+                    "fit_reference(pretrained_embeddings) before forward"
+                )
+        dtype = _compute_dtype(z)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = gather_global_batch(z).to(dtype)
+            if self.match == "paired":
+                assert reference is not None
+                ref = gather_global_batch(reference.detach()).to(dtype)
+                return self._paired(z, ref)
+            return self._covariance(z)
+
+    def _covariance(self, z: Tensor) -> Tensor:
+        dtype, n = z.dtype, z.shape[0]
+        mean = z.mean(0)
+        zc = z - mean
+        mu0 = self.ref_mean.to(dtype)
+        sigma0 = self.ref_cov.to(dtype)
+        sq_norm0 = self.ref_cov_sq_norm.to(dtype)
+        if self.stats == "ema":
+            m = self.momentum
+            sigma = (1 - m) * self.running_cov.to(dtype) + m * (zc.T @ zc) / (n - 1)
+            mean_bar = (1 - m) * self.running_mean.to(dtype) + m * mean
+            cov_term, mean_term = self._dense_terms(sigma, mean_bar, sigma0, mu0)
+            if self.training:
+                with torch.no_grad():
+                    self.running_cov.copy_(sigma)
+                    self.running_mean.copy_(mean_bar)
+        elif self.q == "optimal":
+            cov_term = spectral_distance(batch_covariance_eigvals(zc), self.ref_eigvals.to(dtype))
+            mean_term = _norm_gap(mean, mu0)
+        else:
+            # ‖Σ(z) − QᵀΣ₀Q‖² = ‖Σ(z)‖² − 2 tr(Z_c QᵀΣ₀Q Z_cᵀ)/(n − 1) + ‖Σ₀‖², Q orthogonal:
+            # only Q applied to the n rows (and the mean) is needed, never a d×d product.
+            gram = zc @ zc.T if n <= self.dim else zc.T @ zc
+            if self.q == "learned":
+                rotated = cayley_rotate_rows(self._skew().to(dtype), torch.cat([zc, mean[None]]))
+                yc, mean_q = rotated[:n], rotated[n]
+            else:
+                yc, mean_q = zc, mean
+            cross = ((yc @ sigma0) * yc).sum() / (n - 1)
+            cov_term = (gram.square().sum() / (n - 1) ** 2 - 2 * cross + sq_norm0).clamp_min(0)
+            mean_term = (mean_q - mu0).square().sum()
+        if self.normalize:
+            cov_term = cov_term / sq_norm0
+            mean_term = mean_term / self.ref_trace.to(dtype)
+        if self.mean_weight == 0:
+            return cov_term
+        return cov_term + self.mean_weight * mean_term
+
+    def _dense_terms(
+        self, sigma: Tensor, mean: Tensor, sigma0: Tensor, mu0: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The two terms from a dense Σ̄ (d, d) and μ̄ (d,) (the ``stats="ema"`` path)."""
+        if self.q == "optimal":
+            cov_term = spectral_distance(
+                torch.linalg.eigvalsh(sigma), self.ref_eigvals.to(sigma.dtype)
+            )
+            return cov_term, _norm_gap(mean, mu0)
+        if self.q == "learned":
+            rot = self.rotation.to(sigma.dtype)
+            sigma0 = rot.T @ sigma0 @ rot
+            mu0 = rot.T @ mu0
+        return (sigma - sigma0).square().sum(), (mean - mu0).square().sum()
+
+    def _paired(self, z: Tensor, ref: Tensor) -> Tensor:
+        n = z.shape[0]
+        z_mean, r_mean = z.mean(0), ref.mean(0)
+        zc, rc = z - z_mean, ref - r_mean
+        z_scale = torch.linalg.vector_norm(zc).clamp_min(_NORM_EPS)
+        r_scale = torch.linalg.vector_norm(rc).clamp_min(_NORM_EPS)
+        z_hat, r_hat = zc / z_scale, rc / r_scale
+        if self.mean_weight > 0:
+            factor = math.sqrt(self.mean_weight * n)
+            z_hat = torch.cat([z_hat, (factor * z_mean / z_scale)[None]])
+            r_hat = torch.cat([r_hat, (factor * r_mean / r_scale)[None]])
+        if self.q == "optimal":
+            total = z_hat.square().sum() + r_hat.square().sum()
+            return (total - 2 * nuclear_norm_of_product(r_hat, z_hat)).clamp_min(0)
+        if self.q == "learned":
+            r_hat = cayley_rotate_rows(-self._skew().to(z.dtype), r_hat)
+        return (z_hat - r_hat).square().sum()
+
+    # ------------------------------------------------------------------- riftune protocol
+
+    def prepare(self, pretrained: PretrainedView) -> None:
+        """Fit the reference statistics from the pretrained training-set embeddings.
+
+        Every rank holds all of them (see :class:`PretrainedView`), so nothing is reduced.
+        """
+        self.fit_reference(pretrained.train_embeddings, all_reduce=False)
+
+    def penalty(self, step: StepInputs) -> Tensor:
+        """``self(embeddings)``, or ``self(embeddings, reference)`` for paired matching."""
+        if self.match == "paired":
+            if step.reference is None:
+                raise ValueError(
+                    "RIFT(match='paired') needs reference embeddings in StepInputs; the engine "
+                    f"must supply them from {self.reference!r}"
+                )
+            return self(step.embeddings, step.reference)
+        return self(step.embeddings)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
+        """Add the ``--rift-*`` flags."""
+        parser.add_argument(
+            "--rift-match",
+            choices=MATCHES,
+            default=CLI_DEFAULT_MATCH,
+            help="what RIFT matches: 'covariance' matches the batch covariance to the "
+            "pretrained covariance (no per-sample reference); 'paired' matches each sample's "
+            "embedding to its pretrained embedding, up to centering, scale and Q "
+            "(default: %(default)s)",
+        )
+        parser.add_argument(
+            "--rift-q",
+            choices=ROTATIONS,
+            default=CLI_DEFAULT_Q,
+            help="the orthogonal map Q: 'identity' (none), 'learned' (one rotation trained "
+            "with the model) or 'optimal' (the best rotation per batch, in closed form) "
+            "(default: %(default)s)",
+        )
+        parser.add_argument(
+            "--rift-stats",
+            choices=STATISTICS,
+            default="batch",
+            help="covariance statistics: 'batch' (this batch's) or 'ema' (a running estimate "
+            "updated by each batch; covariance matching only) (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--rift-momentum",
+            type=float,
+            default=0.1,
+            metavar="M",
+            help="weight of the current batch in the running estimate, in (0, 1] "
+            "(--rift-stats ema) (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--rift-mean-weight",
+            type=float,
+            default=0.0,
+            metavar="W",
+            help="weight of the term that also matches the mean embedding (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--rift-normalize",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="divide the covariance loss by the squared Frobenius norm of the pretrained "
+            "covariance, so the regularization weight means the same across backbones "
+            "(default: on)",
+        )
+        parser.add_argument(
+            "--rift-reference",
+            choices=REFERENCE_SOURCES,
+            default=None,
+            help="paired matching: take pretrained embeddings from a cache filled once before "
+            "training ('cache') or from a frozen forward pass each step ('teacher') "
+            "(default: cache)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, dim: int) -> RIFT:
+        """Build RIFT from the parsed ``--rift-*`` flags; bad combinations are UserErrors."""
+        try:
+            return cls(
+                dim,
+                match=args.rift_match,
+                q=args.rift_q,
+                normalize=args.rift_normalize,
+                mean_weight=args.rift_mean_weight,
+                stats=args.rift_stats,
+                momentum=args.rift_momentum,
+                reference_source=args.rift_reference or "cache",
+            )
+        except ValueError as err:
+            raise UserError(f"--reg rift: {err}") from None
+
+
+def _norm_gap(mean: Tensor, mu0: Tensor) -> Tensor:
+    """(‖μ‖ − ‖μ₀‖)² = min over orthogonal Q of ‖μ − Qᵀμ₀‖²."""
+    return (torch.linalg.vector_norm(mean) - torch.linalg.vector_norm(mu0)).square()
+
+
+def _sync_fitted_flag(module: nn.Module, incompatible_keys: Any) -> None:
+    module._fitted = bool(module.ref_count.item() >= 2)

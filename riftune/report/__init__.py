@@ -1,0 +1,39 @@
+"""Reports of runs and comparisons: history CSV, Markdown tables and matplotlib figures."""
+
+from riftune.report.aggregate import (
+    GROUP_KEYS,
+    aggregate_runs,
+    flatten_metrics,
+    metric_mean,
+    regularizer_label,
+    select_lambda,
+)
+from riftune.report.figures import pca_2d, plot_embeddings, plot_tradeoff, plot_training
+from riftune.report.history import read_history_csv, write_history_csv
+from riftune.report.tables import (
+    COMPARE_COLUMNS,
+    MetricColumn,
+    compare_report_markdown,
+    format_stat,
+    summary_table,
+)
+
+__all__ = [
+    "COMPARE_COLUMNS",
+    "GROUP_KEYS",
+    "MetricColumn",
+    "aggregate_runs",
+    "compare_report_markdown",
+    "flatten_metrics",
+    "format_stat",
+    "metric_mean",
+    "pca_2d",
+    "plot_embeddings",
+    "plot_tradeoff",
+    "plot_training",
+    "read_history_csv",
+    "regularizer_label",
+    "select_lambda",
+    "summary_table",
+    "write_history_csv",
+]

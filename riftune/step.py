@@ -1,0 +1,167 @@
+"""One training step, shared by ``riftune finetune`` and ``riftune bench``.
+
+    loss = cross_entropy(head(z), y) + lam * regularizer.penalty(z, reference, ...)
+
+where z are the finetuned embeddings of the batch and ``reference`` the pretrained embeddings of
+the same images, read from the per-sample cache or computed by a frozen teacher pass, only when
+the regularizer asks for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from riftune.distributed import DistributedContext
+from riftune.models.classifier import Classifier
+from riftune.models.feature_maps import FeatureMapTap, default_layers
+from riftune.regularizers import Regularizer, StepInputs
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+@contextlib.contextmanager
+def _module_modes_kept(module: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit (a teacher pass switches to eval)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+class Teacher:
+    """Pretrained embeddings (and feature maps) of a batch, computed per step without gradient.
+
+    Methods that can switch their changes off (LoRA, adapters, prompts, a frozen backbone) give
+    ``pretrained_forward``, a context manager under which the trained backbone computes the
+    pretrained function: no second copy of the weights. Otherwise a frozen copy of the
+    pretrained backbone is kept (full finetuning, BitFit, LP-FT).
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        pretrained_forward: Callable[[], contextlib.AbstractContextManager] | None,
+        feature_maps: bool,
+    ):
+        self.model = model
+        self.pretrained_forward = pretrained_forward
+        self.copy = (
+            None
+            if pretrained_forward is not None
+            else copy.deepcopy(model.backbone).eval().requires_grad_(False)
+        )
+        layers = default_layers(model.backbone) if feature_maps else None
+        self.student_tap = FeatureMapTap(model.backbone, layers) if layers else None
+        self.teacher_tap = (
+            FeatureMapTap(self.copy, layers) if layers and self.copy is not None else None
+        )
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        if self.copy is not None:
+            embeddings = self.copy(images)
+            return embeddings, self.teacher_tap.pop() if self.teacher_tap else None
+        with _module_modes_kept(self.model), self.pretrained_forward():
+            self.model.backbone.eval()
+            embeddings = self.model.backbone(images)
+            maps = self.student_tap.pop() if self.student_tap else None
+        return embeddings, maps
+
+
+class TrainStep:
+    """Forward, loss, backward and optimizer update for one batch.
+
+    Args:
+        model: the classifier (unwrapped); ``forward_model`` is what the forward pass calls
+            (the DDP wrapper under torchrun, else ``model``).
+        regularizer: its ``reference`` attribute picks cache, teacher or nothing.
+        reference_cache: pretrained embeddings of the training split in dataset order,
+            on the device. Shape: (N, d).
+        teacher: per-batch pretrained pass, when the regularizer needs one.
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        regularizer: Regularizer,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        ctx: DistributedContext,
+        lam: float,
+        grad_clip: float,
+        amp_dtype: torch.dtype | None,
+        reference_cache: torch.Tensor | None = None,
+        teacher: Teacher | None = None,
+    ):
+        self.model = model
+        self.forward_model: nn.Module = model
+        self.regularizer = regularizer
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.ctx = ctx
+        self.lam = lam
+        self.grad_clip = grad_clip
+        self.amp_dtype = amp_dtype
+        self.reference_cache = reference_cache
+        self.teacher = teacher
+        self._parameters = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Run the step; returns the detached losses ``loss``, ``task``, ``reg`` (on device).
+
+        Raises:
+            NonFiniteLossError: the loss is NaN or infinite on some rank (no update is made).
+        """
+        device = self.ctx.device
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(
+            device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            reference = teacher_maps = None
+            if self.teacher is not None:
+                reference, teacher_maps = self.teacher(images)
+            elif self.reference_cache is not None:
+                reference = self.reference_cache[indices.to(device, non_blocking=True)]
+            output = self.forward_model(images)
+            maps = (
+                self.teacher.student_tap.pop()
+                if self.teacher is not None and self.teacher.student_tap
+                else None
+            )
+            task_loss = F.cross_entropy(output.logits.float(), labels)
+            reg_loss = self.regularizer.penalty(
+                StepInputs(
+                    embeddings=output.embeddings,
+                    reference=reference,
+                    feature_maps=maps,
+                    reference_feature_maps=teacher_maps,
+                    model=self.model,
+                )
+            ).float()
+            loss = task_loss + self.lam * reg_loss
+        if not self.ctx.all_true(bool(torch.isfinite(loss.detach()))):
+            raise NonFiniteLossError("loss became non-finite")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": loss.detach(), "task": task_loss.detach(), "reg": reg_loss.detach()}

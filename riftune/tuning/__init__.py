@@ -1,0 +1,37 @@
+"""Finetuning methods by name. Importing a module registers the method it defines.
+
+See :mod:`riftune.tuning.base` for the protocol the training engine follows.
+"""
+
+from riftune.tuning import adaptformer, bitfit, full, linear, lora, lp_ft, vpt  # noqa: F401
+from riftune.tuning.adaptformer import AdaptFormer
+from riftune.tuning.base import (
+    FinetuningMethod,
+    add_arguments,
+    available,
+    from_args,
+    get,
+    register,
+)
+from riftune.tuning.bitfit import BitFit
+from riftune.tuning.full import Full
+from riftune.tuning.linear import Linear
+from riftune.tuning.lora import LoRA
+from riftune.tuning.lp_ft import LPFT
+from riftune.tuning.vpt import VPT
+
+__all__ = [
+    "LPFT",
+    "VPT",
+    "AdaptFormer",
+    "BitFit",
+    "FinetuningMethod",
+    "Full",
+    "Linear",
+    "LoRA",
+    "add_arguments",
+    "available",
+    "from_args",
+    "get",
+    "register",
+]

@@ -1,0 +1,135 @@
+"""LoRA (Hu et al. 2022, arXiv 2106.09685) on the backbone's linear and convolution layers, via peft."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import torch
+from torch import nn
+
+from riftune.errors import UserError
+from riftune.models.classifier import Classifier
+from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
+
+LORA_MARKER = ".lora_"
+"""Every parameter peft adds has a ``lora_`` component (``lora_A``, ``lora_B``) in its name."""
+
+
+def lora_targets(backbone: nn.Module) -> list[str]:
+    """Names of the backbone's layers LoRA adapts.
+
+    Every ``nn.Linear`` (except those inside ``nn.MultiheadAttention``, which reads their
+    weights directly and would bypass the adapter), and every plain ``nn.Conv2d`` with
+    ``groups == 1``. Not targeted: grouped and depthwise convolutions, since peft's LoRA for
+    them needs the rank to be divisible by the number of groups and cannot be merged (so
+    EfficientNet's depthwise 3x3/5x5 convolutions stay frozen), and ``nn.Conv2d``
+    subclasses such as timm's ``Conv2dSame``, whose dynamic padding peft's LoRA branch
+    would not reproduce.
+    """
+    inside_mha = {
+        f"{name}.{child}" if name else child
+        for name, module in backbone.named_modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for child, _ in module.named_modules()
+    }
+    return [
+        name
+        for name, module in backbone.named_modules()
+        if (isinstance(module, nn.Linear) and name not in inside_mha)
+        or (type(module) is nn.Conv2d and module.groups == 1)
+    ]
+
+
+@register
+class LoRA(FinetuningMethod):
+    """Low-rank updates ``W + (alpha / r) B A`` on :func:`lora_targets`, the head trainable.
+
+    ``B`` starts at zero, so the model starts as the pretrained one. The backbone's own
+    weights are frozen and its BatchNorm layers stay in eval mode (running statistics
+    pretrained), so ``disable_adapter()`` gives back the pretrained function at any time:
+    that is the teacher pass. :meth:`merged_backbone_state` merges ``B A`` into the weights.
+    ``model.backbone`` becomes a ``peft.PeftModel`` around the original backbone (its
+    attributes are still reachable through it).
+
+    Args:
+        rank: r, the rank of each update.
+        alpha: the scale numerator; the update is multiplied by ``alpha / rank``.
+        dropout: dropout on the LoRA branch's input.
+    """
+
+    name = "lora"
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):
+        if rank < 1:
+            raise UserError(f"--lora-rank must be a positive integer, got {rank}")
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"--lora-dropout must be in [0, 1), got {dropout}")
+        self.rank = rank
+        self.alpha = alpha
+        self.dropout = dropout
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--lora-rank", type=int, default=8, help="lora: rank r of each update (default: 8)"
+        )
+        group.add_argument(
+            "--lora-alpha",
+            type=float,
+            default=16.0,
+            help="lora: alpha; updates are scaled by alpha / r (default: 16)",
+        )
+        group.add_argument(
+            "--lora-dropout",
+            type=float,
+            default=0.0,
+            help="lora: dropout on the LoRA branch input (default: 0)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LoRA:
+        return cls(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
+
+    def apply(self, model: Classifier) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if isinstance(model.backbone, PeftModel):
+            raise ValueError("LoRA is already applied to this model; call apply() once")
+        targets = lora_targets(model.backbone)
+        if not targets:
+            raise UserError(
+                f"--method lora found no nn.Linear or ungrouped nn.Conv2d in the "
+                f"{type(model.backbone).__name__} backbone; choose another --method"
+            )
+        config = LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            bias="none",
+        )
+        model.backbone = get_peft_model(model.backbone, config)
+
+    def is_trainable(self, name: str, phase: str) -> bool:
+        return is_head(name) or self.is_new(name)
+
+    def is_new(self, name: str) -> bool:
+        return LORA_MARKER in name
+
+    def pretrained_forward(self, model: Classifier) -> AbstractContextManager[None]:
+        return _adapters_disabled(model.backbone)
+
+    def merged_backbone_state(self, model: Classifier) -> dict[str, torch.Tensor]:
+        """The backbone's weights with ``(alpha / r) B A`` merged in, under the plain keys."""
+        with torch.no_grad():
+            merged = copy.deepcopy(model.backbone).merge_and_unload()
+        return {k: v.detach() for k, v in merged.state_dict().items()}
+
+
+@contextmanager
+def _adapters_disabled(backbone: nn.Module) -> Iterator[None]:
+    with eval_mode(backbone), backbone.disable_adapter():
+        yield

@@ -1,0 +1,66 @@
+"""``torchrun --nproc_per_node 2`` (gloo, CPU) gives the same run as one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "16",
+         "--eval-batch-size", "32", "--epochs", "2", "--reg", "rift", "--quiet"]  # fmt: skip
+# Summation order differs between one global batch and two all-reduced halves, so results agree
+# to float32 rounding, amplified a little by a few optimizer steps; not bit for bit.
+TOLERANCE = 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(out: Path, nproc: int, medmnist_dir: Path) -> None:
+    env = {**os.environ, "RIFTUNE_DATA": str(medmnist_dir), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        command = [sys.executable, "-m", "riftune", "finetune"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                   "-m", "riftune", "finetune"]  # fmt: skip
+    result = subprocess.run(
+        command + FLAGS + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _steps(out: Path) -> list[dict]:
+    with open(out / "steps.csv") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, medmnist_dir):
+    _run(tmp_path / "one", 1, medmnist_dir)
+    _run(tmp_path / "two", 2, medmnist_dir)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    for split in ("test", "val"):
+        for key in ("acc", "auc", "cka", "ece"):
+            assert two[split][key] == pytest.approx(one[split][key], abs=TOLERANCE), (split, key)
+    assert two["best_epoch"] == one["best_epoch"]
+    steps_one, steps_two = _steps(tmp_path / "one"), _steps(tmp_path / "two")
+    assert len(steps_one) == len(steps_two) == 2 * (48 // 16)
+    for a, b in zip(steps_one, steps_two, strict=True):
+        for key in ("loss", "task", "reg", "lr"):
+            assert b[key] == pytest.approx(a[key], abs=TOLERANCE, rel=TOLERANCE), (a["step"], key)
+    # only rank 0 wrote: one set of outputs, no stray files from rank 1
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )

@@ -1,0 +1,590 @@
+"""RIFT: every formula against an independent NumPy/SciPy computation, plus its guarantees.
+
+The NumPy references below are written from the formulas in RIFT's docstring, with
+np.cov, np.linalg.eigvalsh and scipy's orthogonal Procrustes solver, not from the module's
+code paths (no Gram-matrix tricks, no QR, no Cayley solver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.linalg import orthogonal_procrustes
+from scipy.stats import special_ortho_group
+
+from riftune.errors import UserError
+from riftune.regularizers import rift as rift_module
+from riftune.regularizers.base import PretrainedView, StepInputs, get
+from riftune.regularizers.rift import (
+    RIFT,
+    batch_covariance_eigvals,
+    cayley_rotate_rows,
+    nuclear_norm_of_product,
+    spectral_distance,
+)
+
+SHAPES = [(5, 12), (40, 6), (7, 7), (2, 3)]  # n < d, n > d, n = d, the smallest batch
+QS = ["identity", "learned", "optimal"]
+VARIANTS = [("covariance", q, s) for q in QS for s in ("batch", "ema")] + [
+    ("paired", q, "batch") for q in QS
+]
+
+
+# ----------------------------------------------------------------------- NumPy references
+
+
+def np_cov(x):
+    return np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
+
+
+def np_cayley(generator):
+    upper = np.triu(generator, 1)
+    a = upper - upper.T
+    eye = np.eye(len(a))
+    return np.linalg.solve(eye + a, eye - a)
+
+
+def np_covariance_loss(sigma, mean, features, q, normalize, w, rot=None):
+    """The covariance-matching loss from a statistic Σ̄, μ̄ (docstring formula)."""
+    mu0, sigma0 = features.mean(0), np_cov(features)
+    if q == "optimal":
+        lam = np.sort(np.linalg.eigvalsh(sigma))[::-1]
+        lam0 = np.sort(np.linalg.eigvalsh(sigma0))[::-1]
+        cov_term = np.sum((lam - np.maximum(lam0, 0)) ** 2)
+        mean_term = (np.linalg.norm(mean) - np.linalg.norm(mu0)) ** 2
+    else:
+        rot = np.eye(len(mu0)) if q == "identity" else rot
+        cov_term = np.sum((sigma - rot.T @ sigma0 @ rot) ** 2)
+        mean_term = np.sum((mean - rot.T @ mu0) ** 2)
+    if normalize:
+        cov_term /= np.sum(sigma0**2)
+        mean_term /= np.trace(sigma0)
+    return cov_term + w * mean_term
+
+
+def np_paired_loss(z, r, q, w, rot=None):
+    n = len(z)
+    zc, rc = z - z.mean(0), r - r.mean(0)
+    zs, rs = np.linalg.norm(zc), np.linalg.norm(rc)
+    zh, rh = zc / zs, rc / rs
+    if w:
+        zh = np.vstack([zh, np.sqrt(w * n) * z.mean(0) / zs])
+        rh = np.vstack([rh, np.sqrt(w * n) * r.mean(0) / rs])
+    if q == "optimal":
+        rot, _ = orthogonal_procrustes(rh, zh)
+    elif q == "identity":
+        rot = np.eye(z.shape[1])
+    return np.sum((zh - rh @ rot) ** 2)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def make_data(n, d, seed=0, n_ref=64):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    features = rng.normal(size=(n_ref, d)) @ mix * 2 + rng.normal(size=d)
+    z = rng.normal(size=(n, d)) @ mix + rng.normal(size=d)
+    reference = z @ mix.T + 0.3 * rng.normal(size=(n, d))
+    return features, z, reference
+
+
+def build(d, features, q, match="covariance", seed=0, dtype=torch.float64, **kwargs):
+    """A fitted RIFT in ``dtype``; a learned Q starts at a random rotation."""
+    reg = RIFT(d, match=match, q=q, **kwargs).to(dtype)
+    reg.fit_reference(torch.tensor(features))
+    if q == "learned":
+        with torch.no_grad():
+            gen = torch.randn(d, d, generator=torch.Generator().manual_seed(seed + 7))
+            reg.rotation_generator.copy_(gen)
+    return reg
+
+
+def rotation_np(reg):
+    return np_cayley(reg.rotation_generator.detach().double().numpy())
+
+
+def call(reg, z, reference=None):
+    return reg(z, reference) if reg.match == "paired" else reg(z)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny matrices in long loops run fastest without intra-op threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------- formulas vs NumPy
+
+
+@pytest.mark.parametrize(("n", "d"), SHAPES)
+@pytest.mark.parametrize("q", QS)
+@pytest.mark.parametrize(("normalize", "w"), [(True, 0.0), (False, 0.7), (True, 1.3)])
+def test_covariance_batch_matches_numpy(n, d, q, normalize, w):
+    features, z, _ = make_data(n, d, seed=n * 31 + d)
+    reg = build(d, features, q, normalize=normalize, mean_weight=w)
+    rot = rotation_np(reg) if q == "learned" else None
+    expected = np_covariance_loss(np_cov(z), z.mean(0), features, q, normalize, w, rot)
+    got = reg(torch.tensor(z))
+    assert got.dtype == torch.float64 and got.shape == ()
+    np.testing.assert_allclose(got.item(), expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("q", QS)
+@pytest.mark.parametrize(("n", "d"), [(4, 6), (20, 5)])
+def test_covariance_ema_matches_numpy(q, n, d):
+    features, _, _ = make_data(n, d, seed=3)
+    m, w = 0.3, 0.5
+    reg = build(d, features, q, stats="ema", momentum=m, mean_weight=w, normalize=False)
+    rot = rotation_np(reg) if q == "learned" else None
+    running, running_mean = np_cov(features), features.mean(0)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        z = rng.normal(size=(n, d)) * 1.5
+        sigma = (1 - m) * running + m * np_cov(z)
+        mean = (1 - m) * running_mean + m * z.mean(0)
+        expected = np_covariance_loss(sigma, mean, features, q, False, w, rot)
+        np.testing.assert_allclose(reg(torch.tensor(z)).item(), expected, rtol=1e-9)
+        running, running_mean = sigma, mean
+        np.testing.assert_allclose(reg.running_cov.numpy(), running, rtol=1e-12)
+        np.testing.assert_allclose(reg.running_mean.numpy(), running_mean, rtol=1e-12)
+    reg.eval()  # evaluation uses the running estimate but leaves it unchanged
+    z = rng.normal(size=(n, d))
+    sigma = (1 - m) * running + m * np_cov(z)
+    mean = (1 - m) * running_mean + m * z.mean(0)
+    expected = np_covariance_loss(sigma, mean, features, q, False, w, rot)
+    np.testing.assert_allclose(reg(torch.tensor(z)).item(), expected, rtol=1e-9)
+    np.testing.assert_allclose(reg.running_cov.numpy(), running, rtol=1e-12)
+
+
+def test_ema_gradient_flows_through_the_current_batch_only():
+    features, z, _ = make_data(6, 4)
+    reg = build(4, features, "identity", stats="ema", momentum=0.25)
+    zt = torch.tensor(z, requires_grad=True)
+    reg(zt).backward()
+    assert not reg.running_cov.requires_grad
+    # ∂L/∂z equals that of ‖m·Σ(z) + const‖², i.e. m times the batch-term derivative
+    reg2 = build(4, features, "identity", stats="ema", momentum=0.25)
+    zt2 = torch.tensor(z, requires_grad=True)
+    sigma0 = reg2.ref_cov
+    zc = zt2 - zt2.mean(0)
+    sigma = 0.75 * sigma0 + 0.25 * zc.T @ zc / 5
+    ((sigma - sigma0).square().sum() / sigma0.square().sum()).backward()
+    torch.testing.assert_close(zt.grad, zt2.grad)
+
+
+@pytest.mark.parametrize(("n", "d"), SHAPES)
+@pytest.mark.parametrize("q", QS)
+@pytest.mark.parametrize("w", [0.0, 0.6])
+def test_paired_matches_numpy(n, d, q, w):
+    _, z, reference = make_data(n, d, seed=n * 17 + d)
+    reg = build(d, reference, q, match="paired", mean_weight=w)
+    rot = rotation_np(reg) if q == "learned" else None
+    expected = np_paired_loss(z, reference, q, w, rot)
+    got = reg(torch.tensor(z), torch.tensor(reference))
+    np.testing.assert_allclose(got.item(), expected, rtol=1e-9, atol=1e-11)
+
+
+def test_paired_normalize_has_no_effect_and_needs_no_fit():
+    _, z, reference = make_data(6, 5)
+    zt, rt = torch.tensor(z), torch.tensor(reference)
+    on = RIFT(5, match="paired", q="optimal", normalize=True).double()(zt, rt)
+    off = RIFT(5, match="paired", q="optimal", normalize=False).double()(zt, rt)
+    assert on.item() == off.item()
+
+
+@pytest.mark.parametrize(("match", "q", "stats"), VARIANTS)
+def test_gradients_match_finite_differences(match, q, stats):
+    features, z, reference = make_data(5, 4, seed=11)
+    reg = build(4, features, q, match=match, stats=stats, mean_weight=0.4)
+    reg.eval()  # keep the running estimate fixed across gradcheck's evaluations
+    zt = torch.tensor(z, requires_grad=True)
+    inputs = (zt, reg.rotation_generator) if q == "learned" else (zt,)
+    rt = torch.tensor(reference)
+
+    def loss(zz, *_):
+        return call(reg, zz, rt)
+
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- fast paths vs dense
+
+
+@pytest.mark.parametrize(("n", "d"), [(3, 9), (8, 8), (12, 5), (2, 6)])
+def test_gram_eigenvalues_equal_dense(n, d):
+    rng = np.random.default_rng(n + d)
+    ref_eig = torch.tensor(np.sort(rng.uniform(0, 2, size=d))[::-1].copy())
+    z0 = rng.normal(size=(n, d))
+    out = {}
+    for fast in (True, False):
+        z = torch.tensor(z0, requires_grad=True)
+        eig = batch_covariance_eigvals(z - z.mean(0), fast=fast)
+        assert eig.shape == ((min(n, d),) if fast else (d,))
+        loss = spectral_distance(eig, ref_eig)
+        out[fast] = (loss.item(), torch.autograd.grad(loss, z)[0])
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-10)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize(("k", "d"), [(4, 10), (7, 7), (9, 5), (2, 3)])
+def test_procrustes_nuclear_norm_equals_dense(k, d):
+    rng = np.random.default_rng(k * d)
+    r = torch.tensor(rng.normal(size=(k, d)))
+    r = r - r.mean(0)  # rank-deficient, as in the loss
+    z0 = rng.normal(size=(k, d))
+    out = []
+    for fast in (True, False):
+        z = torch.tensor(z0, requires_grad=True)
+        value = nuclear_norm_of_product(r, z - z.mean(0), fast=fast)
+        out.append((value.item(), torch.autograd.grad(value, z)[0]))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-10)
+    np.testing.assert_allclose(
+        out[0][0], np.linalg.svd(r.numpy().T @ (z0 - z0.mean(0)), compute_uv=False).sum()
+    )
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-6, atol=1e-8)
+
+
+def test_cayley_rows_match_scipy_and_are_orthogonal():
+    rng = np.random.default_rng(5)
+    gen = rng.normal(size=(6, 6)) * 2
+    upper = np.triu(gen, 1)
+    a = torch.tensor(upper - upper.T)
+    x = torch.tensor(rng.normal(size=(4, 6)))
+    q = np_cayley(gen)
+    np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-12)
+    np.testing.assert_allclose(cayley_rotate_rows(a, x).numpy(), x.numpy() @ q.T, atol=1e-12)
+    np.testing.assert_allclose(cayley_rotate_rows(-a, x).numpy(), x.numpy() @ q, atol=1e-12)
+    reg = RIFT(6, q="learned").double()
+    with torch.no_grad():
+        reg.rotation_generator.copy_(torch.tensor(gen))
+    np.testing.assert_allclose(reg.rotation.detach().numpy(), q, atol=1e-12)
+    assert torch.equal(RIFT(3).rotation, torch.eye(3))
+    with pytest.raises(ValueError, match="stores no rotation"):
+        _ = RIFT(3, q="optimal").rotation
+
+
+# ----------------------------------------------------------------------------- learned Q
+
+
+def _optimize_rotation(reg, z, reference, steps, lr):
+    opt = torch.optim.Adam(reg.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    with one_thread():
+        for _ in range(steps):
+            loss = call(reg, z, reference)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+        with torch.no_grad():
+            return call(reg, z, reference).item()
+
+
+def test_learned_q_stays_orthogonal_and_reaches_procrustes_optimum():
+    """3000 Adam steps on Q alone (float32): Q orthogonal to 1e-4, loss at the optimum.
+
+    n < d, so the Procrustes optimum over O(d) is reachable by a rotation.
+    """
+    _, z, reference = make_data(5, 8, seed=21)
+    z, reference = torch.tensor(z).float(), torch.tensor(reference).float()
+    reg = RIFT(8, match="paired", q="learned", mean_weight=0.5)
+    optimal = RIFT(8, match="paired", q="optimal", mean_weight=0.5)(z, reference).item()
+    final = _optimize_rotation(reg, z, reference, steps=3000, lr=0.05)
+    assert final == pytest.approx(optimal, rel=1e-4, abs=1e-6)
+    q = reg.rotation.detach()
+    assert q.dtype == torch.float32
+    assert (q.T @ q - torch.eye(8)).abs().max().item() <= 1e-4
+    assert reg.rotation_generator.detach().abs().max() > 0.3  # it really rotated
+
+
+def test_learned_q_reaches_covariance_optimum():
+    features, z, _ = make_data(10, 5, seed=22)
+    reg = RIFT(5, q="learned").fit_reference(torch.tensor(features).float())
+    optimal = RIFT(5, q="optimal").fit_reference(torch.tensor(features).float())
+    z = torch.tensor(z).float()
+    final = _optimize_rotation(reg, z, None, steps=800, lr=0.05)
+    assert final == pytest.approx(optimal(z).item(), rel=1e-4, abs=1e-6)
+    assert final < RIFT(5).fit_reference(torch.tensor(features).float())(z).item()
+
+
+# ---------------------------------------------------------------------------- invariances
+
+
+def test_optimal_losses_ignore_a_rotated_reference():
+    features, z, reference = make_data(6, 7, seed=8)
+    rot = special_ortho_group.rvs(7, random_state=3)
+    zt = torch.tensor(z)
+    cov = build(7, features, "optimal", mean_weight=0.5)(zt)
+    cov_rot = build(7, features @ rot, "optimal", mean_weight=0.5)(zt)
+    np.testing.assert_allclose(cov.item(), cov_rot.item(), rtol=1e-9)
+    paired = RIFT(7, match="paired", q="optimal", mean_weight=0.5).double()
+    np.testing.assert_allclose(
+        paired(zt, torch.tensor(reference)).item(),
+        paired(zt, torch.tensor(reference @ rot)).item(),
+        rtol=1e-9,
+    )
+    # the identity variants do see the rotation
+    ident = build(7, features, "identity")(zt)
+    assert abs(build(7, features @ rot, "identity")(zt).item() - ident.item()) > 1e-3
+
+
+def test_paired_is_invariant_to_scale_and_translation_of_each_side():
+    _, z, reference = make_data(6, 4, seed=9)
+    for q in QS:
+        reg = build(4, reference, q, match="paired")
+        base = reg(torch.tensor(z), torch.tensor(reference)).item()
+        moved = reg(torch.tensor(3.7 * z + 5.0), torch.tensor(0.2 * reference - 1.0)).item()
+        np.testing.assert_allclose(base, moved, rtol=1e-9)
+
+
+def test_normalized_covariance_is_invariant_to_rescaling_everything():
+    features, z, _ = make_data(6, 5, seed=10)
+    for q in QS:
+        base = build(5, features, q, mean_weight=0.8)(torch.tensor(z)).item()
+        scaled = build(5, 40.0 * features, q, mean_weight=0.8)(torch.tensor(40.0 * z)).item()
+        np.testing.assert_allclose(base, scaled, rtol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(2, 9),
+    d=st.integers(1, 7),
+    seed=st.integers(0, 2**31 - 1),
+    w=st.sampled_from([0.0, 0.5]),
+)
+def test_properties_random_batches(n, d, seed, w):
+    """Optimal ≤ learned (any Q) and ≤ identity; covariance ignores translation; ≥ 0."""
+    features, z, reference = make_data(n, d, seed=seed % 10_000, n_ref=d + 3)
+    zt, rt = torch.tensor(z), torch.tensor(reference)
+    shift = torch.tensor(np.random.default_rng(seed).normal(size=d) * 10)
+    for match in ("covariance", "paired"):
+        losses = {
+            q: call(build(d, features, q, match=match, seed=seed, mean_weight=w), zt, rt).item()
+            for q in QS
+        }
+        assert min(losses.values()) >= 0
+        tol = 1e-9 * (1 + losses["identity"])
+        assert losses["optimal"] <= losses["learned"] + tol
+        assert losses["optimal"] <= losses["identity"] + tol
+        if match == "paired" and w == 0:
+            assert losses["identity"] <= 4 + 1e-9  # two unit-norm matrices
+    no_mean = build(d, features, "identity")
+    np.testing.assert_allclose(no_mean(zt).item(), no_mean(zt + shift).item(), rtol=1e-7)
+
+
+# --------------------------------------------------------------------- numerical safety
+
+
+@pytest.mark.parametrize(("match", "q", "stats"), VARIANTS)
+@pytest.mark.parametrize("case", ["n2", "rank_deficient", "constant_features", "constant_batch"])
+def test_finite_values_and_gradients(match, q, stats, case):
+    torch.manual_seed(0)
+    d = 6
+    z = {
+        "n2": torch.randn(2, d),
+        "rank_deficient": torch.randn(5, 2) @ torch.randn(2, d),
+        "constant_features": torch.cat([torch.randn(4, 3), torch.ones(4, 3)], 1),
+        "constant_batch": torch.ones(4, d),
+    }[case]
+    features = torch.cat([torch.randn(10, 3), torch.full((10, 3), 2.0)], 1)
+    reg = RIFT(d, match=match, q=q, stats=stats, mean_weight=0.5).fit_reference(features)
+    z = z.clone().requires_grad_(True)
+    loss = call(reg, z, z.detach() * 2 + 1)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(z.grad).all()
+    if q == "learned":
+        assert torch.isfinite(reg.rotation_generator.grad).all()
+
+
+@pytest.mark.parametrize(("match", "q"), [(m, q) for m in ("covariance", "paired") for q in QS])
+def test_bf16_autocast_input_gives_float32_accurate_loss(match, q):
+    features, z, reference = make_data(16, 24, seed=12)
+    reg = build(24, features, q, match=match, dtype=torch.float32)
+    exact = build(24, features, q, match=match, dtype=torch.float64)
+    if q == "learned":
+        with torch.no_grad():
+            exact.rotation_generator.copy_(reg.rotation_generator.double())
+        exact.ref_cov.copy_(reg.ref_cov.double())  # same float32-rounded Σ₀
+    z16 = torch.tensor(z).bfloat16()
+    r16 = torch.tensor(reference).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = call(reg, z16, r16)
+    expected = call(exact, z16.double(), r16.double())
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.item(), expected.item(), rtol=2e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ fitting and the state
+
+
+def test_streaming_fit_equals_one_shot_and_numpy():
+    features, _, _ = make_data(4, 6, n_ref=90)
+    one = RIFT(6, q="optimal", stats="ema").double().fit_reference(torch.tensor(features))
+    chunks = (torch.tensor(c) for c in np.array_split(features, 7))
+    streamed = RIFT(6, q="optimal", stats="ema").double().fit_reference(chunks)
+    for name, buf in one.named_buffers():
+        torch.testing.assert_close(buf, dict(streamed.named_buffers())[name], rtol=1e-12, atol=0)
+    sigma0 = np_cov(features)
+    np.testing.assert_allclose(one.ref_cov.numpy(), sigma0, rtol=1e-12)
+    np.testing.assert_allclose(one.ref_mean.numpy(), features.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(one.ref_cov_sq_norm.item(), np.sum(sigma0**2), rtol=1e-12)
+    np.testing.assert_allclose(one.ref_trace.item(), np.trace(sigma0), rtol=1e-12)
+    np.testing.assert_allclose(
+        one.ref_eigvals.numpy(), np.sort(np.linalg.eigvalsh(sigma0))[::-1], atol=1e-12
+    )
+    assert one.ref_count.item() == 90
+    np.testing.assert_allclose(one.running_cov.numpy(), sigma0, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("match", "q", "stats"), VARIANTS)
+def test_state_dict_round_trip(match, q, stats):
+    features, z, reference = make_data(6, 5)
+    reg = build(5, features, q, match=match, stats=stats, dtype=torch.float32)
+    zt, rt = torch.tensor(z).float(), torch.tensor(reference).float()
+    call(reg, zt, rt)  # moves the running estimate away from Σ₀
+    state = reg.state_dict()
+    expected_keys = {"ref_count", "ref_mean", "ref_cov", "ref_cov_sq_norm", "ref_trace"}
+    expected_keys |= {"running_cov", "running_mean"} if stats == "ema" else set()
+    expected_keys |= {"rotation_generator"} if q == "learned" else set()
+    expected_keys |= {"ref_eigvals"} if (match, q) == ("covariance", "optimal") else set()
+    assert set(state) == expected_keys
+    fresh = RIFT(5, match=match, q=q, stats=stats)
+    fresh.load_state_dict(state)
+    reg.eval()
+    fresh.eval()
+    assert call(fresh, zt, rt).item() == call(reg, zt, rt).item()
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_clear_errors():
+    reg = RIFT(4)
+    with pytest.raises(ValueError, match="fit_reference"):
+        reg(torch.randn(3, 4))
+    reg.fit_reference(torch.randn(10, 4))
+    with pytest.raises(ValueError, match="2-D"):
+        reg(torch.randn(3, 4, 1))
+    with pytest.raises(ValueError, match="dim=4"):
+        reg(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        reg(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="floating-point"):
+        reg(torch.ones(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="takes no per-sample reference"):
+        reg(torch.randn(3, 4), torch.randn(3, 4))
+    bad = torch.randn(10, 4)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        RIFT(4).fit_reference(bad)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        RIFT(4).fit_reference([torch.randn(5, 4), torch.full((2, 4), float("inf"))])
+    with pytest.raises(ValueError, match="at least 2 reference rows"):
+        RIFT(4).fit_reference(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="dim=4"):
+        RIFT(4).fit_reference(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="zero variance"):
+        RIFT(4).fit_reference(torch.ones(5, 4))
+    paired = RIFT(4, match="paired")
+    with pytest.raises(ValueError, match="forward\\(z, reference\\)"):
+        paired(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="same samples"):
+        paired(torch.randn(3, 4), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="dim=4"):
+        paired(torch.randn(3, 4), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"match": "cov"}, "match must be one of"),
+        ({"q": "spectral"}, "q must be one of"),
+        ({"stats": "running"}, "stats must be one of"),
+        ({"momentum": 0.0}, "momentum"),
+        ({"momentum": 1.5}, "momentum"),
+        ({"mean_weight": -1.0}, "mean_weight"),
+        ({"mean_weight": float("nan")}, "mean_weight"),
+        ({"match": "paired", "stats": "ema"}, "ema"),
+        ({"reference_source": "teacher"}, "paired' only"),
+        ({"match": "paired", "reference_source": "disk"}, "reference_source"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RIFT(4, **kwargs)
+    with pytest.raises(ValueError, match="positive integer"):
+        RIFT(0)
+
+
+# --------------------------------------------------------------------- riftune protocol
+
+
+def _parser():
+    parser = argparse.ArgumentParser()
+    RIFT.add_arguments(parser.add_argument_group("rift"))
+    return parser
+
+
+def test_registered_with_protocol_attributes():
+    assert get("rift") is RIFT
+    assert RIFT(4).reference is None
+    assert RIFT(4, match="paired").reference == "cache"
+    assert RIFT(4, match="paired", reference_source="teacher").reference == "teacher"
+    assert not RIFT.needs_feature_maps
+
+
+def test_prepare_and_penalty():
+    features, z, reference = make_data(6, 5)
+    emb = torch.tensor(features).float()
+    cov = RIFT(5, q="optimal")
+    cov.prepare(PretrainedView(model=torch.nn.Identity(), train_embeddings=emb))
+    direct = RIFT(5, q="optimal").fit_reference(emb)
+    zt, rt = torch.tensor(z).float(), torch.tensor(reference).float()
+    assert cov.penalty(StepInputs(embeddings=zt)).item() == direct(zt).item()
+    paired = RIFT(5, match="paired", q="optimal")
+    assert paired.penalty(StepInputs(embeddings=zt, reference=rt)).item() == paired(zt, rt).item()
+    with pytest.raises(ValueError, match="reference embeddings"):
+        paired.penalty(StepInputs(embeddings=zt))
+
+
+def test_cli_flags_defaults_and_from_args(monkeypatch):
+    args = _parser().parse_args([])
+    reg = RIFT.from_args(args, dim=7)
+    assert (reg.match, reg.q) == (rift_module.CLI_DEFAULT_MATCH, rift_module.CLI_DEFAULT_Q)
+    assert (reg.stats, reg.momentum, reg.mean_weight, reg.normalize) == ("batch", 0.1, 0.0, True)
+    monkeypatch.setattr(rift_module, "CLI_DEFAULT_MATCH", "covariance")
+    monkeypatch.setattr(rift_module, "CLI_DEFAULT_Q", "optimal")
+    reg = RIFT.from_args(_parser().parse_args([]), dim=7)
+    assert (reg.match, reg.q, reg.reference) == ("covariance", "optimal", None)
+    flags = "--rift-match covariance --rift-q learned --rift-stats ema --rift-momentum 0.2 "
+    flags += "--rift-mean-weight 0.5 --no-rift-normalize"
+    reg = RIFT.from_args(_parser().parse_args(flags.split()), dim=7)
+    assert (reg.match, reg.q, reg.stats, reg.momentum) == ("covariance", "learned", "ema", 0.2)
+    assert (reg.mean_weight, reg.normalize) == (0.5, False)
+    reg = RIFT.from_args(
+        _parser().parse_args("--rift-match paired --rift-reference teacher".split()), dim=7
+    )
+    assert reg.reference == "teacher"
+    for bad in ("--rift-match paired --rift-stats ema", "--rift-momentum 0"):
+        with pytest.raises(UserError, match="--reg rift"):
+            RIFT.from_args(_parser().parse_args(bad.split()), dim=7)
+    with pytest.raises(UserError, match="paired' only"):
+        RIFT.from_args(
+            _parser().parse_args("--rift-match covariance --rift-reference teacher".split()), 7
+        )
+    help_text = _parser().format_help()
+    for flag in ("--rift-q", "--rift-stats", "--rift-momentum", "--no-rift-normalize"):
+        assert flag in help_text
