@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import random
 import statistics
@@ -108,7 +109,7 @@ class _Runner:
             teacher = Teacher(
                 model,
                 (lambda: method.pretrained_forward(model)) if switch is not None else None,
-                feature_maps=reg.needs_feature_maps,
+                feature_layers=reg.feature_layers if reg.needs_feature_maps else None,
             )
         self.step = TrainStep(
             model,
@@ -138,6 +139,21 @@ class _Runner:
         return times
 
 
+def _peak_memory(variants: list[Variant], build: Callable[[Variant], _Runner]) -> dict[str, float]:
+    """Peak CUDA memory (MiB) of a few steps of each variant, built alone (not interleaved:
+    memory is not noisy), so its teacher copy, optimizer state and activations all count."""
+    peaks = {}
+    for variant in variants:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        runner = build(variant)
+        runner.run(3)
+        peaks[variant.label] = torch.cuda.max_memory_allocated() / 2**20
+        del runner
+    return peaks
+
+
 def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]:
     ctx = distributed.setup(args.device)
     amp_dtype = autocast_dtype(args.amp, ctx.device)
@@ -158,30 +174,27 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
         ),
     ):
         model.eval()
-        cache = torch.cat([model.embed(images + 0.1 * torch.randn_like(images)) for _ in range(4)])[
-            : args.batch_size
-        ].float()
+        # the cache of a 4-batch "training set": this batch's images and three noisy copies
+        noisy = [images] + [images + 0.1 * torch.randn_like(images) for _ in range(3)]
+        cache = torch.cat([model.embed(x) for x in noisy]).float()
         model.train()
         method.configure(model, 0, 1)
-    runners = [
-        _Runner(v, model, method, images, labels, cache, ctx, amp_dtype, 1e-5) for v in variants
-    ]
+
+    def build(variant: Variant) -> _Runner:
+        return _Runner(variant, model, method, images, labels, cache, ctx, amp_dtype, 1e-5)
+
+    runners = [build(v) for v in variants]
     for runner in runners:
         runner.run(args.warmup)
     medians: dict[str, list[float]] = {v.label: [] for v in variants}
-    peaks: dict[str, float] = {}
     order = list(range(len(runners)))
     rng = random.Random(0)
     for _ in range(args.rounds):
         rng.shuffle(order)
         for i in order:
-            runner = runners[i]
-            if ctx.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(ctx.device)
-            medians[runner.variant.label].append(statistics.median(runner.run(args.steps)))
-            if ctx.device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20
-                peaks[runner.variant.label] = max(peaks.get(runner.variant.label, 0.0), peak)
+            medians[runners[i].variant.label].append(statistics.median(runners[i].run(args.steps)))
+    del runners
+    peaks = _peak_memory(variants, build) if ctx.device.type == "cuda" else {}
     base = variants[0].label
     rows = []
     for v in variants:
@@ -326,14 +339,14 @@ def run_bench(args: argparse.Namespace) -> str:
         rows = bench_steps(args, variants)
         results["steps"] = rows
         columns = [
-            ("variant", "variant", "{}"),
-            ("step_ms", "step (ms)", "{:.1f}"),
-            ("time_ratio", "time / plain", "{:.3f}"),
+            ("variant", "variant", ""),
+            ("step_ms", "step (ms)", ".1f"),
+            ("time_ratio", "time / plain", ".3f"),
         ]
         if "peak_mib" in rows[0]:
             columns += [
-                ("peak_mib", "peak MiB", "{:.0f}"),
-                ("memory_ratio", "memory / plain", "{:.3f}"),
+                ("peak_mib", "peak MiB", ".0f"),
+                ("memory_ratio", "memory / plain", ".3f"),
             ]
         parts.append(summary_table(rows, columns))
         if "reference" not in skip:
@@ -352,7 +365,7 @@ def run_bench(args: argparse.Namespace) -> str:
         parts.append(
             summary_table(
                 rows,
-                [("d", "d", "{}"), ("n", "n", "{}")] + [(k, f"{k} (ms)", "{:.2f}") for k in keys],
+                [("d", "d", ""), ("n", "n", "")] + [(k, f"{k} (ms)", ".2f") for k in keys],
             )
         )
     if args.json:

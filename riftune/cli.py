@@ -49,8 +49,8 @@ def _wise_ft(args: argparse.Namespace) -> int:
     from riftune.wise_ft import parse_alphas, wise_ft
 
     rows = wise_ft(args.run, parse_alphas(args.alphas), device=args.device)
-    columns = [("alpha", "α", "{:.2f}")] + [
-        (f"{split}.{key}", f"{split} {key}", "{:.4f}")
+    columns = [("alpha", "α", ".2f")] + [
+        (f"{split}.{key}", f"{split} {key}", ".4f")
         for split in ("val", "test")
         for key in ("acc", "auc", "cka")
     ]

@@ -30,6 +30,7 @@ import yaml
 from riftune import config as config_module
 from riftune import report
 from riftune.errors import UserError
+from riftune.run_dir import RunDir
 
 _VARIANT = re.compile(r"^(?P<name>[\w-]+)(\[(?P<options>[^\]]*)\])?$")
 
@@ -164,11 +165,15 @@ def _finetune_flags(grid: dict, passthrough: Sequence[str]) -> list[str]:
 def _run(job: Job, passthrough: Sequence[str], log) -> None:
     if job.record() is not None:
         return
-    resume = ["--resume"] if (job.folder / "checkpoints").is_dir() else []
+    run = RunDir(job.folder)
+    # continue an interrupted run; restart one that failed before its first checkpoint
+    again = (
+        ["--resume"] if run.has_checkpoints() else ["--overwrite"] if run.config.exists() else []
+    )
     job.folder.mkdir(parents=True, exist_ok=True)
     with open(job.folder / "compare.log", "a") as handle:
         result = subprocess.run(
-            job.command(passthrough) + resume,
+            job.command(passthrough) + again,
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=os.environ,

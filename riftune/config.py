@@ -176,8 +176,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     evaluation.add_argument(
         "--hessian-iters",
         type=int,
-        default=20,
-        help="power iterations for the top Hessian eigenvalue (default: 20; 0 skips)",
+        default=10,
+        help="power iterations for the top Hessian eigenvalue (default: 10; 0 skips)",
     )
     evaluation.add_argument(
         "--transfer-data",

@@ -149,7 +149,12 @@ class Finetuner:
         model = self.model
         self.reg = regularizers.get(args.reg).from_args(args, model.num_features)
         self.reg.prepare(
-            PretrainedView(model=model, train_embeddings=self.pretrained.train.embeddings)
+            PretrainedView(
+                model=model,
+                train_embeddings=self.pretrained.train.embeddings,
+                train_labels=self.pretrained.train.labels,
+                train_batches=lambda: eval_loader(self.data.train, args.eval_batch_size, self.ctx),
+            )
         )
         self.reg.to(device)
         needs_teacher = self.reg.reference == "teacher" or self.reg.needs_feature_maps
@@ -159,7 +164,7 @@ class Finetuner:
             teacher = Teacher(
                 model,
                 (lambda: self.method.pretrained_forward(model)) if has_switch else None,
-                feature_maps=self.reg.needs_feature_maps,
+                feature_layers=self.reg.feature_layers if self.reg.needs_feature_maps else None,
             )
         cache = (
             self.pretrained.train.embeddings.to(device) if self.reg.reference == "cache" else None

@@ -112,12 +112,15 @@ def landscape_metrics(
     """Sharpness and top Hessian eigenvalue of the task loss (cross-entropy, no regularizer).
 
     Both use the same fixed batches: ``--landscape-images`` training images (no augmentation)
-    drawn with the run's seed, in batches of ``--batch-size``, spread over ranks. Sharpness is
+    drawn with the run's seed, in whole batches of ``--batch-size`` (rounded down to a multiple
+    of batch size × world size, so every rank gets as many), spread over ranks. Sharpness is
     adaptive (ASAM) with radius ``--sharpness-rho`` found by ``--sharpness-steps`` ascent steps;
     the Hessian eigenvalue comes from ``--hessian-iters`` power iterations. Both run in eval
     mode (BatchNorm running statistics) over the parameters the method trained, in float32.
     """
-    count = min(args.landscape_images, len(train))
+    # whole batches only, as many on every rank, so the result is independent of world size
+    per_round = args.batch_size * ctx.world_size
+    count = min(args.landscape_images, len(train)) // per_round * per_round
     if count == 0 or (args.sharpness_rho <= 0 and args.hessian_iters <= 0):
         return {}
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]

@@ -19,7 +19,7 @@ from torch import nn
 
 from riftune.distributed import DistributedContext
 from riftune.models.classifier import Classifier
-from riftune.models.feature_maps import FeatureMapTap, default_layers
+from riftune.models.feature_maps import FeatureMapTap
 from riftune.regularizers import Regularizer, StepInputs
 
 
@@ -51,7 +51,7 @@ class Teacher:
         self,
         model: Classifier,
         pretrained_forward: Callable[[], contextlib.AbstractContextManager] | None,
-        feature_maps: bool,
+        feature_layers: list[str] | None = None,
     ):
         self.model = model
         self.pretrained_forward = pretrained_forward
@@ -60,10 +60,11 @@ class Teacher:
             if pretrained_forward is not None
             else copy.deepcopy(model.backbone).eval().requires_grad_(False)
         )
-        layers = default_layers(model.backbone) if feature_maps else None
-        self.student_tap = FeatureMapTap(model.backbone, layers) if layers else None
+        self.student_tap = FeatureMapTap(model.backbone, feature_layers) if feature_layers else None
         self.teacher_tap = (
-            FeatureMapTap(self.copy, layers) if layers and self.copy is not None else None
+            FeatureMapTap(self.copy, feature_layers)
+            if feature_layers and self.copy is not None
+            else None
         )
 
     @torch.no_grad()

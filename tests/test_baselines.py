@@ -381,7 +381,7 @@ def test_delta_prepare_computes_normalized_attention_and_round_trips(tmp_path):
     with torch.no_grad():
         embeddings = torch.cat([model.backbone.eval()(b[0]) for b in batches])
     labels = torch.cat([b[1] for b in batches])
-    reg = Delta(layers=["0", "3"], attention_batches=2)
+    reg = Delta(layers=["0", "3"], attention_images=7)
     with pytest.raises(ValueError, match="train_labels"):
         reg.prepare(view(model, embeddings))
     reg.prepare(view(model, embeddings, train_labels=labels, train_batches=lambda: iter(batches)))
@@ -389,6 +389,12 @@ def test_delta_prepare_computes_normalized_attention_and_round_trips(tmp_path):
     assert [w.shape[0] for w in weights] == [4, 5]
     for w in weights:
         assert w.sum().item() == pytest.approx(1.0, abs=1e-6) and (w > 0).all()
+    # The same as ablating the first 7 images (one batch and 2 of the next) with the probe.
+    probe = fit_linear_probe(embeddings, labels)
+    first_seven = [batches[0][:2], (batches[1][0][:2], batches[1][1][:2])]
+    scores = ablation_scores(model.backbone, ["0", "3"], probe, first_seven)
+    for w, s in zip(weights, scores, strict=True):
+        torch.testing.assert_close(w, attention_from_scores(s))
     fresh = state_round_trip(reg, Delta(), tmp_path)
     assert fresh.feature_layers == ["0", "3"]
     assert torch.equal(fresh.attention["1"], weights[1])
@@ -524,7 +530,7 @@ def test_delta_on_a_timm_vit_token_maps_and_default_layers():
             zero_j.remove()
             assert got[j].item() == pytest.approx(ablated - base, rel=1e-4, abs=1e-6)
 
-    reg = Delta(attention_batches=1)
+    reg = Delta(attention_images=3)
     with torch.no_grad():
         embeddings = vit(batch[0])
     reg.prepare(view(model, embeddings, train_labels=batch[1], train_batches=lambda: iter([batch])))

@@ -11,7 +11,8 @@ import pytest
 
 from riftune.cli import main
 
-TINY = ["--img-size", "32", "--shots", "10", "--batch-size", "8", "--epochs", "1", "--quiet"]
+TINY = ["--img-size", "32", "--shots", "10", "--batch-size", "8", "--epochs", "1", "--quiet",
+        "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
 
 
 def _error_line(capsys) -> str:

@@ -11,7 +11,8 @@ from PIL import Image
 from riftune.cli import main
 
 # 20 training images per class at 32 px: a few steps per epoch, real weights, real data.
-TINY = ["--img-size", "32", "--shots", "20", "--batch-size", "16", "--eval-batch-size", "64"]
+TINY = ["--img-size", "32", "--shots", "20", "--batch-size", "16", "--eval-batch-size", "64",
+        "--landscape-images", "32", "--hessian-iters", "3"]  # fmt: skip
 
 
 def _finetune(tmp_path, name, *flags):

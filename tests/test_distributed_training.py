@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "16",
-         "--eval-batch-size", "32", "--epochs", "2", "--reg", "rift", "--quiet"]  # fmt: skip
+         "--eval-batch-size", "32", "--epochs", "2", "--reg", "rift", "--quiet", "--landscape-images", "32", "--hessian-iters", "2"]  # fmt: skip
 # Summation order differs between one global batch and two all-reduced halves, so results agree
 # to float32 rounding, amplified a little by a few optimizer steps; not bit for bit.
 TOLERANCE = 1e-4

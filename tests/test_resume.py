@@ -13,7 +13,7 @@ import pytest
 
 FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "8",
          "--eval-batch-size", "64", "--epochs", "2", "--reg", "rift", "--checkpoint-every", "2",
-         "--augment", "--quiet"]  # fmt: skip
+         "--augment", "--quiet", "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
 KILL_AT_STEP = 3  # epoch 1 has 48 / 8 = 6 steps: a checkpoint at step 2, killed during step 4
 
 # Runs the real CLI, but SIGKILLs its own process right after optimizer step KILL_AT_STEP + 1

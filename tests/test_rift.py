@@ -23,8 +23,8 @@ from riftune.regularizers import rift as rift_module
 from riftune.regularizers.base import PretrainedView, StepInputs, get
 from riftune.regularizers.rift import (
     RIFT,
+    HouseholderRotation,
     batch_covariance_eigvals,
-    cayley_rotate_rows,
     nuclear_norm_of_product,
     spectral_distance,
 )
@@ -43,11 +43,13 @@ def np_cov(x):
     return np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
 
 
-def np_cayley(generator):
-    upper = np.triu(generator, 1)
-    a = upper - upper.T
-    eye = np.eye(len(a))
-    return np.linalg.solve(eye + a, eye - a)
+def np_householder(reflectors):
+    """Q = −H(u_1)⋯H(u_d), H(u) = I − 2uuᵀ/uᵀu, multiplied out one reflection at a time."""
+    d = len(reflectors)
+    q = -np.eye(d)
+    for u in reflectors.T:
+        q = q @ (np.eye(d) - 2 * np.outer(u, u) / (u @ u))
+    return q
 
 
 def np_covariance_loss(sigma, mean, features, q, normalize, w, rot=None):
@@ -102,12 +104,12 @@ def build(d, features, q, match="covariance", seed=0, dtype=torch.float64, **kwa
     if q == "learned":
         with torch.no_grad():
             gen = torch.randn(d, d, generator=torch.Generator().manual_seed(seed + 7))
-            reg.rotation_generator.copy_(gen)
+            reg.learned_rotation.reflectors.copy_(gen)
     return reg
 
 
 def rotation_np(reg):
-    return np_cayley(reg.rotation_generator.detach().double().numpy())
+    return np_householder(reg.learned_rotation.reflectors.detach().double().numpy())
 
 
 def call(reg, z, reference=None):
@@ -210,7 +212,7 @@ def test_gradients_match_finite_differences(match, q, stats):
     reg = build(4, features, q, match=match, stats=stats, mean_weight=0.4)
     reg.eval()  # keep the running estimate fixed across gradcheck's evaluations
     zt = torch.tensor(z, requires_grad=True)
-    inputs = (zt, reg.rotation_generator) if q == "learned" else (zt,)
+    inputs = (zt, reg.learned_rotation.reflectors) if q == "learned" else (zt,)
     rt = torch.tensor(reference)
 
     def loss(zz, *_):
@@ -256,20 +258,44 @@ def test_procrustes_nuclear_norm_equals_dense(k, d):
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-6, atol=1e-8)
 
 
-def test_cayley_rows_match_scipy_and_are_orthogonal():
+@pytest.mark.parametrize("block", [1, 3, 7, 64])
+def test_householder_rotation_matches_numpy_for_any_block_size(monkeypatch, block):
+    monkeypatch.setattr(rift_module, "_HOUSEHOLDER_BLOCK_DEFAULT", block)
     rng = np.random.default_rng(5)
-    gen = rng.normal(size=(6, 6)) * 2
-    upper = np.triu(gen, 1)
-    a = torch.tensor(upper - upper.T)
-    x = torch.tensor(rng.normal(size=(4, 6)))
-    q = np_cayley(gen)
-    np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-12)
-    np.testing.assert_allclose(cayley_rotate_rows(a, x).numpy(), x.numpy() @ q.T, atol=1e-12)
-    np.testing.assert_allclose(cayley_rotate_rows(-a, x).numpy(), x.numpy() @ q, atol=1e-12)
-    reg = RIFT(6, q="learned").double()
+    reflectors = rng.normal(size=(7, 7))
+    q = np_householder(reflectors)
+    np.testing.assert_allclose(q.T @ q, np.eye(7), atol=1e-12)
+    assert np.linalg.det(q) == pytest.approx(1.0)
+    rot = HouseholderRotation(7).double()
     with torch.no_grad():
-        reg.rotation_generator.copy_(torch.tensor(gen))
-    np.testing.assert_allclose(reg.rotation.detach().numpy(), q, atol=1e-12)
+        rot.reflectors.copy_(torch.tensor(reflectors))
+    x = torch.tensor(rng.normal(size=(4, 7)))
+    np.testing.assert_allclose(rot.rotate_rows(x).detach().numpy(), x.numpy() @ q.T, atol=1e-12)
+    np.testing.assert_allclose(
+        rot.rotate_rows(x, transpose=True).detach().numpy(), x.numpy() @ q, atol=1e-12
+    )
+    np.testing.assert_allclose(rot.matrix().detach().numpy(), q, atol=1e-12)
+
+
+def test_householder_starts_at_identity_with_every_direction_reachable():
+    """At U = I, Q = I and the Jacobian of Q reaches all d(d − 1)/2 rotation directions."""
+    d = 5
+    rot = HouseholderRotation(d).double()
+    eye = torch.eye(d, dtype=torch.float64)
+    assert torch.equal(rot.matrix().detach(), eye)
+    del rot.reflectors  # differentiate with respect to a plain tensor in its place
+
+    def q_of(reflectors):
+        rot.reflectors = reflectors
+        return rot.matrix().flatten()
+
+    jac = torch.autograd.functional.jacobian(q_of, eye.clone())
+    assert torch.linalg.matrix_rank(jac.reshape(d * d, d * d)).item() == d * (d - 1) // 2
+
+
+def test_rotation_property():
+    reg = RIFT(5, q="learned")
+    assert torch.equal(reg.rotation, torch.eye(5))  # starts at the identity
     assert torch.equal(RIFT(3).rotation, torch.eye(3))
     with pytest.raises(ValueError, match="stores no rotation"):
         _ = RIFT(3, q="optimal").rotation
@@ -306,7 +332,7 @@ def test_learned_q_stays_orthogonal_and_reaches_procrustes_optimum():
     q = reg.rotation.detach()
     assert q.dtype == torch.float32
     assert (q.T @ q - torch.eye(8)).abs().max().item() <= 1e-4
-    assert reg.rotation_generator.detach().abs().max() > 0.3  # it really rotated
+    assert (q - torch.eye(8)).abs().max() > 0.3  # it really rotated
 
 
 def test_learned_q_reaches_covariance_optimum():
@@ -406,7 +432,7 @@ def test_finite_values_and_gradients(match, q, stats, case):
     assert torch.isfinite(loss)
     assert torch.isfinite(z.grad).all()
     if q == "learned":
-        assert torch.isfinite(reg.rotation_generator.grad).all()
+        assert torch.isfinite(reg.learned_rotation.reflectors.grad).all()
 
 
 @pytest.mark.parametrize(("match", "q"), [(m, q) for m in ("covariance", "paired") for q in QS])
@@ -416,7 +442,7 @@ def test_bf16_autocast_input_gives_float32_accurate_loss(match, q):
     exact = build(24, features, q, match=match, dtype=torch.float64)
     if q == "learned":
         with torch.no_grad():
-            exact.rotation_generator.copy_(reg.rotation_generator.double())
+            exact.learned_rotation.reflectors.copy_(reg.learned_rotation.reflectors.double())
         exact.ref_cov.copy_(reg.ref_cov.double())  # same float32-rounded Σ₀
     z16 = torch.tensor(z).bfloat16()
     r16 = torch.tensor(reference).bfloat16()
@@ -458,7 +484,7 @@ def test_state_dict_round_trip(match, q, stats):
     state = reg.state_dict()
     expected_keys = {"ref_count", "ref_mean", "ref_cov", "ref_cov_sq_norm", "ref_trace"}
     expected_keys |= {"running_cov", "running_mean"} if stats == "ema" else set()
-    expected_keys |= {"rotation_generator"} if q == "learned" else set()
+    expected_keys |= {"learned_rotation.reflectors"} if q == "learned" else set()
     expected_keys |= {"ref_eigvals"} if (match, q) == ("covariance", "optimal") else set()
     assert set(state) == expected_keys
     fresh = RIFT(5, match=match, q=q, stats=stats)

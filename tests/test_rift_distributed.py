@@ -23,7 +23,9 @@ from riftune.regularizers.rift import RIFT
 WORLD = 2
 SPLIT = [6, 4]  # rows of the global batch on rank 0 and rank 1
 IN, DIM = 5, 7
-VARIANTS = [("covariance", q, s) for q in ("identity", "learned", "optimal") for s in ("batch", "ema")]
+VARIANTS = [
+    ("covariance", q, s) for q in ("identity", "learned", "optimal") for s in ("batch", "ema")
+]
 VARIANTS += [("paired", q, "batch") for q in ("identity", "learned", "optimal")]
 
 
@@ -50,7 +52,7 @@ def _run_variants(model: nn.Module, linear: nn.Linear, data: dict, rows: slice) 
         reg.fit_reference(data["features"], all_reduce=False)  # every rank holds all of it
         if q == "learned":
             with torch.no_grad():
-                reg.rotation_generator.copy_(data["generator"])
+                reg.learned_rotation.reflectors.copy_(data["generator"])
         model.zero_grad()
         z = model(data["x"][rows])
         loss = reg(z, data["reference"][rows]) if match == "paired" else reg(z)
@@ -61,7 +63,7 @@ def _run_variants(model: nn.Module, linear: nn.Linear, data: dict, rows: slice) 
             "bias": linear.bias.grad.clone(),
         }
         if q == "learned":
-            out["generator"] = reg.rotation_generator.grad.clone()
+            out["generator"] = reg.learned_rotation.reflectors.grad.clone()
         if stats == "ema":
             out["running_cov"] = reg.running_cov.clone()
         results[(match, q, stats)] = out

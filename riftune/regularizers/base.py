@@ -14,6 +14,7 @@ A new regularizer is one new file: subclass :class:`Regularizer`, decorate it wi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -33,10 +34,16 @@ class PretrainedView:
         train_embeddings: pretrained embeddings of the whole training split in dataset
             order, eval mode, no augmentation. Shape: (N, d). Under torch.distributed every
             rank holds the full tensor. The per-sample cache is this tensor.
+        train_labels: class index of each training image, same order. Shape: (N,).
+        train_batches: returns a fresh iterable of this rank's ``(images, labels, indices)``
+            training batches, without augmentation (for regularizers that need images, e.g.
+            DELTA's channel attention).
     """
 
     model: nn.Module
     train_embeddings: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    train_batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]] | None = None
 
 
 @dataclass

@@ -78,6 +78,7 @@ class CKAPenalty(Regularizer):
 
     name = "cka"
     reference = "teacher"
+    min_batch_size = 2  # CKA of one sample is undefined
 
     def __init__(self, reference: str = "teacher"):
         super().__init__()

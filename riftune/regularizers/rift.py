@@ -37,49 +37,94 @@ STATISTICS = ("batch", "ema")
 REFERENCE_SOURCES = ("cache", "teacher")
 
 _NORM_EPS = 1e-12
+# The largest block of Householder reflections applied at once: few large blocks suit a GPU
+# (each block is two sequential kernels), smaller ones a CPU (the block Gram matrices cost
+# b·d² multiply-adds).
+_HOUSEHOLDER_BLOCK = {"cuda": 512}
+_HOUSEHOLDER_BLOCK_DEFAULT = 32
+# Symmetric eigenproblems up to this size are solved in float64 (cheap at that size, and it
+# keeps small eigenvalues accurate); larger ones in the input's precision.
+_FLOAT64_EIGH_MAX = 512
 
 
-class _CayleyRotateRows(torch.autograd.Function):
-    """Rows x ↦ Q x with Q = (I + A)⁻¹(I − A) = 2(I + A)⁻¹ − I, A skew-symmetric.
+class HouseholderRotation(nn.Module):
+    r"""A learnable rotation Q ∈ SO(d): a product of d Householder reflections.
 
-    One LU factorization of I + A (always invertible: its eigenvalues are 1 + iθ) serves the
-    forward pass and the backward pass, and the gradient with respect to A is kept as a
-    product of (d, k) factors until the final outer product, so the cost is
-    (2/3)·d³ + O(k·d²) for k rows, instead of forming Q and differentiating a d×d inverse.
+    .. math::
+        Q = −H(u_1)H(u_2)⋯H(u_d),\qquad H(u) = I − 2uuᵀ/\|u\|²
 
-    With M = I + A, S = M⁻¹Xᵀ and Y = X Qᵀ = 2Sᵀ − X, the backward pass of G = ∂L/∂Y is
-    T = M⁻ᵀGᵀ, ∂L/∂X = 2Tᵀ − G (= G Q) and ∂L/∂A = −2 T Sᵀ.
+    with the parameter ``reflectors`` U = [u_1 … u_d] (d, d). Any rotation is such a product,
+    and every U gives an orthogonal Q to float precision (no drift, however long it is
+    trained; nothing to re-orthogonalize). U starts at I, where each H(e_i) flips coordinate
+    i, so Q = −(−I) = I; there the reflected directions e_i span ℝᵈ, so the gradient reaches
+    every rotation direction from the first step. Each H is invariant to the scale of its u.
+
+    Q is never formed while training. Rows are rotated block by block with the compact WY
+    ("UT") form of b consecutive reflections, H(u_1)⋯H(u_b) = I − U_b T⁻¹U_bᵀ with
+    T = striu(U_bᵀU_b) + ½diag(U_bᵀU_b) (Joffrain et al. 2006): with V_b = U_b T⁻¹ (one
+    batched triangular solve for all blocks), each block is x ← x − (xU_b)V_bᵀ, two
+    products. For k rows that is 4·k·d² + 2·b·d² multiply-adds and 2·d/b sequential
+    kernels: O(k·d²), no d×d factorization, no d×d product.
     """
 
-    @staticmethod
-    def forward(ctx: Any, a: Tensor, x: Tensor) -> Tensor:
-        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-        lu, pivots, _ = torch.linalg.lu_factor_ex(eye + a)
-        s = torch.linalg.lu_solve(lu, pivots, x.T)
-        ctx.save_for_backward(lu, pivots, s)
-        return 2 * s.T - x
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reflectors = nn.Parameter(torch.eye(dim))
 
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        lu, pivots, s = ctx.saved_tensors
-        t = torch.linalg.lu_solve(lu, pivots, grad.T, adjoint=True)
-        grad_a = -2 * t @ s.T if ctx.needs_input_grad[0] else None
-        grad_x = 2 * t.T - grad if ctx.needs_input_grad[1] else None
-        return grad_a, grad_x
+    def _factors(self, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+        """[(U_b, V_b = U_b T_b⁻¹)] for the consecutive blocks of reflections, in order."""
+        u = self.reflectors.to(dtype)
+        d = u.shape[0]
+        largest = _HOUSEHOLDER_BLOCK.get(u.device.type, _HOUSEHOLDER_BLOCK_DEFAULT)
+        block = -(-d // -(-d // largest))  # equal blocks of at most `largest`
+        full = d // block
+        groups = [u[:, : full * block].reshape(d, full, block).permute(1, 0, 2)]
+        if d % block:
+            groups.append(u[None, :, full * block :])
+        factors: list[tuple[Tensor, Tensor]] = []
+        for ub in groups:  # all blocks of one size in one batch
+            gram = ub.mT @ ub
+            t = gram.triu(1) + torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1) / 2)
+            vb = torch.linalg.solve_triangular(t, ub, upper=True, left=False)
+            factors.extend(zip(ub.unbind(0), vb.unbind(0), strict=True))
+        return factors
+
+    def rotate_rows(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """``x @ Q.T`` (each row x_i mapped to Q x_i), or ``x @ Q`` with ``transpose``.
+
+        Shape:
+            - x: (k, d).
+            - output: (k, d).
+        """
+        factors = self._factors(x.dtype)
+        if transpose:  # x Q = −x Q_1⋯Q_B, x Q_b = x − (x V_b) U_bᵀ
+            for u, v in factors:
+                x = torch.addmm(x, x @ v, u.T, alpha=-1)
+        else:  # x Qᵀ = −x Q_Bᵀ⋯Q_1ᵀ, x Q_bᵀ = x − (x U_b) V_bᵀ
+            for u, v in reversed(factors):
+                x = torch.addmm(x, x @ u, v.T, alpha=-1)
+        return -x
+
+    def matrix(self) -> Tensor:
+        """Q as a dense (d, d) matrix (differentiable; O(d³), for inspection)."""
+        d = self.reflectors.shape[0]
+        eye = torch.eye(d, dtype=self.reflectors.dtype, device=self.reflectors.device)
+        return self.rotate_rows(eye).T
 
 
-def cayley_rotate_rows(a: Tensor, x: Tensor) -> Tensor:
-    """``x @ Q.T`` (each row x_i mapped to Q x_i) for the Cayley rotation Q of skew ``a``.
+def symmetric_eigvals(a: Tensor) -> Tensor:
+    """Ascending eigenvalues of a symmetric matrix, differentiable, in ``a``'s dtype.
 
-    Q = (I + A)⁻¹(I − A) is orthogonal for every skew-symmetric A, to the precision of one
-    LU solve; Q(−A) = Q(A)ᵀ, so ``cayley_rotate_rows(-a, x)`` is ``x @ Q``.
+    Up to 512×512 they are computed in float64. Gradients go through eigenvectors only
+    (V diag(g) Vᵀ, no eigenvalue gaps), so they stay finite for repeated or zero eigenvalues.
 
     Shape:
-        - a: (d, d), skew-symmetric.
-        - x: (k, d).
-        - output: (k, d).
+        - a: (k, k), symmetric.
+        - output: (k,).
     """
-    return _CayleyRotateRows.apply(a, x)
+    if a.shape[-1] <= _FLOAT64_EIGH_MAX:
+        return torch.linalg.eigvalsh(a.double()).to(a.dtype)
+    return torch.linalg.eigvalsh(a)
 
 
 def spectral_distance(sigma_eigvals: Tensor, ref_eigvals: Tensor) -> Tensor:
@@ -88,12 +133,12 @@ def spectral_distance(sigma_eigvals: Tensor, ref_eigvals: Tensor) -> Tensor:
     The eigenvalues of Σ that are not given are zero, so they add Σ_{i>k} λᵢ(Σ₀)².
 
     Shape:
-        - sigma_eigvals: (k,), any order.
+        - sigma_eigvals: (k,), ascending (as eigh returns them).
         - ref_eigvals: (d,), descending.
     """
     k = sigma_eigvals.shape[0]
-    top = torch.sort(sigma_eigvals, descending=True).values
-    return (top - ref_eigvals[:k]).square().sum() + ref_eigvals[k:].square().sum()
+    head = (sigma_eigvals.flip(0) - ref_eigvals[:k]).square().sum()
+    return head + ref_eigvals[k:].square().sum()
 
 
 def batch_covariance_eigvals(zc: Tensor, fast: bool = True) -> Tensor:
@@ -101,8 +146,6 @@ def batch_covariance_eigvals(zc: Tensor, fast: bool = True) -> Tensor:
 
     With ``fast`` and n ≤ d they are those of the n×n matrix Z_cZ_cᵀ/(n − 1), which has the
     same non-zero eigenvalues (the other d − n are zero); otherwise of the d×d matrix.
-    Gradients go through eigenvectors only (no eigenvalue gaps), so they stay finite for
-    repeated or zero eigenvalues.
 
     Shape:
         - zc: (n, d), centered rows.
@@ -110,27 +153,53 @@ def batch_covariance_eigvals(zc: Tensor, fast: bool = True) -> Tensor:
     """
     n, d = zc.shape
     gram = zc @ zc.T if fast and n <= d else zc.T @ zc
-    return torch.linalg.eigvalsh(gram / (n - 1))
+    return symmetric_eigvals(gram / (n - 1))
+
+
+class _GramNuclearNorm(torch.autograd.Function):
+    """‖Fz‖_* from the k×k matrices K_z = zzᵀ and F (a constant), in K_z's precision.
+
+    The singular values of Fz are the square roots of the eigenvalues μᵢ (eigenvectors wᵢ)
+    of C = F K_z Fᵀ, and ∂/∂K_z Σᵢ √μᵢ = Σᵢ Fᵀwᵢwᵢᵀ F/(2√μᵢ), summed over the singular values
+    above 1e-7 of the largest (below that, float32 inputs carry no information; the zero ones
+    are not differentiable and get the zero subgradient).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, k_z: Tensor, f: Tensor) -> Tensor:
+        mu, w = torch.linalg.eigh(f @ k_z @ f.T)
+        sigma = mu.clamp_min(0).sqrt()
+        keep = sigma > 1e-7 * sigma.max()
+        inv = torch.where(keep, 0.5 / torch.where(keep, sigma, 1.0), 0.0)
+        fw = f.T @ w
+        ctx.save_for_backward((fw * inv) @ fw.T)
+        return sigma.sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (g,) = ctx.saved_tensors
+        return grad * g, None
 
 
 def nuclear_norm_of_product(r: Tensor, z: Tensor, fast: bool = True) -> Tensor:
     """‖rᵀz‖_* (the sum of singular values of the d×d matrix rᵀz), differentiable in z.
 
-    ``r`` is treated as a constant. With ``fast`` and k ≤ d, the reduced QR factorization
-    rᵀ = Q_r R_r (Q_r with orthonormal columns; valid for rank-deficient r) gives
-    rᵀz = Q_r (R_r z), so ‖rᵀz‖_* = ‖R_r z‖_*: one QR of a d×k matrix without gradient and
-    the singular values of a k×d matrix, O(k²·d) in all. Otherwise the singular values of
-    the d×d product.
+    ``r`` is treated as a constant. With ``fast`` and k ≤ d, the triangular factor of the
+    reduced QR factorization rᵀ = Q_rR_r (Q_r with orthonormal columns, also for
+    rank-deficient r) gives ‖rᵀz‖_* = ‖Q_rR_rz‖_* = ‖R_rz‖_*, whose singular values come from
+    the k×k matrix R_r(zzᵀ)R_rᵀ (in float64; see :class:`_GramNuclearNorm`): O(k²·d) in all.
+    Otherwise the singular values of the d×d product.
 
     Shape:
         - r, z: (k, d).
-        - output: scalar.
+        - output: scalar, the dtype of z.
     """
     k, d = z.shape
     if fast and k <= d:
+        z64 = z.double()
         with torch.no_grad():
-            r_factor = torch.linalg.qr(r.T, mode="r").R
-        return torch.linalg.svdvals(r_factor @ z).sum()
+            r_factor = torch.linalg.qr(r.double().T, mode="r").R
+        return _GramNuclearNorm.apply(z64 @ z64.T, r_factor).to(z.dtype)
     return torch.linalg.svdvals(r.detach().T @ z).sum()
 
 
@@ -147,6 +216,9 @@ def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
 @register
 class RIFT(Regularizer):
     r"""RIFT regularizer: keep the finetuned embeddings the pretrained ones up to a rotation.
+
+    Paper: "RIFT", arXiv 2503.07399 (https://arxiv.org/abs/2503.07399). ``q="optimal"`` is
+    what the design notes call "spectral".
 
     Notation: z is the (n, d) batch of finetuned embeddings, μ(z) its mean, Z_c = z − μ(z) its
     centered rows, Σ(z) = Z_cᵀZ_c/(n − 1) its unbiased covariance; μ₀ and Σ₀ are the mean and
@@ -202,24 +274,32 @@ class RIFT(Regularizer):
     to any rotation per batch, which is exactly the invariance Z_ft ≈ Z_pre·Q; it preserves
     all inner products between the batch's centered embeddings.
 
-    **Learned Q** is the Cayley transform Q = (I + A)⁻¹(I − A) of a skew-symmetric A
-    (A = U − Uᵀ with U the strict upper triangle of the parameter ``rotation_generator``,
-    initialized to 0, so Q = I). It is recomputed from A on every call, so it stays orthogonal
-    to float precision however long it is trained; it covers the rotations SO(d) (which
-    reach the same minima as O(d) for covariance matching, and for paired matching whenever
-    n < d). Give the parameter to the optimizer along with the model's.
+    **Learned Q** (:class:`HouseholderRotation`, the submodule ``learned_rotation``) is a
+    product of d Householder reflections, starting at Q = I. Every parameter value gives an
+    orthogonal Q to float precision, so it stays orthogonal however long it is trained. It
+    covers the rotations SO(d), which reach the same minima as O(d) for covariance matching,
+    and for paired matching whenever n < d (for n > d the Procrustes optimum may need a
+    reflection). Give RIFT's parameters to the optimizer along with the model's.
 
     **Cost per call** (n rows, d features; under ``torch.distributed`` n is the global batch):
 
-    - covariance/identity: O(n·d²) (one n×d by d×d product), O(n·d) extra memory.
-    - covariance/learned: plus one LU factorization of a d×d matrix (⅔·d³), never a d×d
-      inverse or product; applying Q and its gradient cost O(n·d²).
-    - covariance/optimal: an n×n eigendecomposition, O(n²·d + n³) when n ≤ d
-      (O(n·d² + d³) otherwise), with Σ₀'s eigenvalues computed once by :meth:`fit_reference`.
-    - stats="ema": plus O(n·d²) to form Σ(z) and O(d²) memory; with ``learned`` a dense
-      QᵀΣ₀Q and with ``optimal`` a d×d eigendecomposition, O(d³) each.
-    - paired/identity: O(n·d); paired/learned: one d×d LU plus O(n·d²); paired/optimal: a QR of
-      the d×n reference (no gradient) and the singular values of an n×d matrix, O(n²·d).
+    - covariance/identity: one d×n by n×d product into a d×d matrix, O(n·d²) time and O(d²)
+      memory (the difference Σ(z) − Σ₀ is formed once, which avoids cancellation).
+    - covariance/learned: plus the rotation of n (+1) rows, O(n·d²) with d/b sequential
+      blocks of b ≤ 512 reflections on a GPU (≤ 32 elsewhere); no d×d factorization or
+      d×d product.
+    - covariance/optimal: an n×n Gram matrix, O(n²·d), and its eigenvalues (in float64),
+      since it shares Σ(z)'s non-zero spectrum (n > d: the d×d covariance); Σ₀'s
+      eigenvalues are computed once by :meth:`fit_reference`.
+    - stats="ema": the d×d estimate costs O(n·d²) as above; but with ``learned`` the running
+      part needs the rotation of d rows and with ``optimal`` a d×d eigendecomposition, both
+      O(d³) per call.
+    - paired/identity: O(n·d); paired/learned: plus the rotation of n (+1) rows, O(n·d²);
+      paired/optimal: a QR factorization of the d×n reference (no gradient), an n×n Gram
+      matrix (O(n²·d)) and one n×n eigendecomposition, in float64.
+    - On a GPU, ``torch.linalg`` eigensolvers wait for the device (an error check), so the
+      optimal variants synchronize once per call; in one process no other variant does
+      (under ``torch.distributed`` the gather exchanges batch sizes, which also waits).
 
     Statistics are computed in float32 or wider (autocast is disabled inside and bf16/fp16
     inputs are upcast). Under an initialized ``torch.distributed`` process group the batch
@@ -246,6 +326,7 @@ class RIFT(Regularizer):
     """
 
     name = "rift"
+    min_batch_size = 2  # a covariance or a centred pair needs two samples
 
     def __init__(
         self,
@@ -295,7 +376,7 @@ class RIFT(Regularizer):
             self.register_buffer("running_cov", torch.zeros(dim, dim))
             self.register_buffer("running_mean", torch.zeros(dim))
         if q == "learned":
-            self.rotation_generator = nn.Parameter(torch.zeros(dim, dim))
+            self.learned_rotation = HouseholderRotation(dim)
         self._fitted = False
         self.register_load_state_dict_post_hook(_sync_fitted_flag)
 
@@ -368,10 +449,6 @@ class RIFT(Regularizer):
 
     # ----------------------------------------------------------------------- the rotation
 
-    def _skew(self) -> Tensor:
-        upper = self.rotation_generator.triu(1)
-        return upper - upper.T
-
     @property
     def rotation(self) -> Tensor:
         """Q (d, d): the learned rotation (differentiable), or I for ``q="identity"``.
@@ -384,9 +461,7 @@ class RIFT(Regularizer):
             )
         if self.q == "identity":
             return torch.eye(self.dim, device=self.ref_mean.device, dtype=self.ref_mean.dtype)
-        a = self._skew()
-        eye = torch.eye(self.dim, device=a.device, dtype=a.dtype)
-        return cayley_rotate_rows(a, eye).T
+        return self.learned_rotation.matrix()
 
     # --------------------------------------------------------------------------- forward
 
@@ -454,54 +529,48 @@ class RIFT(Regularizer):
         dtype, n = z.dtype, z.shape[0]
         mean = z.mean(0)
         zc = z - mean
-        mu0 = self.ref_mean.to(dtype)
         sigma0 = self.ref_cov.to(dtype)
-        sq_norm0 = self.ref_cov_sq_norm.to(dtype)
+        mu0 = self.ref_mean.to(dtype)
+        with_mean = self.mean_weight > 0
         if self.stats == "ema":
             m = self.momentum
-            sigma = (1 - m) * self.running_cov.to(dtype) + m * (zc.T @ zc) / (n - 1)
-            mean_bar = (1 - m) * self.running_mean.to(dtype) + m * mean
-            cov_term, mean_term = self._dense_terms(sigma, mean_bar, sigma0, mu0)
+            # Σ̄ = (1 − m)·R + m·Z_cᵀZ_c/(n − 1), μ̄ = (1 − m)·r + m·μ(z), in one kernel each
+            sigma = torch.addmm(self.running_cov.to(dtype), zc.T, zc, beta=1 - m, alpha=m / (n - 1))
+            mean = torch.lerp(self.running_mean.to(dtype), mean, m)
             if self.training:
                 with torch.no_grad():
                     self.running_cov.copy_(sigma)
-                    self.running_mean.copy_(mean_bar)
+                    self.running_mean.copy_(mean)
+            if self.q == "optimal":
+                cov_term = spectral_distance(symmetric_eigvals(sigma), self.ref_eigvals.to(dtype))
+            else:
+                if self.q == "learned":  # ‖QΣ̄Qᵀ − Σ₀‖ = ‖Σ̄ − QᵀΣ₀Q‖, Q orthogonal
+                    rotate = self.learned_rotation.rotate_rows
+                    sigma_q = rotate(torch.cat([sigma, mean[None]]))
+                    sigma, mean = rotate(sigma_q[:-1].T.contiguous()), sigma_q[-1]
+                diff = sigma - sigma0
+                cov_term = torch.dot(diff.view(-1), diff.view(-1))
         elif self.q == "optimal":
             cov_term = spectral_distance(batch_covariance_eigvals(zc), self.ref_eigvals.to(dtype))
+        else:
+            if self.q == "learned":  # Σ(Z_cQᵀ) = QΣ(z)Qᵀ: rotate the n rows (and the mean)
+                rows = self.learned_rotation.rotate_rows(
+                    torch.cat([zc, mean[None]]) if with_mean else zc
+                )
+                zc, mean = (rows[:n], rows[n]) if with_mean else (rows, mean)
+            diff = torch.addmm(sigma0, zc.T, zc, beta=-1, alpha=1 / (n - 1))
+            cov_term = torch.dot(diff.view(-1), diff.view(-1))
+        if self.normalize:
+            cov_term = cov_term / self.ref_cov_sq_norm.to(dtype)
+        if not with_mean:
+            return cov_term
+        if self.q == "optimal":
             mean_term = _norm_gap(mean, mu0)
         else:
-            # ‖Σ(z) − QᵀΣ₀Q‖² = ‖Σ(z)‖² − 2 tr(Z_c QᵀΣ₀Q Z_cᵀ)/(n − 1) + ‖Σ₀‖², Q orthogonal:
-            # only Q applied to the n rows (and the mean) is needed, never a d×d product.
-            gram = zc @ zc.T if n <= self.dim else zc.T @ zc
-            if self.q == "learned":
-                rotated = cayley_rotate_rows(self._skew().to(dtype), torch.cat([zc, mean[None]]))
-                yc, mean_q = rotated[:n], rotated[n]
-            else:
-                yc, mean_q = zc, mean
-            cross = ((yc @ sigma0) * yc).sum() / (n - 1)
-            cov_term = (gram.square().sum() / (n - 1) ** 2 - 2 * cross + sq_norm0).clamp_min(0)
-            mean_term = (mean_q - mu0).square().sum()
+            mean_term = (mean - mu0).square().sum()
         if self.normalize:
-            cov_term = cov_term / sq_norm0
             mean_term = mean_term / self.ref_trace.to(dtype)
-        if self.mean_weight == 0:
-            return cov_term
         return cov_term + self.mean_weight * mean_term
-
-    def _dense_terms(
-        self, sigma: Tensor, mean: Tensor, sigma0: Tensor, mu0: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """The two terms from a dense Σ̄ (d, d) and μ̄ (d,) (the ``stats="ema"`` path)."""
-        if self.q == "optimal":
-            cov_term = spectral_distance(
-                torch.linalg.eigvalsh(sigma), self.ref_eigvals.to(sigma.dtype)
-            )
-            return cov_term, _norm_gap(mean, mu0)
-        if self.q == "learned":
-            rot = self.rotation.to(sigma.dtype)
-            sigma0 = rot.T @ sigma0 @ rot
-            mu0 = rot.T @ mu0
-        return (sigma - sigma0).square().sum(), (mean - mu0).square().sum()
 
     def _paired(self, z: Tensor, ref: Tensor) -> Tensor:
         n = z.shape[0]
@@ -517,9 +586,10 @@ class RIFT(Regularizer):
         if self.q == "optimal":
             total = z_hat.square().sum() + r_hat.square().sum()
             return (total - 2 * nuclear_norm_of_product(r_hat, z_hat)).clamp_min(0)
-        if self.q == "learned":
-            r_hat = cayley_rotate_rows(-self._skew().to(z.dtype), r_hat)
-        return (z_hat - r_hat).square().sum()
+        if self.q == "learned":  # r̂Q: rows r̂ᵢ mapped to Qᵀr̂ᵢ
+            r_hat = self.learned_rotation.rotate_rows(r_hat, transpose=True)
+        diff = z_hat - r_hat
+        return torch.dot(diff.view(-1), diff.view(-1))
 
     # ------------------------------------------------------------------- riftune protocol
 

@@ -72,7 +72,6 @@ FrozenMode = Literal["none", "batchnorm", "backbone"]
 """Which parts of the backbone :meth:`FinetuningMethod.configure` puts in eval mode."""
 
 HEAD_PREFIX = "head."
-BACKBONE_PREFIX = "backbone."
 
 
 class FinetuningMethod:

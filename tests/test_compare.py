@@ -1,0 +1,63 @@
+"""``riftune compare``: a small real grid, its report, λ selection, and resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from riftune.cli import main
+from riftune.compare import parse_variant
+from riftune.config import finetune_parser
+from riftune.errors import UserError
+
+TINY = ["--epochs", "1", "--img-size", "32", "--shots", "10", "--batch-size", "8",
+        "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
+
+
+def test_variant_flags_resolve_to_the_regularizers_own_flags():
+    parser = finetune_parser()
+    variant = parse_variant("rift[match=paired,q=optimal]", parser)
+    assert variant.flags == ("--reg", "rift", "--rift-match", "paired", "--rift-q", "optimal")
+    assert variant.label == "paired,optimal"
+    assert parse_variant("cka[reference=cache]", parser).flags[-2:] == ("--reference", "cache")
+    with pytest.raises(UserError, match="--rift-colour"):
+        parse_variant("rift[colour=blue]", parser)
+    with pytest.raises(UserError, match="key=value"):
+        parse_variant("rift[paired]", parser)
+
+
+@pytest.mark.slow
+def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, monkeypatch, capsys):
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
+    out = tmp_path / "grid"
+    argv = ["compare", "--out", str(out), "--data", "breastmnist", "--methods", "full",
+            "--regs", "none;rift[match=paired,q=optimal]", "--lams", "0.5,2", "--seeds", "0,1",
+            "--quiet", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "rift (paired,optimal)" in report and "| none" in report
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = json.loads((out / "runs.json").read_text())
+    rift_runs = [r for r in records if r["reg"] == "rift"]
+    assert sorted(r["seed"] for r in rift_runs) == [0, 1]
+    assert len({r["lam"] for r in rift_runs}) == 1  # the λ chosen on validation, for every seed
+    # λ was chosen on validation AUC of seed 0 among the λ grid
+    lam_runs = {lam: json.loads((out / "runs" / "breastmnist" / "full" / "rift[paired,optimal]"
+                                 / f"lam{lam:g}" / "seed0" / "metrics.json").read_text())
+                for lam in (0.5, 2.0)}  # fmt: skip
+    best = max(lam_runs, key=lambda lam: (lam_runs[lam]["val"]["auc"], -lam))
+    assert rift_runs[0]["lam"] == best
+
+    # finished runs are skipped: a second call changes no metrics.json
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
+
+    # an interrupted grid continues: remove one finished run and only that one is redone
+    victim = next(iter(stamps))
+    for path in sorted(victim.parent.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    assert main(argv) == 0
+    assert victim.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
