@@ -124,6 +124,11 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs at once (default: 1; e.g. 8 on one GPU)"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write report.md and tradeoff.png from the runs already finished",
+    )
     parser.add_argument("--quiet", action="store_true", help="only the final summary")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -162,8 +167,8 @@ def _finetune_flags(grid: dict, passthrough: Sequence[str]) -> list[str]:
     return flags + list(passthrough)
 
 
-def _run(job: Job, passthrough: Sequence[str], log) -> None:
-    if job.record() is not None:
+def _run(job: Job, passthrough: Sequence[str], log, report_only: bool = False) -> None:
+    if report_only or job.record() is not None:
         return
     run = RunDir(job.folder)
     # continue an interrupted run; restart one that failed before its first checkpoint
@@ -207,7 +212,7 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
         for lam in ([None] if v.name == "none" else grid["lams"])
     ]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda j: _run(j, flags, log), selection))
+        list(pool.map(lambda j: _run(j, flags, log, args.report_only), selection))
 
     chosen: dict[tuple, float | None] = {}
     for d, m, v in cells:
@@ -218,7 +223,7 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
             chosen[(d, m, v)] = best["lam"]
     final = [job(d, m, v, chosen[(d, m, v)], s) for (d, m, v) in chosen for s in seeds]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda j: _run(j, flags, log), final))
+        list(pool.map(lambda j: _run(j, flags, log, args.report_only), final))
 
     records = [r for r in (j.record() for j in final) if r is not None]
     missing = [str(j.folder) for j in selection + final if j.record() is None]
