@@ -12,7 +12,8 @@ ifneq ($(wildcard $(SHARED_DATA)/breastmnist.npz),)
 export RIFTUNE_DATA := $(SHARED_DATA)
 endif
 endif
-PYTEST_ARGS ?=
+# two workers on the two cores; a module's shared fixtures stay on one worker (xdist_group)
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test test-fast lint install clean
 

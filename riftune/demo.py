@@ -47,7 +47,8 @@ def run_demo(args: argparse.Namespace) -> str:
                 "--out",
                 str(Path(args.out) / f"{method}-{reg}"),
                 "--overwrite",
-                "--hessian-iters", "0",  # the demo's table has no Hessian column; save the time
+                "--hessian-iters",
+                "0",  # the demo's table has no Hessian column; save the time
             ]
             + (["--data-root", args.data_root] if args.data_root else [])
             + (["--quiet"] if args.quiet else [])

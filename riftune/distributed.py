@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
@@ -88,8 +87,8 @@ def teardown() -> None:
 class _GlobalBatchNorm2d:
     """Mix-in forward for BatchNorm2d (and timm's BatchNormAct2d) over the global batch.
 
-    In training mode the per-channel mean and biased variance come from the sums
-    Σx, Σx² and the element count all-reduced over ranks (differentiably), so the output and
+    In training mode the per-channel mean and biased variance come from Σx and the element
+    count, then Σ(x − mean)², each all-reduced over ranks (differentiably), so the output and
     the gradients equal those of one process seeing the whole global batch; running
     statistics are updated with the unbiased variance of the global batch, as
     ``nn.BatchNorm2d`` does. In eval mode it is the ordinary forward. Works on every device,
@@ -100,18 +99,15 @@ class _GlobalBatchNorm2d:
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         channels = x.shape[1]
-        x32 = x.float()
-        local = torch.cat(
-            [
-                x32.sum(dim=(0, 2, 3)),
-                (x32 * x32).sum(dim=(0, 2, 3)),
-                x32.new_full((1,), x.numel() / channels),
-            ]
-        )
+        x32 = x.float() if x.element_size() < 4 else x  # half precision: statistics in float32
+        # two passes (mean, then centred squares) rather than E[x²] − E[x]², which cancels
+        # catastrophically in float32 for channels whose mean is large next to their spread
+        local = torch.cat([x32.sum(dim=(0, 2, 3)), x32.new_full((1,), x.numel() / channels)])
         total = differentiable_all_reduce(local)
         count = total[-1]
         mean = total[:channels] / count
-        var = (total[channels : 2 * channels] / count - mean * mean).clamp_min(0.0)
+        centred = x32 - mean.view(1, channels, 1, 1)
+        var = differentiable_all_reduce(centred.square().sum(dim=(0, 2, 3))) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -119,9 +115,11 @@ class _GlobalBatchNorm2d:
                 unbiased = var * (count / (count - 1).clamp_min(1.0))
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        out = F.batch_norm(
-            x32, mean, var, self.weight, self.bias, training=False, momentum=0.0, eps=self.eps
-        ).to(x.dtype)
+        shape = (1, channels, 1, 1)
+        out = centred * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        out = out.to(x.dtype)
         if hasattr(self, "act"):  # timm's BatchNormAct2d: normalization, then drop and act
             out = self.act(self.drop(out))
         return out

@@ -307,7 +307,7 @@ class Finetuner:
         if s.step_in_epoch == 0:
             s.epoch_sums = {"loss": 0.0, "task": 0.0, "reg": 0.0}
         sums = s.epoch_sums
-        bar = self.progress.steps(
+        bar = self.progress.bar(
             self.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {epoch + 1}"
         )
         tick = time.perf_counter()
@@ -359,6 +359,7 @@ class Finetuner:
         if self.args.resume:
             self._restore()
         s = self._state
+        epochs_bar = self.progress.bar(self.args.epochs, initial=s.epoch, desc="epochs", leave=True)
         for epoch in range(s.epoch, self.args.epochs):
             train_losses = self._train_epoch(epoch)
             val = self._validate()
@@ -375,10 +376,12 @@ class Finetuner:
                 s.best_val_auc, s.best_epoch = val.auc, epoch + 1
                 self._save_best()
             self._save()
+            epochs_bar.update(val_auc=val.auc, val_cka=val.cka)
             self.progress.log(
                 f"epoch {epoch + 1}/{self.args.epochs}: loss {row['train_loss']:.4f} "
                 f"val auc {val.auc:.4f} acc {val.acc:.4f} cka {val.cka:.4f}"
             )
+        epochs_bar.close()
         return self._finish()
 
     def _finish(self) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import BatchSampler
 
 from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler, load_dataset
@@ -138,9 +139,12 @@ def landscape_metrics(
             adaptive=True, seed=args.seed,
         )  # fmt: skip
     if args.hessian_iters > 0:
-        out["hessian_top_eig"] = hessian_top_eigenvalue(
-            model, _task_loss, mine, iters=args.hessian_iters, seed=args.seed
-        )
+        # Hessian-vector products need a double backward, which only the math kernel of
+        # scaled-dot-product attention has on every device
+        with sdpa_kernel(SDPBackend.MATH):
+            out["hessian_top_eig"] = hessian_top_eigenvalue(
+                model, _task_loss, mine, iters=args.hessian_iters, seed=args.seed
+            )
     return out
 
 

@@ -36,8 +36,8 @@ class Progress:
             else:
                 print(message, file=self.stream, flush=True)
 
-    def steps(self, total: int, initial: int = 0, desc: str = "") -> _Bar:
-        """A per-step bar on a terminal; elsewhere nothing per step (epochs are logged)."""
+    def bar(self, total: int, initial: int = 0, desc: str = "", leave: bool = False) -> _Bar:
+        """A progress bar on a terminal; elsewhere nothing (epoch lines are logged instead)."""
         if not self.interactive:
             return _Bar(None)
-        return _Bar(tqdm(total=total, initial=initial, desc=desc, file=self.stream, leave=False))
+        return _Bar(tqdm(total=total, initial=initial, desc=desc, file=self.stream, leave=leave))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,22 +20,12 @@ from torch import nn
 from riftune.distributed import DistributedContext
 from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap
+from riftune.modes import eval_mode
 from riftune.regularizers import Regularizer, StepInputs
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
-
-
-@contextlib.contextmanager
-def _module_modes_kept(module: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag on exit (a teacher pass switches to eval)."""
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class Teacher:
@@ -72,8 +62,7 @@ class Teacher:
         if self.copy is not None:
             embeddings = self.copy(images)
             return embeddings, self.teacher_tap.pop() if self.teacher_tap else None
-        with _module_modes_kept(self.model), self.pretrained_forward():
-            self.model.backbone.eval()
+        with eval_mode(self.model.backbone), self.pretrained_forward():
             embeddings = self.model.backbone(images)
             maps = self.student_tap.pop() if self.student_tap else None
         return embeddings, maps

@@ -48,7 +48,11 @@ def _valid_arrays(n=8, size=28, classes=2):
 
 def test_data_path_that_does_not_exist(tmp_path, capsys):
     missing = tmp_path / "nowhere.npz"
-    _fails(capsys, ["finetune", "--data", str(missing), "--out", str(tmp_path / "o"), *TINY], str(missing))
+    _fails(
+        capsys,
+        ["finetune", "--data", str(missing), "--out", str(tmp_path / "o"), *TINY],
+        str(missing),
+    )
 
 
 def test_file_that_is_not_an_npz(tmp_path, capsys):
@@ -85,7 +89,16 @@ def test_npz_with_bad_content(tmp_path, capsys, change, needle):
     ],
 )
 def test_unknown_names_list_the_valid_ones(tmp_path, capsys, medmnist_dir, flag, value, listed):
-    argv = ["finetune", "--data-root", str(medmnist_dir), flag, value, "--out", str(tmp_path / "o"), *TINY]
+    argv = [
+        "finetune",
+        "--data-root",
+        str(medmnist_dir),
+        flag,
+        value,
+        "--out",
+        str(tmp_path / "o"),
+        *TINY,
+    ]
     line = _fails(capsys, argv, value, listed)
     assert not (tmp_path / "o" / "metrics.json").exists()
     assert line
@@ -120,12 +133,22 @@ def test_finished_run_is_never_replaced_without_overwrite(tmp_path, capsys, medm
 
 
 def test_resume_without_checkpoint(tmp_path, capsys, medmnist_dir):
-    argv = ["finetune", "--data-root", str(medmnist_dir), "--out", str(tmp_path / "o"), *TINY, "--resume"]
+    argv = [
+        "finetune",
+        "--data-root",
+        str(medmnist_dir),
+        "--out",
+        str(tmp_path / "o"),
+        *TINY,
+        "--resume",
+    ]
     _fails(capsys, argv, "--resume", "checkpoint")
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, capsys, medmnist_dir):
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(
+    tmp_path, capsys, medmnist_dir
+):
     from riftune import checkpoint
 
     out = tmp_path / "run"

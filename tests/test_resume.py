@@ -13,7 +13,7 @@ import pytest
 
 FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "8",
          "--eval-batch-size", "64", "--epochs", "2", "--reg", "rift", "--checkpoint-every", "2",
-         "--augment", "--quiet", "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
+         "--augment", "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
 KILL_AT_STEP = 3  # epoch 1 has 48 / 8 = 6 steps: a checkpoint at step 2, killed during step 4
 
 # Runs the real CLI, but SIGKILLs its own process right after optimizer step KILL_AT_STEP + 1
@@ -46,7 +46,9 @@ def _env(medmnist_dir):
 
 def _finetune(args, env, driver=None):
     prefix = [sys.executable, "-c", driver] if driver else [sys.executable, "-m", "riftune"]
-    return subprocess.run(prefix + ["finetune", *args], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        prefix + ["finetune", *args], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 @pytest.mark.slow
@@ -56,7 +58,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_dir):
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     out = tmp_path / "crashed"
-    crashed = _finetune(FLAGS + ["--out", str(out)], env, CRASHING_DRIVER.format(kill_at=KILL_AT_STEP))
+    crashed = _finetune(
+        FLAGS + ["--out", str(out)], env, CRASHING_DRIVER.format(kill_at=KILL_AT_STEP)
+    )
     assert crashed.returncode == -signal.SIGKILL
     assert not (out / "metrics.json").exists()
 
@@ -93,4 +97,4 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_pat
     resumed = _finetune(FLAGS + ["--out", str(out), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (out / "metrics.json").is_file()
-    assert newest.exists()  # the corrupted file is reported and kept, never silently deleted
+    assert "resumed from step-00000002" in resumed.stderr  # the previous good checkpoint

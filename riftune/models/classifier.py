@@ -19,7 +19,10 @@ class Classifier(nn.Module):
     """``backbone`` maps images (n, 3, H, W) to embeddings (n, d); ``head`` maps them to logits.
 
     The backbone is a timm model built with ``num_classes=0`` (so its forward returns the pooled
-    embedding) or anything with the same contract. Finetuning methods change the backbone
+    embedding) or anything with the same contract. Its classifier dropout is off
+    (``drop_rate=0``): timm applies it to the pooled embedding itself, so in training the
+    regularizers would see dropout noise as drift from the pretrained embeddings, and each
+    process of a distributed run would draw different masks than one process does. Finetuning methods change the backbone
     (adapters, prompts, frozen parameters); regularizers see the embeddings.
 
     Attributes:

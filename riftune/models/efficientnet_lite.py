@@ -231,7 +231,10 @@ def create_model(name: str, pretrained: bool = True, num_classes: int = 0) -> nn
         raise ValueError(
             f"num_classes must be 0 or 1000 with the ImageNet weights, not {num_classes}"
         )
-    model = timm.create_model(variant.timm_arch, pretrained=False, num_classes=num_classes)
+    # drop_rate=0: no dropout on the pooled embedding (see riftune.models.classifier)
+    model = timm.create_model(
+        variant.timm_arch, pretrained=False, num_classes=num_classes, drop_rate=0.0
+    )
     if pretrained:
         model.load_state_dict(map_reference_state_dict(reference_state_dict(name), model))
     return model

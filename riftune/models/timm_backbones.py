@@ -59,7 +59,8 @@ def _create(name: str, pretrained: bool, img_size: int | None) -> tuple[nn.Modul
     Returns:
         The model and the size keyword arguments it accepted.
     """
-    kwargs: dict = {"dynamic_img_size": True}
+    # drop_rate=0: no dropout on the pooled embedding (see riftune.models.classifier)
+    kwargs: dict = {"dynamic_img_size": True, "drop_rate": 0.0}
     if img_size is not None:
         kwargs["img_size"] = img_size
     while True:

@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from riftune.metrics._distributed import all_reduce_sum
-from riftune.metrics._eval_mode import eval_mode
 from riftune.models.feature_maps import (
     FeatureMapTap,
     channel_axis,
@@ -52,6 +51,7 @@ from riftune.models.feature_maps import (
     is_nhwc,
     resolve_layer,
 )
+from riftune.modes import eval_mode
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.l2sp import BufferDict
 

@@ -58,8 +58,7 @@ A new method is one new file: subclass :class:`FinetuningMethod`, decorate it wi
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import ClassVar, Literal
 
 import torch
@@ -67,6 +66,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from riftune.models.classifier import Classifier
+from riftune.modes import eval_mode  # noqa: F401  (re-exported for the methods)
 
 FrozenMode = Literal["none", "batchnorm", "backbone"]
 """Which parts of the backbone :meth:`FinetuningMethod.configure` puts in eval mode."""
@@ -207,15 +207,3 @@ def from_args(args: argparse.Namespace) -> FinetuningMethod:
 def is_head(name: str) -> bool:
     """Whether ``name`` is a parameter of the classifier head."""
     return name.startswith(HEAD_PREFIX)
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode inside the block; every submodule's own mode restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
