@@ -68,17 +68,15 @@ def paired_embeddings(step: StepInputs, who: str) -> tuple[torch.Tensor, torch.T
     return step.embeddings, step.reference.detach()
 
 
-@register
-class CKAPenalty(Regularizer):
-    """``--reg cka``: penalty 1 − linear CKA(z, z₀) on the (global) batch; formula above.
+class ReferencePenalty(Regularizer):
+    """Base of the penalties that compare z with the pretrained embeddings of the same samples.
 
     Args:
-        reference: where z₀ comes from, ``"teacher"`` or ``"cache"``.
+        reference: where those come from, ``"teacher"`` (a frozen forward pass per batch) or
+            ``"cache"`` (the per-sample cache filled before training); flag ``--reference``.
     """
 
-    name = "cka"
     reference = "teacher"
-    min_batch_size = 2  # CKA of one sample is undefined
 
     def __init__(self, reference: str = "teacher"):
         super().__init__()
@@ -91,8 +89,20 @@ class CKAPenalty(Regularizer):
         add_reference_argument(parser)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> CKAPenalty:
+    def from_args(cls, args: argparse.Namespace, dim: int) -> ReferencePenalty:
         return cls(reference=args.reference)
+
+
+@register
+class CKAPenalty(ReferencePenalty):
+    """``--reg cka``: penalty 1 − linear CKA(z, z₀) on the (global) batch; formula above.
+
+    Args:
+        reference: where z₀ comes from, ``"teacher"`` or ``"cache"``.
+    """
+
+    name = "cka"
+    min_batch_size = 2  # CKA of one sample is undefined
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
         """1 − CKA(z, z₀) over the global batch (float64 inside, returned as float32).

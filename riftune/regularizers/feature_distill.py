@@ -18,16 +18,14 @@ z₀ comes from a frozen pretrained forward pass (``--reference teacher``) or th
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from riftune.regularizers.base import Regularizer, StepInputs, register
-from riftune.regularizers.cka import REFERENCE_CHOICES, add_reference_argument, paired_embeddings
+from riftune.regularizers.base import StepInputs, register
+from riftune.regularizers.cka import ReferencePenalty, paired_embeddings
 
 
 @register
-class FeatureDistill(Regularizer):
+class FeatureDistill(ReferencePenalty):
     """``--reg feature-distill``: mean over samples of ‖z_i − z₀,ᵢ‖²₂; formula above.
 
     Args:
@@ -35,21 +33,6 @@ class FeatureDistill(Regularizer):
     """
 
     name = "feature-distill"
-    reference = "teacher"
-
-    def __init__(self, reference: str = "teacher"):
-        super().__init__()
-        if reference not in REFERENCE_CHOICES:
-            raise ValueError(f"reference must be one of {REFERENCE_CHOICES}; got {reference!r}")
-        self.reference = reference
-
-    @classmethod
-    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
-        add_reference_argument(parser)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> FeatureDistill:
-        return cls(reference=args.reference)
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
         """Mean over the batch of the squared L2 distance (float32).
