@@ -28,11 +28,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/riftune demo
 
+# one intra-op thread per test worker: two workers share the two cores without contention
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check riftune tests benchmarks

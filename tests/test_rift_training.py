@@ -15,8 +15,9 @@ from riftune.engine import finetune
 # 546 training images at 64 px, batch 32: 3 epochs = 51 steps per run.
 BUDGET = ["--data", "breastmnist", "--img-size", "64", "--batch-size", "32", "--epochs", "3",
           "--seed", "0", "--landscape-images", "0", "--quiet"]  # fmt: skip
-# one worker runs the module-scoped training runs once for all tests here (pytest -n --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("rift_training")
+# One worker runs the module-scoped training runs once for all tests here (pytest -n --dist
+# loadgroup); the seven runs together take longer than the suite's per-test timeout.
+pytestmark = [pytest.mark.xdist_group("rift_training"), pytest.mark.timeout(2700)]
 
 VARIANTS = {
     "plain": ["--reg", "none"],
