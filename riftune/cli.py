@@ -25,7 +25,7 @@ def _finetune(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from riftune.evaluate_run import evaluate_run
 
-    metrics = evaluate_run(args.run, device=args.device, quiet=args.quiet)
+    metrics = evaluate_run(args.run, device=args.device)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 

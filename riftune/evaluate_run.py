@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from riftune import checkpoint as ckpt
 from riftune import config as config_module
 from riftune import distributed
+from riftune.data import DatasetSplits
 from riftune.engine import autocast_dtype, build_model_and_data
 from riftune.errors import UserError
-from riftune.evaluation import final_metrics
+from riftune.evaluation import PretrainedEmbeddings, final_metrics
+from riftune.models.classifier import Classifier
 from riftune.run_dir import RunDir, write_json_atomic
+from riftune.tuning import FinetuningMethod
 
 
-def evaluate_run(run: str | Path, device: str = "auto", quiet: bool = False) -> dict:
-    """Test and validation metrics of ``run``'s best checkpoint; also written to evaluation.json.
+@dataclass
+class FinishedRun:
+    """A finished run rebuilt from its config.yaml, with its best checkpoint loaded."""
 
-    The run is rebuilt from its config.yaml (same seed, data, backbone and method), so the
-    result reproduces the ``test`` and ``val`` entries of its metrics.json.
-    """
+    run_dir: RunDir
+    args: argparse.Namespace
+    ctx: distributed.DistributedContext
+    amp_dtype: torch.dtype | None
+    model: Classifier
+    data: DatasetSplits
+    pretrained: PretrainedEmbeddings
+    method: FinetuningMethod
+
+
+def load_finished_run(run: str | Path, device: str = "auto") -> FinishedRun:
+    """Rebuild ``run`` (same seed, data, backbone and method) and load its best checkpoint."""
     run_dir = RunDir(Path(run))
     best = ckpt.checkpoint_path(run_dir.checkpoints, ckpt.BEST)
     if not best.is_file():
@@ -28,10 +45,19 @@ def evaluate_run(run: str | Path, device: str = "auto", quiet: bool = False) -> 
     args.device = device
     ctx = distributed.setup(device)
     amp_dtype = autocast_dtype(args.amp, ctx.device)
-    model, data, pretrained, _ = build_model_and_data(args, ctx, amp_dtype)
+    model, data, pretrained, method = build_model_and_data(args, ctx, amp_dtype)
     tensors, meta = ckpt.load_checkpoint(best)
     model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])
-    results, _ = final_metrics(model, data, pretrained, args, ctx, amp_dtype)
-    if ctx.is_main:
-        write_json_atomic(results, run_dir.root / "evaluation.json")
+    return FinishedRun(run_dir, args, ctx, amp_dtype, model, data, pretrained, method)
+
+
+def evaluate_run(run: str | Path, device: str = "auto") -> dict:
+    """Test and validation metrics of ``run``'s best checkpoint; also written to evaluation.json.
+
+    The result reproduces the ``test`` and ``val`` entries of the run's metrics.json.
+    """
+    r = load_finished_run(run, device)
+    results, _ = final_metrics(r.model, r.data, r.pretrained, r.args, r.ctx, r.amp_dtype)
+    if r.ctx.is_main:
+        write_json_atomic(results, r.run_dir.root / "evaluation.json")
     return results

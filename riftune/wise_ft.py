@@ -17,14 +17,11 @@ from pathlib import Path
 
 import torch
 
-from riftune import checkpoint as ckpt
-from riftune import config as config_module
-from riftune import distributed
-from riftune.engine import autocast_dtype, build_model_and_data
 from riftune.errors import UserError
+from riftune.evaluate_run import load_finished_run
 from riftune.evaluation import eval_loader, evaluate_split
 from riftune.models import build_classifier
-from riftune.run_dir import RunDir, write_json_atomic
+from riftune.run_dir import write_json_atomic
 
 
 def interpolate(
@@ -65,19 +62,16 @@ def parse_alphas(text: str) -> list[float]:
 
 def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[dict]:
     """Evaluate θ_α for each α on the run's validation and test splits; writes wise_ft.json."""
-    run_dir = RunDir(Path(run))
-    best = ckpt.checkpoint_path(run_dir.checkpoints, ckpt.BEST)
-    if not best.is_file():
-        raise UserError(f"{best} not found; is {run_dir.root} a finished riftune run?")
-    args = config_module.namespace_from_config(
-        config_module.read_config(run_dir.config), config_module.finetune_parser()
+    r = load_finished_run(run, device)
+    args, ctx, amp_dtype, model, data, pretrained = (
+        r.args,
+        r.ctx,
+        r.amp_dtype,
+        r.model,
+        r.data,
+        r.pretrained,
     )
-    ctx = distributed.setup(device)
-    amp_dtype = autocast_dtype(args.amp, ctx.device)
-    model, data, pretrained, method = build_model_and_data(args, ctx, amp_dtype)
-    tensors, meta = ckpt.load_checkpoint(best)
-    model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])
-    finetuned_state = method.merged_backbone_state(model)
+    finetuned_state = r.method.merged_backbone_state(model)
 
     plain = build_classifier(
         args.backbone, num_classes=1, pretrained=not args.no_pretrained, img_size=args.img_size
@@ -99,5 +93,5 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
             row.update(result.prefixed(f"{name}."))
         rows.append(row)
     if ctx.is_main:
-        write_json_atomic({"alphas": rows}, run_dir.root / "wise_ft.json")
+        write_json_atomic({"alphas": rows}, r.run_dir.root / "wise_ft.json")
     return rows
