@@ -1,11 +1,13 @@
 """``riftune bench``: what each regularizer adds to a training step, as a ratio to plain finetuning.
 
 All variants train the same model on the same fixed batch with the engine's own
-:class:`~riftune.step.TrainStep`. Measurements are interleaved: each round runs every variant
-for ``--steps`` timed steps (after ``--warmup`` untimed ones) in a shuffled order, so drift of a
-shared machine hits all alike. A variant's ratio is the median over rounds of
-(its median step time / plain finetuning's median step time in the same round). On CUDA the
-peak memory of each variant's steps is measured too (``torch.cuda.max_memory_allocated``).
+:class:`~riftune.step.TrainStep`. Measurements are interleaved step by step: each round visits
+the variants in a shuffled order and, for each, alternates ``--steps`` steps of plain finetuning
+with ``--steps`` steps of the variant (plain, variant, variant, plain, ...), after ``--warmup``
+untimed steps of every variant. Drift of a shared machine over the seconds of one block hits
+both alike, so a variant's ratio is the median over rounds of (its median step time / plain
+finetuning's median step time in the same block). On CUDA the peak memory of each variant's
+steps is measured too (``torch.cuda.max_memory_allocated``).
 
 Also measured: the reference pass (pretrained embeddings of one epoch's images, eval mode, plus
 RIFT's statistics) as a fraction of one training epoch; and the regularizer's own cost
@@ -186,23 +188,32 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
     runners = [build(v) for v in variants]
     for runner in runners:
         runner.run(args.warmup)
-    medians: dict[str, list[float]] = {v.label: [] for v in variants}
-    order = list(range(len(runners)))
+    plain, others = runners[0], runners[1:]
+    times: dict[str, list[float]] = {v.label: [] for v in variants}
+    ratios: dict[str, list[float]] = {v.label: [] for v in variants}
     rng = random.Random(0)
     for _ in range(args.rounds):
-        rng.shuffle(order)
-        for i in order:
-            medians[runners[i].variant.label].append(statistics.median(runners[i].run(args.steps)))
-    del runners
+        rng.shuffle(others)
+        for runner in others:
+            block = {plain: [], runner: []}
+            for i in range(args.steps):  # plain, variant, variant, plain, ...
+                for r in (plain, runner) if i % 2 == 0 else (runner, plain):
+                    block[r] += r.run(1)
+            ratios[runner.variant.label].append(
+                statistics.median(block[runner]) / statistics.median(block[plain])
+            )
+            times[runner.variant.label] += block[runner]
+            times[plain.variant.label] += block[plain]
+    del runners, plain, others
     peaks = _peak_memory(variants, build) if ctx.device.type == "cuda" else {}
     base = variants[0].label
+    ratios[base] = [1.0]
     rows = []
     for v in variants:
-        ratios = [m / b for m, b in zip(medians[v.label], medians[base], strict=True)]
         row = {
             "variant": v.label,
-            "step_ms": statistics.median(medians[v.label]),
-            "time_ratio": statistics.median(ratios),
+            "step_ms": statistics.median(times[v.label]),
+            "time_ratio": statistics.median(ratios[v.label]),
         }
         if peaks:
             row["peak_mib"] = peaks[v.label]
@@ -293,7 +304,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="timed steps of a variant (and of plain) per round"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument(

@@ -2,8 +2,10 @@
 
 The grid is datasets × methods × regularizer variants × λ × seeds. λ is chosen per
 (dataset, method, variant) on validation AUC only, from runs with the first seed (the
-selection seed); the chosen λ then runs with every seed. Each run is a ``riftune finetune``
-subprocess in its own folder, so a finished run is skipped, an interrupted one is resumed, and
+selection seed); the chosen λ then runs with every seed. With ``wise_ft`` methods, the
+unregularized runs of those methods are also interpolated with the pretrained backbone
+(``riftune wise-ft``); α is chosen on validation AUC of the selection seed and reported as the
+regularizer ``wise-ft``. Each run is a ``riftune finetune`` subprocess in its own folder, so a finished run is skipped, an interrupted one is resumed, and
 an interrupted grid continues where it stopped. ``--jobs N`` runs N at once (e.g. on one GPU).
 
 A regularizer variant is written ``NAME`` or ``NAME[key=value,...]``; each key is the
@@ -122,6 +124,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lams", help="comma-separated λ values (default: 0.1,1,10)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     parser.add_argument(
+        "--wise-ft",
+        help="comma-separated methods whose unregularized runs also get WiSE-FT rows "
+        "(default: none)",
+    )
+    parser.add_argument("--wise-ft-alphas", help="the α grid of WiSE-FT (default: 0,0.1,...,1)")
+    parser.add_argument(
         "--jobs", type=int, default=1, help="runs at once (default: 1; e.g. 8 on one GPU)"
     )
     parser.add_argument(
@@ -140,7 +148,10 @@ def _resolve_grid(args: argparse.Namespace) -> dict:
         "regs": ["none", "rift"],
         "lams": [0.1, 1.0, 10.0],
         "seeds": [0, 1, 2],
+        "wise_ft": [],
+        "wise_ft_alphas": "0,0.1,...,1",
         "finetune": {},
+        "dataset_finetune": {},
     }
     if args.grid:
         path = Path(args.grid)
@@ -151,18 +162,27 @@ def _resolve_grid(args: argparse.Namespace) -> dict:
         if unknown:
             raise UserError(f"{path}: unknown keys {sorted(unknown)}; use {sorted(grid)}")
         grid.update(loaded)
-    for key, convert in (("data", str), ("methods", str), ("lams", float), ("seeds", int)):
-        text = getattr(args, key.replace("data", "data"))
+    lists = (("data", str), ("methods", str), ("lams", float), ("seeds", int), ("wise_ft", str))
+    for key, convert in lists:
+        text = getattr(args, key)
         if text:
             grid[key] = [convert(v) for v in text.split(",") if v.strip()]
+    if args.wise_ft_alphas:
+        grid["wise_ft_alphas"] = args.wise_ft_alphas
+    unknown = set(grid["wise_ft"]) - set(grid["methods"])
+    if unknown:
+        raise UserError(f"wise-ft methods {sorted(unknown)} are not among the grid's methods")
     if args.regs:
         grid["regs"] = [v for v in re.split(r"[;\s]+", args.regs) if v]
     return grid
 
 
-def _finetune_flags(grid: dict, passthrough: Sequence[str]) -> list[str]:
+def _finetune_flags(grid: dict, passthrough: Sequence[str], dataset: str) -> list[str]:
+    """``finetune`` flags, then the dataset's own (``dataset_finetune``), then the command
+    line's pass-through flags; a later value of a flag overrides an earlier one."""
     flags = []
-    for key, value in grid["finetune"].items():
+    own = (grid["dataset_finetune"] or {}).get(dataset) or {}
+    for key, value in {**grid["finetune"], **own}.items():
         flags += [f"--{key}"] + ([] if value is True else [str(value)])
     return flags + list(passthrough)
 
@@ -191,9 +211,13 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
     """Run (or continue) the grid, then write report.md and tradeoff.png; returns report.md."""
     out = Path(args.out)
     grid = _resolve_grid(args)
-    flags = _finetune_flags(grid, passthrough)
+    flags = {d: _finetune_flags(grid, passthrough, d) for d in grid["data"]}
+    unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
+    if unknown:
+        raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
     parser = config_module.finetune_parser()
-    parser.parse_args(flags)  # refuse bad pass-through flags before running anything
+    for dataset_flags in flags.values():  # refuse bad flags before running anything
+        parser.parse_args(dataset_flags)
     variants = [parse_variant(text, parser) for text in grid["regs"]]
     log = (
         (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -212,7 +236,7 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
         for lam in ([None] if v.name == "none" else grid["lams"])
     ]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda j: _run(j, flags, log, args.report_only), selection))
+        list(pool.map(lambda j: _run(j, flags[j.dataset], log, args.report_only), selection))
 
     chosen: dict[tuple, float | None] = {}
     for d, m, v in cells:
@@ -223,9 +247,10 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
             chosen[(d, m, v)] = best["lam"]
     final = [job(d, m, v, chosen[(d, m, v)], s) for (d, m, v) in chosen for s in seeds]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda j: _run(j, flags, log, args.report_only), final))
+        list(pool.map(lambda j: _run(j, flags[j.dataset], log, args.report_only), final))
 
     records = [r for r in (j.record() for j in final) if r is not None]
+    records += _wise_ft_records(final, grid, first_seed, args, log)
     missing = [str(j.folder) for j in selection + final if j.record() is None]
     if not records:
         raise UserError(f"no run of the grid finished; see the compare.log files under {out}")
@@ -235,6 +260,12 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
         f"λ chosen on validation AUC with seed {first_seed}; every chosen λ then ran seeds "
         f"{', '.join(map(str, seeds))}.",
     ]
+    if grid["wise_ft"]:
+        notes.append(
+            "wise-ft (α=a): the unregularized run's backbone interpolated with the pretrained "
+            f"one, θ = (1 − a)·θ₀ + a·θ, a from {grid['wise_ft_alphas']} chosen on validation "
+            f"AUC with seed {first_seed}; test CKA, accuracy, AUC and ECE only."
+        )
     if missing:
         notes.append(f"{len(missing)} runs did not finish: " + ", ".join(missing))
     text = report.compare_report_markdown(groups, lambda_key=None, notes=[n for n in notes if n])
@@ -242,3 +273,60 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
     report.plot_tradeoff(groups, out / "tradeoff.png", lambda_key=None)
     (out / "runs.json").write_text(json.dumps(records, indent=1, sort_keys=True))
     return text
+
+
+def _wise_ft_records(
+    final: Sequence[Job], grid: dict, first_seed: int, args: argparse.Namespace, log
+) -> list[dict]:
+    """Run WiSE-FT on the finished unregularized runs of ``grid["wise_ft"]`` methods (skipping
+    runs that have wise_ft.json) and return one record per run, at the α with the best
+    validation AUC of the first seed's run (ties: the smaller α)."""
+    jobs = [
+        j
+        for j in final
+        if j.method in grid["wise_ft"] and j.variant.name == "none" and j.record() is not None
+    ]
+
+    def run(job: Job) -> None:
+        if args.report_only or (job.folder / "wise_ft.json").is_file():
+            return
+        command = [sys.executable, "-m", "riftune", "wise-ft", "--run", str(job.folder),
+                   "--alphas", grid["wise_ft_alphas"]]  # fmt: skip
+        with open(job.folder / "compare.log", "a") as handle:
+            result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+        log(("done" if result.returncode == 0 else "FAILED") + f": wise-ft {job.folder}")
+
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        list(pool.map(run, jobs))
+    rows = {
+        j: json.loads((j.folder / "wise_ft.json").read_text())["alphas"]
+        for j in jobs
+        if (j.folder / "wise_ft.json").is_file()
+    }
+    records = []
+    for job, alphas in rows.items():
+        chooser = next(
+            (
+                rows[j]
+                for j in rows
+                if (j.dataset, j.method, j.seed) == (job.dataset, job.method, first_seed)
+            ),
+            None,
+        )
+        if chooser is None:
+            continue
+        alpha = max(chooser, key=lambda row: (row["val.auc"], -row["alpha"]))["alpha"]
+        row = next(r for r in alphas if r["alpha"] == alpha)
+        metrics = {k: v for k, v in row.items() if k.startswith(("val.", "test."))}
+        records.append(
+            {
+                "dataset": job.dataset,
+                "method": job.method,
+                "reg": "wise-ft",
+                "variant": f"α={alpha:g}",
+                "lam": None,
+                "seed": job.seed,
+                **metrics,
+            }
+        )
+    return records

@@ -185,6 +185,14 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         help="another dataset (same forms as --data): report k-NN and linear-probe accuracy "
         "of the finetuned vs the pretrained embeddings on it (retained generalizability)",
     )
+    evaluation.add_argument(
+        "--transfer-shots",
+        type=_positive_int,
+        default=None,
+        help="use K training images per class of --transfer-data (drawn with --seed) as the "
+        "k-NN memory and the probe's training set; its test split is always used whole "
+        "(default: all)",
+    )
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
@@ -219,6 +227,14 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(
             f"--batch-size {args.batch_size} is too small for --reg {args.reg}, which needs at "
             f"least {min_batch} images per step; raise --batch-size"
+        )
+    if regularizers.get(args.reg).penalizes_features_only and not (
+        tuning.get(args.method).changes_embeddings
+    ):
+        raise UserError(
+            f"--reg {args.reg} has no effect with --method {args.method}: the backbone is "
+            "frozen, so its features stay the pretrained ones; use --reg none or l2sp, or a "
+            "method that trains the backbone"
         )
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass only one")

@@ -154,13 +154,14 @@ def transfer_metrics(
     """Retained generalizability on ``--transfer-data``: finetuned vs pretrained embeddings.
 
     k-NN accuracy (k = 20, cosine, DINO's weighted vote) on the other dataset's test split with
-    its train split as memory, and the accuracy of a linear probe (L2 logistic regression)
+    its train split (``--transfer-shots`` images per class when given) as memory, and the accuracy of a linear probe (L2 logistic regression)
     trained on its train split; ``retained`` = finetuned / pretrained for each.
     """
     cfg = model.pretrained_cfg
     other = load_dataset(
         args.transfer_data, data_root=args.data_root, img_size=args.img_size,
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), seed=args.seed,
+        shots=args.transfer_shots,
     )  # fmt: skip
     pretrained = build_classifier(
         args.backbone, num_classes=1, pretrained=not args.no_pretrained, img_size=args.img_size
@@ -182,6 +183,7 @@ def transfer_metrics(
     ft, pre = scores["finetuned"], scores["pretrained"]
     return {
         "data": other.name,
+        "train_images": len(other.train),
         "knn_acc": ft["knn"],
         "knn_acc_pretrained": pre["knn"],
         "retained": ft["knn"] / pre["knn"] if pre["knn"] > 0 else float("nan"),

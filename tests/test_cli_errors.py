@@ -119,6 +119,14 @@ def test_batch_too_small_for_rift(tmp_path, capsys, medmnist_dir):
     _fails(capsys, argv, "--batch-size", "rift")
 
 
+@pytest.mark.parametrize("reg", ["rift", "cka", "feature-distill", "delta"])
+def test_representation_penalty_with_a_frozen_backbone(tmp_path, capsys, medmnist_dir, reg):
+    argv = ["finetune", "--data-root", str(medmnist_dir), "--method", "linear", "--reg", reg,
+            "--out", str(tmp_path / "o"), *TINY]  # fmt: skip
+    _fails(capsys, argv, f"--reg {reg}", "--method linear", "no effect")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_finished_run_is_never_replaced_without_overwrite(tmp_path, capsys, medmnist_dir):
     out = tmp_path / "run"

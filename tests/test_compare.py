@@ -7,12 +7,29 @@ import json
 import pytest
 
 from riftune.cli import main
-from riftune.compare import parse_variant
+from riftune.compare import _finetune_flags, parse_variant
 from riftune.config import finetune_parser
 from riftune.errors import UserError
 
 TINY = ["--epochs", "1", "--img-size", "32", "--shots", "10", "--batch-size", "8",
         "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
+
+
+def test_dataset_finetune_flags_override_the_shared_ones():
+    grid = {
+        "finetune": {"epochs": 3, "freeze-bn": True},
+        "dataset_finetune": {"pneumoniamnist": {"epochs": 1, "transfer-data": "breastmnist"}},
+    }
+    assert _finetune_flags(grid, ["--quiet"], "breastmnist") == [
+        "--epochs", "3", "--freeze-bn", "--quiet"]  # fmt: skip
+    assert _finetune_flags(grid, ["--quiet"], "pneumoniamnist") == [
+        "--epochs", "1", "--freeze-bn", "--transfer-data", "breastmnist", "--quiet"]  # fmt: skip
+
+
+def test_wise_ft_methods_must_be_in_the_grid(tmp_path):
+    with pytest.raises(UserError, match="wise-ft"):
+        main(["compare", "--out", str(tmp_path), "--methods", "full", "--wise-ft", "lora",
+              "--debug"])  # fmt: skip
 
 
 def test_variant_flags_resolve_to_the_regularizers_own_flags():
@@ -33,7 +50,7 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
     out = tmp_path / "grid"
     argv = ["compare", "--out", str(out), "--data", "breastmnist", "--methods", "full",
             "--regs", "none;rift[match=paired,q=optimal]", "--lams", "0.5,2", "--seeds", "0,1",
-            "--quiet", *TINY]  # fmt: skip
+            "--wise-ft", "full", "--wise-ft-alphas", "0,0.5,1", "--quiet", *TINY]  # fmt: skip
     assert main(argv) == 0
     report = (out / "report.md").read_text()
     assert "rift (paired,optimal)" in report and "| none" in report
@@ -48,6 +65,18 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
                 for lam in (0.5, 2.0)}  # fmt: skip
     best = max(lam_runs, key=lambda lam: (lam_runs[lam]["val"]["auc"], -lam))
     assert rift_runs[0]["lam"] == best
+
+    # WiSE-FT of the unregularized runs: α chosen on seed 0's validation AUC, used for every seed
+    wise_runs = [r for r in records if r["reg"] == "wise-ft"]
+    assert sorted(r["seed"] for r in wise_runs) == [0, 1]
+    plain_seed0 = out / "runs" / "breastmnist" / "full" / "none" / "no-lam" / "seed0"
+    alphas = json.loads((plain_seed0 / "wise_ft.json").read_text())["alphas"]
+    assert [row["alpha"] for row in alphas] == [0.0, 0.5, 1.0]
+    chosen = max(alphas, key=lambda row: (row["val.auc"], -row["alpha"]))
+    assert {r["variant"] for r in wise_runs} == {f"α={chosen['alpha']:g}"}
+    seed0 = next(r for r in wise_runs if r["seed"] == 0)
+    assert seed0["test.auc"] == chosen["test.auc"]
+    assert f"wise-ft (α={chosen['alpha']:g})" in report
 
     # finished runs are skipped: a second call changes no metrics.json
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}

@@ -304,7 +304,8 @@ def test_compare_report_bolds_exactly_the_best_per_column_with_direction():
         "Sharpness ↓",
         "ECE ↓",
         "Step ms ↓",
-    ]  # columns nobody reports (AUC, Hessian, Retained) left out
+        "Val AUC ↑",
+    ]  # columns nobody reports (AUC, Hessian, Retained, Val CKA) left out
     assert [r[:3] for r in rows] == [
         ["none", "–", "1"],
         ["rift (paired)", "1", "1"],
@@ -317,15 +318,16 @@ def test_compare_report_bolds_exactly_the_best_per_column_with_direction():
         ("l2sp", "Sharpness ↓"),  # lower is better: 0.10
         ("rift (paired)", "ECE ↓"),  # 0.05
         ("l2sp", "Step ms ↓"),  # 49.0
+        ("rift (paired)", "Val AUC ↑"),  # 0.82
     }
     assert rows[1][4] == "**0.800 ± –**"
 
     # The single-row linear table has nothing to compare: no bold.
     _, linear_rows = parse_table(report, "## linear")
-    assert linear_rows == [["none", "–", "1", "0.700 ± –", "1.000 ± –", "–", "–", "–"]]
+    assert linear_rows == [["none", "–", "1", "0.700 ± –", "1.000 ± –", "–", "–", "–", "0.900 ± –"]]
 
     legend = report[report.index("## Legend") :]
-    assert "Higher is better (↑): Acc, CKA." in legend
+    assert "Higher is better (↑): Acc, CKA, Val AUC." in legend
     assert "Lower is better (↓): Sharpness, ECE, Step ms." in legend
     assert "ddof = 1" in legend and "Seeds: 0." in legend
     assert "AUC (`test.auc`)" in legend and "command: riftune compare" in legend

@@ -77,6 +77,7 @@ class ReferencePenalty(Regularizer):
     """
 
     reference = "teacher"
+    penalizes_features_only = True
 
     def __init__(self, reference: str = "teacher"):
         super().__init__()

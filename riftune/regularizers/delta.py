@@ -208,6 +208,7 @@ class Delta(Regularizer):
     name = "delta"
     reference = "teacher"
     needs_feature_maps = True
+    penalizes_features_only = True
 
     def __init__(self, layers: Sequence[str] | None = None, attention_images: int = 128):
         super().__init__()

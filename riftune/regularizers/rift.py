@@ -327,6 +327,7 @@ class RIFT(Regularizer):
 
     name = "rift"
     min_batch_size = 2  # a covariance or a centred pair needs two samples
+    penalizes_features_only = True
 
     def __init__(
         self,

@@ -54,6 +54,8 @@ COMPARE_COLUMNS: tuple[MetricColumn, ...] = (
     MetricColumn("transfer.retained", "Retained", "higher"),
     MetricColumn("test.ece", "ECE", "lower"),
     MetricColumn("train_step_ms", "Step ms", "lower", ".1f"),
+    MetricColumn("val.auc", "Val AUC", "higher"),
+    MetricColumn("val.cka", "Val CKA", "higher"),
 )
 
 

@@ -83,10 +83,14 @@ class FinetuningMethod:
     Class attributes a subclass sets:
         name: the registry name used by ``--method``.
         phases: the phases a run goes through, in order (most methods have one).
+        changes_embeddings: whether training can change the backbone's embeddings at all
+            (``False`` for ``linear``: a regularizer of the representation then has nothing
+            to act on).
     """
 
     name: ClassVar[str] = ""
     phases: ClassVar[tuple[str, ...]] = ("train",)
+    changes_embeddings: ClassVar[bool] = True
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:

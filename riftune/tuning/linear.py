@@ -18,6 +18,7 @@ class Linear(FinetuningMethod):
     """
 
     name = "linear"
+    changes_embeddings = False
 
     def is_trainable(self, name: str, phase: str) -> bool:
         return is_head(name)

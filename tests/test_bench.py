@@ -1,0 +1,39 @@
+"""``riftune bench`` runs every part end to end on a tiny model and writes what it prints.
+
+No timing is asserted (machines are shared and noisy); only structure and sanity.
+"""
+
+from __future__ import annotations
+
+import json
+
+from riftune.cli import main
+
+
+def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--no-pretrained", "--img-size", "32", "--batch-size", "4",
+            "--eval-batch-size", "8", "--device", "cpu", "--steps", "2", "--warmup", "1",
+            "--rounds", "2", "--variants", "rift covariance q=identity,rift paired q=learned,l2sp",
+            "--epoch-images", "16", "--scaling-d", "16,32", "--scaling-batch", "4,8",
+            "--scaling-dim", "16", "--scaling-n", "8", "--scaling-repeats", "1",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    labels = [row["variant"] for row in results["steps"]]
+    assert labels[0] == "plain (none)" and results["steps"][0]["time_ratio"] == 1.0
+    assert set(labels[1:]) == {
+        "rift covariance q=identity stats=batch",
+        "rift covariance q=identity stats=ema",
+        "rift paired q=learned ref=cache",
+        "rift paired q=learned ref=teacher",
+        "l2sp",
+    }
+    for row in results["steps"]:
+        assert row["step_ms"] > 0 and row["time_ratio"] > 0
+        assert row["variant"] in printed
+    assert results["reference_pass"]["images"] == 16
+    assert results["reference_pass"]["fraction_of_epoch"] > 0
+    assert [(r["d"], r["n"]) for r in results["scaling"]] == [(16, 8), (32, 8), (16, 4), (16, 8)]
+    assert all(v > 0 for r in results["scaling"] for k, v in r.items() if "/" in k)
