@@ -146,28 +146,73 @@ def test_covariance_batch_matches_numpy(n, d, q, normalize, w):
 @pytest.mark.parametrize("q", QS)
 @pytest.mark.parametrize(("n", "d"), [(4, 6), (20, 5)])
 def test_covariance_ema_matches_numpy(q, n, d):
+    """Learned Q: the running estimates live in Q's frame, R ← (1 − m)R + m·QΣ(z)Qᵀ, and the
+    loss compares them with Σ₀, μ₀ directly. Optimal Q with eigh_every=1: exact spectra."""
     features, _, _ = make_data(n, d, seed=3)
     m, w = 0.3, 0.5
-    reg = build(d, features, q, stats="ema", momentum=m, mean_weight=w, normalize=False)
-    rot = rotation_np(reg) if q == "learned" else None
+    reg = build(d, features, q, stats="ema", momentum=m, mean_weight=w, normalize=False,
+                eigh_every=1)  # fmt: skip
+    rot = rotation_np(reg) if q == "learned" else np.eye(d)
+    form = "identity" if q == "learned" else q
     running, running_mean = np_cov(features), features.mean(0)
     rng = np.random.default_rng(4)
     for _ in range(3):
-        z = rng.normal(size=(n, d)) * 1.5
+        z = rng.normal(size=(n, d)) * 1.5 @ rot.T  # rows z_i → Q z_i
         sigma = (1 - m) * running + m * np_cov(z)
         mean = (1 - m) * running_mean + m * z.mean(0)
-        expected = np_covariance_loss(sigma, mean, features, q, False, w, rot)
-        np.testing.assert_allclose(reg(torch.tensor(z)).item(), expected, rtol=1e-9)
+        expected = np_covariance_loss(sigma, mean, features, form, False, w)
+        np.testing.assert_allclose(reg(torch.tensor(z @ rot)).item(), expected, rtol=1e-9)
         running, running_mean = sigma, mean
-        np.testing.assert_allclose(reg.running_cov.numpy(), running, rtol=1e-12)
-        np.testing.assert_allclose(reg.running_mean.numpy(), running_mean, rtol=1e-12)
+        np.testing.assert_allclose(reg.running_cov.numpy(), running, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(reg.running_mean.numpy(), running_mean, rtol=1e-10)
     reg.eval()  # evaluation uses the running estimate but leaves it unchanged
-    z = rng.normal(size=(n, d))
+    z = rng.normal(size=(n, d)) @ rot.T
     sigma = (1 - m) * running + m * np_cov(z)
     mean = (1 - m) * running_mean + m * z.mean(0)
-    expected = np_covariance_loss(sigma, mean, features, q, False, w, rot)
-    np.testing.assert_allclose(reg(torch.tensor(z)).item(), expected, rtol=1e-9)
-    np.testing.assert_allclose(reg.running_cov.numpy(), running, rtol=1e-12)
+    expected = np_covariance_loss(sigma, mean, features, form, False, w)
+    np.testing.assert_allclose(reg(torch.tensor(z @ rot)).item(), expected, rtol=1e-9)
+    np.testing.assert_allclose(reg.running_cov.numpy(), running, rtol=1e-10, atol=1e-12)
+
+
+def test_ema_optimal_recomputes_the_eigenbasis_every_k_calls():
+    """Exact spectral distance (value and gradient) on calls 0, k, 2k, ...; in between
+    ‖Σ̄ − V Λ₀ Vᵀ‖² with the last V, an upper bound; resuming from a state_dict continues alike."""
+    n, d, m, k = 6, 5, 0.3, 3
+    features, _, _ = make_data(n, d, seed=8)
+    reg = build(d, features, "optimal", stats="ema", momentum=m, normalize=False, eigh_every=k)
+    lam0 = np.maximum(np.sort(np.linalg.eigvalsh(np_cov(features)))[::-1], 0)
+    running, basis = np_cov(features), None
+    rng = np.random.default_rng(9)
+    batches = [rng.normal(size=(n, d)) * 1.5 for _ in range(7)]
+    values = []
+    for call_index, z in enumerate(batches):
+        if call_index == 4:
+            resumed = RIFT(d, q="optimal", stats="ema", momentum=m, normalize=False,
+                           eigh_every=k).double()  # fmt: skip
+            resumed.load_state_dict(reg.state_dict())
+            reg = resumed
+        sigma = (1 - m) * running + m * np_cov(z)
+        lam, vectors = np.linalg.eigh(sigma)
+        exact = np.sum((lam[::-1] - lam0) ** 2)
+        if call_index % k == 0:
+            basis = vectors
+        target = basis @ np.diag(lam0[::-1]) @ basis.T
+        expected = np.sum((sigma - target) ** 2)
+        zt = torch.tensor(z, requires_grad=True)
+        got = reg(zt)
+        got.backward()
+        np.testing.assert_allclose(got.item(), expected, rtol=1e-9)
+        assert got.item() >= exact - 1e-12
+        if call_index % k == 0:
+            np.testing.assert_allclose(got.item(), exact, rtol=1e-9)
+            # the gradient of the exact spectral distance, through m·Σ(z)
+            zz = torch.tensor(z, requires_grad=True)
+            zc = zz - zz.mean(0)
+            s = (1 - m) * torch.tensor(running) + m * zc.T @ zc / (n - 1)
+            ((torch.linalg.eigvalsh(s).flip(0) - torch.tensor(lam0)) ** 2).sum().backward()
+            torch.testing.assert_close(zt.grad, zz.grad)
+        values.append(got.item())
+        running = sigma
 
 
 def test_ema_gradient_flows_through_the_current_batch_only():
@@ -486,6 +531,8 @@ def test_state_dict_round_trip(match, q, stats):
     expected_keys |= {"running_cov", "running_mean"} if stats == "ema" else set()
     expected_keys |= {"learned_rotation.reflectors"} if q == "learned" else set()
     expected_keys |= {"ref_eigvals"} if (match, q) == ("covariance", "optimal") else set()
+    if (match, q, stats) == ("covariance", "optimal", "ema"):
+        expected_keys |= {"spectral_target", "spectral_age"}
     assert set(state) == expected_keys
     fresh = RIFT(5, match=match, q=q, stats=stats)
     fresh.load_state_dict(state)

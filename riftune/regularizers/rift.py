@@ -78,12 +78,13 @@ class HouseholderRotation(nn.Module):
         largest = _HOUSEHOLDER_BLOCK.get(u.device.type, _HOUSEHOLDER_BLOCK_DEFAULT)
         block = -(-d // -(-d // largest))  # equal blocks of at most `largest`
         full = d // block
-        groups = [u[:, : full * block].reshape(d, full, block).permute(1, 0, 2)]
+        # contiguous (d, b) blocks: the products below then need no per-block copies
+        groups = [u[:, : full * block].reshape(d, full, block).permute(1, 0, 2).contiguous()]
         if d % block:
-            groups.append(u[None, :, full * block :])
+            groups.append(u[None, :, full * block :].contiguous())
         factors: list[tuple[Tensor, Tensor]] = []
         for ub in groups:  # all blocks of one size in one batch
-            gram = ub.mT @ ub
+            gram = torch.einsum("kdi,kdj->kij", ub, ub)  # U_bᵀU_b; einsum beats bmm's mT on CPU
             t = gram.triu(1) + torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1) / 2)
             vb = torch.linalg.solve_triangular(t, ub, upper=True, left=False)
             factors.extend(zip(ub.unbind(0), vb.unbind(0), strict=True))
@@ -243,7 +244,20 @@ class RIFT(Regularizer):
       μ̄ = (1 − m)·r + m·μ(z), where R, r are running estimates (buffers, not differentiated, so
       the gradient flows through the current batch only; m = ``momentum``). They start at
       Σ₀, μ₀ when the reference is fitted (the model starts pretrained) and, in training
-      mode, are replaced by Σ̄, μ̄ after each call.
+      mode, are replaced by Σ̄, μ̄ after each call. Two variants keep the per-call cost at
+      that of the batch (no d×d rotation or decomposition every call):
+
+      - with ``q="learned"`` the running estimates live in Q's frame: R ← (1 − m)·R +
+        m·QΣ(z)Qᵀ, r ← (1 − m)·r + m·Qμ(z), and L = ‖R − Σ₀‖²_F/c_Σ + w‖r − μ₀‖²/c_μ after
+        the update. While Q is fixed this equals the formula above (Σ̄ rotated by Q); as Q
+        learns, earlier batches keep the rotation of their own step, and Q's gradient, like
+        z's, comes from the current batch.
+      - with ``q="optimal"`` the cov term is ‖Σ̄ − T‖²_F/c_Σ with T = V diag(λ↓(Σ₀)) Vᵀ, V the
+        eigenvectors of Σ̄ (ordered by descending eigenvalue), recomputed every
+        ``eigh_every`` training calls (and kept as a buffer in between). On a call that
+        recomputes V it equals Σᵢ (λᵢ↓(Σ̄) − λᵢ↓(Σ₀))², value and gradient; between them it
+        is an upper bound (T is a rotation of Σ₀'s spectrum, so ‖Σ̄ − T‖ ≥ the minimum).
+        ``eigh_every=1`` is exact on every call.
 
     **match="paired"**: ``forward(z, reference)`` where ``reference`` holds the pretrained
     embeddings of the same n samples (treated as a constant). With
@@ -291,9 +305,9 @@ class RIFT(Regularizer):
     - covariance/optimal: an n×n Gram matrix, O(n²·d), and its eigenvalues (in float64),
       since it shares Σ(z)'s non-zero spectrum (n > d: the d×d covariance); Σ₀'s
       eigenvalues are computed once by :meth:`fit_reference`.
-    - stats="ema": the d×d estimate costs O(n·d²) as above; but with ``learned`` the running
-      part needs the rotation of d rows and with ``optimal`` a d×d eigendecomposition, both
-      O(d³) per call.
+    - stats="ema": the d×d estimate costs O(n·d²) as above; with ``learned`` plus the
+      rotation of n (+1) rows; with ``optimal`` a d×d eigendecomposition and product, O(d³),
+      once every ``eigh_every`` calls.
     - paired/identity: O(n·d); paired/learned: plus the rotation of n (+1) rows, O(n·d²);
       paired/optimal: a QR factorization of the d×n reference (no gradient), an n×n Gram
       matrix (O(n²·d)) and one n×n eigendecomposition, in float64.
@@ -315,6 +329,8 @@ class RIFT(Regularizer):
         mean_weight: w ≥ 0, the weight of the mean term.
         stats: ``"batch"`` or ``"ema"`` (covariance matching only).
         momentum: m ∈ (0, 1], the weight of the current batch in the running estimates.
+        eigh_every: k ≥ 1; ``stats="ema"`` with ``q="optimal"`` recomputes the eigenvectors
+            of the running covariance every k training calls (1: every call, exact).
         reference_source: where paired references come from during training: ``"cache"``
             (pretrained embeddings of each training sample computed once before training)
             or ``"teacher"`` (a frozen forward pass each step). Paired matching only.
@@ -339,6 +355,7 @@ class RIFT(Regularizer):
         stats: str = "batch",
         momentum: float = 0.1,
         reference_source: str = "cache",
+        eigh_every: int = 10,
     ):
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
@@ -352,6 +369,8 @@ class RIFT(Regularizer):
             raise ValueError(f"mean_weight must be a finite number >= 0, got {mean_weight}")
         if not (0 < momentum <= 1):
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        if not (isinstance(eigh_every, int) and eigh_every >= 1):
+            raise ValueError(f"eigh_every must be an integer >= 1, got {eigh_every!r}")
         if match == "paired" and stats == "ema":
             raise ValueError(
                 "stats='ema' applies to match='covariance' only; use stats='batch' with paired"
@@ -364,6 +383,7 @@ class RIFT(Regularizer):
         self.normalize = normalize
         self.mean_weight = float(mean_weight)
         self.momentum = float(momentum)
+        self.eigh_every = eigh_every
         self.reference = reference_source if match == "paired" else None
 
         self.register_buffer("ref_count", torch.zeros((), dtype=torch.long))
@@ -376,6 +396,10 @@ class RIFT(Regularizer):
         if stats == "ema":
             self.register_buffer("running_cov", torch.zeros(dim, dim))
             self.register_buffer("running_mean", torch.zeros(dim))
+        self._spectral_age = 0  # training calls since fit; mirrors the buffer without a sync
+        if match == "covariance" and q == "optimal" and stats == "ema":
+            self.register_buffer("spectral_target", torch.zeros(dim, dim))
+            self.register_buffer("spectral_age", torch.zeros((), dtype=torch.long))
         if q == "learned":
             self.learned_rotation = HouseholderRotation(dim)
         self._fitted = False
@@ -385,7 +409,7 @@ class RIFT(Regularizer):
         return (
             f"dim={self.dim}, match={self.match!r}, q={self.q!r}, normalize={self.normalize}, "
             f"mean_weight={self.mean_weight}, stats={self.stats!r}, momentum={self.momentum}, "
-            f"reference={self.reference!r}"
+            f"eigh_every={self.eigh_every}, reference={self.reference!r}"
         )
 
     # ----------------------------------------------------------------- reference statistics
@@ -445,6 +469,9 @@ class RIFT(Regularizer):
         if self.stats == "ema":
             self.running_cov.copy_(cov)
             self.running_mean.copy_(moments.mean())
+        if hasattr(self, "spectral_age"):
+            self.spectral_age.zero_()
+            self._spectral_age = 0
         self._fitted = True
         return self
 
@@ -535,22 +562,19 @@ class RIFT(Regularizer):
         with_mean = self.mean_weight > 0
         if self.stats == "ema":
             m = self.momentum
+            if self.q == "learned":  # running estimates in Q's frame: rotate this batch's rows
+                rows = self.learned_rotation.rotate_rows(torch.cat([zc, mean[None]]))
+                zc, mean = rows[:n], rows[n]
             # Σ̄ = (1 − m)·R + m·Z_cᵀZ_c/(n − 1), μ̄ = (1 − m)·r + m·μ(z), in one kernel each
             sigma = torch.addmm(self.running_cov.to(dtype), zc.T, zc, beta=1 - m, alpha=m / (n - 1))
             mean = torch.lerp(self.running_mean.to(dtype), mean, m)
+            target = self._spectral_target(sigma) if self.q == "optimal" else sigma0
             if self.training:
                 with torch.no_grad():
                     self.running_cov.copy_(sigma)
                     self.running_mean.copy_(mean)
-            if self.q == "optimal":
-                cov_term = spectral_distance(symmetric_eigvals(sigma), self.ref_eigvals.to(dtype))
-            else:
-                if self.q == "learned":  # ‖QΣ̄Qᵀ − Σ₀‖ = ‖Σ̄ − QᵀΣ₀Q‖, Q orthogonal
-                    rotate = self.learned_rotation.rotate_rows
-                    sigma_q = rotate(torch.cat([sigma, mean[None]]))
-                    sigma, mean = rotate(sigma_q[:-1].T.contiguous()), sigma_q[-1]
-                diff = sigma - sigma0
-                cov_term = torch.dot(diff.view(-1), diff.view(-1))
+            diff = sigma - target
+            cov_term = torch.dot(diff.view(-1), diff.view(-1))
         elif self.q == "optimal":
             cov_term = spectral_distance(batch_covariance_eigvals(zc), self.ref_eigvals.to(dtype))
         else:
@@ -572,6 +596,26 @@ class RIFT(Regularizer):
         if self.normalize:
             mean_term = mean_term / self.ref_trace.to(dtype)
         return cov_term + self.mean_weight * mean_term
+
+    def _spectral_target(self, sigma: Tensor) -> Tensor:
+        """T = V diag(λ↓(Σ₀)) Vᵀ for the running Σ̄ (d, d): recomputed from Σ̄'s eigenvectors V
+        when the training-call count is a multiple of ``eigh_every``, else the stored one."""
+        if self._spectral_age % self.eigh_every == 0:
+            with torch.no_grad():
+                a = sigma.detach()
+                _, vectors = torch.linalg.eigh(
+                    a.double() if a.shape[-1] <= _FLOAT64_EIGH_MAX else a
+                )
+                ascending = self.ref_eigvals.flip(0).to(vectors.dtype)
+                target = ((vectors * ascending) @ vectors.T).to(sigma.dtype)
+            if self.training:
+                self.spectral_target.copy_(target)
+        else:
+            target = self.spectral_target.to(sigma.dtype)
+        if self.training:
+            self._spectral_age += 1
+            self.spectral_age.fill_(self._spectral_age)
+        return target
 
     def _paired(self, z: Tensor, ref: Tensor) -> Tensor:
         n = z.shape[0]
@@ -648,6 +692,15 @@ class RIFT(Regularizer):
             "(--rift-stats ema) (default: %(default)s)",
         )
         parser.add_argument(
+            "--rift-eigh-every",
+            type=int,
+            default=10,
+            metavar="K",
+            help="--rift-stats ema with --rift-q optimal: recompute the eigenvectors of the "
+            "running covariance every K steps (1: every step, exact; larger: cheaper, an upper "
+            "bound in between) (default: %(default)s)",
+        )
+        parser.add_argument(
             "--rift-mean-weight",
             type=float,
             default=0.0,
@@ -684,6 +737,7 @@ class RIFT(Regularizer):
                 stats=args.rift_stats,
                 momentum=args.rift_momentum,
                 reference_source=args.rift_reference or "cache",
+                eigh_every=args.rift_eigh_every,
             )
         except ValueError as err:
             raise UserError(f"--reg rift: {err}") from None
@@ -696,3 +750,5 @@ def _norm_gap(mean: Tensor, mu0: Tensor) -> Tensor:
 
 def _sync_fitted_flag(module: nn.Module, incompatible_keys: Any) -> None:
     module._fitted = bool(module.ref_count.item() >= 2)
+    if hasattr(module, "spectral_age"):
+        module._spectral_age = int(module.spectral_age.item())
