@@ -214,6 +214,7 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
             "variant": v.label,
             "step_ms": statistics.median(times[v.label]),
             "time_ratio": statistics.median(ratios[v.label]),
+            "time_ratio_rounds": ratios[v.label],  # the spread shows the machine's noise
         }
         if peaks:
             row["peak_mib"] = peaks[v.label]

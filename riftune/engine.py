@@ -51,7 +51,8 @@ class TrainState:
     best_epoch: int = -1
     wall_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
-    step_ms: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)  # per step, waiting for its batch included
+    data_ms: list[float] = field(default_factory=list)  # per step, waiting for its batch
     epoch_sums: dict[str, float] = field(default_factory=dict)  # running loss sums this epoch
     steps: list[dict] = field(default_factory=list)  # per-step losses and learning rate
 
@@ -250,6 +251,7 @@ class Finetuner:
             "wall_seconds": s.wall_seconds + (time.perf_counter() - self._started),
             "history": s.history,
             "step_ms": s.step_ms,
+            "data_ms": s.data_ms,
             "epoch_sums": s.epoch_sums,
             "steps": s.steps,
         }
@@ -290,6 +292,7 @@ class Finetuner:
             wall_seconds=s["wall_seconds"],
             history=list(s["history"]),
             step_ms=list(s["step_ms"]),
+            data_ms=list(s.get("data_ms", [])),
             epoch_sums=dict(s["epoch_sums"]),
             steps=list(s["steps"]),
         )
@@ -312,6 +315,7 @@ class Finetuner:
         )
         tick = time.perf_counter()
         for images, labels, indices in self.loader:
+            s.data_ms.append((time.perf_counter() - tick) * 1000.0)
             try:
                 losses = self._global_mean(self.step(images, labels, indices))
             except NonFiniteLossError:
@@ -399,7 +403,7 @@ class Finetuner:
             "best_epoch": s.best_epoch,
             "epochs": self.args.epochs,
             "wall_seconds": s.wall_seconds + (time.perf_counter() - self._started),
-            "train_step_ms": statistics.median(s.step_ms) if s.step_ms else float("nan"),
+            **_throughput(s, self.args.batch_size),
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
         }
@@ -431,3 +435,16 @@ def finetune(args: argparse.Namespace) -> dict:
         return Finetuner(args, ctx).run()
     finally:
         distributed.teardown()
+
+
+def _throughput(state: TrainState, batch_size: int) -> dict[str, float]:
+    """Median training step (ms, the wait for its batch included), the median wait for a batch
+    (ms), and images per second of the global batch at the median step."""
+    if not state.step_ms:
+        return {"train_step_ms": float("nan")}
+    step_ms = statistics.median(state.step_ms)
+    return {
+        "train_step_ms": step_ms,
+        "train_data_ms": statistics.median(state.data_ms) if state.data_ms else float("nan"),
+        "train_images_per_s": batch_size / (step_ms / 1000.0),
+    }

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from riftune.cli import main
@@ -28,6 +29,10 @@ def _check_run_folder(out, metrics):
         assert 0.0 <= metrics["val"][key] <= 1.0 + 1e-6, key
     assert metrics["best_epoch"] >= 1
     assert metrics["wall_seconds"] > 0 and metrics["train_step_ms"] > 0
+    # each step's wait for its batch is part of that step, so the medians keep that order
+    assert 0 <= metrics["train_data_ms"] <= metrics["train_step_ms"]
+    batch = yaml.safe_load((out / "config.yaml").read_text())["batch_size"]
+    assert metrics["train_images_per_s"] == pytest.approx(batch / (metrics["train_step_ms"] / 1000))
     for name in ("config.yaml", "history.csv", "training.png", "embeddings.png"):
         assert (out / name).is_file(), name
     assert list((out / "checkpoints").glob("*.safetensors"))
