@@ -25,6 +25,7 @@ from riftune.report import (
     plot_tradeoff,
     plot_training,
     read_history_csv,
+    relative_to_plain_table,
     select_lambda,
     summary_table,
     write_history_csv,
@@ -416,3 +417,25 @@ def test_plot_tradeoff_writes_png(tmp_path):
     empty = tmp_path / "empty.png"
     plot_tradeoff([group("none", None, 0.8)], empty)
     assert_real_png(empty)
+
+
+def test_relative_to_plain_table_points_and_percent():
+    groups = [
+        group("none", None, 0.80, **{"test.acc": 0.80, "test.cka": 0.40, "test.sharpness": 0.30}),
+        group(
+            "rift",
+            1.0,
+            0.78,
+            variant="paired",
+            **{"test.acc": 0.825, "test.cka": 0.60, "test.sharpness": 0.15},
+        ),
+        group("l2sp", 0.1, 0.81, **{"test.acc": 0.79}),
+    ]
+    lines = relative_to_plain_table(groups).splitlines()
+    assert lines[0] == (
+        "| Regularizer | λ | Acc Δ (points) | CKA change | Sharpness change | Val AUC Δ (points) |"
+    )
+    assert lines[2] == "| rift (paired) | 1 | +2.5 | +50% | -50% | -2.0 |"
+    assert lines[3] == "| l2sp | 0.1 | -1.0 | – | – | +1.0 |"
+    assert relative_to_plain_table(groups[1:]) == ""  # no `none` to compare with
+    assert relative_to_plain_table(groups[:1]) == ""  # nothing but `none`

@@ -15,6 +15,7 @@ from riftune.report.tables import (
     MetricColumn,
     compare_report_markdown,
     format_stat,
+    relative_to_plain_table,
     summary_table,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "plot_training",
     "read_history_csv",
     "regularizer_label",
+    "relative_to_plain_table",
     "select_lambda",
     "summary_table",
     "write_history_csv",

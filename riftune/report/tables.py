@@ -163,8 +163,57 @@ def compare_report_markdown(
     for (dataset, method), members in tables.items():
         heading = f"{dataset} · {method}" if dataset is not None else str(method)
         parts += [f"## {heading}", "", _method_table(members, present), ""]
+        against = relative_to_plain_table(members)
+        if against:
+            parts += ["Against `none` (differences of the means above):", "", against, ""]
     parts += ["## Legend", "", *_legend(shown, present, absent, lambda_key, notes)]
     return "\n".join(parts) + "\n"
+
+
+#: (key, header, kind) of the columns compared with plain finetuning: "points" is the
+#: difference of means ×100, "percent" the relative change of means ×100.
+RELATIVE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("test.acc", "Acc Δ (points)", "points"),
+    ("test.auc", "AUC Δ (points)", "points"),
+    ("test.cka", "CKA change", "percent"),
+    ("test.sharpness", "Sharpness change", "percent"),
+    ("transfer.retained", "Retained Δ (points)", "points"),
+    ("val.auc", "Val AUC Δ (points)", "points"),
+    ("val.cka", "Val CKA change", "percent"),
+)
+
+
+def relative_to_plain_table(groups: Sequence[Mapping[str, Any]]) -> str:
+    """Each group against the ``none`` group of the same table, from their means.
+
+    For a metric with means m (group) and m₀ (``none``): "points" = 100·(m − m₀) and
+    "percent" = 100·(m − m₀)/|m₀| (shown with a sign and %). Columns neither reports are left
+    out; the empty string when the table has no ``none`` group or nothing else.
+    """
+    plain = next((g for g in groups if g["reg"] == "none"), None)
+    others = [g for g in groups if g is not plain]
+    if plain is None or not others:
+        return ""
+    columns = [
+        c
+        for c in RELATIVE_COLUMNS
+        if math.isfinite(metric_mean(plain, c[0]))
+        and any(math.isfinite(metric_mean(g, c[0])) for g in others)
+    ]
+    rows = []
+    for group in others:
+        cells = [regularizer_label(group), _format_lam(group.get("lam"))]
+        for key, _, kind in columns:
+            value, base = metric_mean(group, key), metric_mean(plain, key)
+            if not math.isfinite(value):
+                cells.append(MISSING)
+            elif kind == "points":
+                cells.append(f"{100 * (value - base):+.1f}")
+            else:
+                cells.append(f"{100 * (value - base) / abs(base):+.0f}%" if base else MISSING)
+        rows.append(cells)
+    headers = ["Regularizer", "λ", *(header for _, header, _ in columns)]
+    return markdown_table(headers, rows, [False, True, *([True] * len(columns))])
 
 
 def _method_table(groups: Sequence[Mapping[str, Any]], columns: Sequence[MetricColumn]) -> str:
