@@ -5,8 +5,9 @@ The grid is datasets × methods × regularizer variants × λ × seeds. λ is ch
 selection seed); the chosen λ then runs with every seed. With ``wise_ft`` methods, the
 unregularized runs of those methods are also interpolated with the pretrained backbone
 (``riftune wise-ft``); α is chosen on validation AUC of the selection seed and reported as the
-regularizer ``wise-ft``. Each run is a ``riftune finetune`` subprocess in its own folder, so a finished run is skipped, an interrupted one is resumed, and
-an interrupted grid continues where it stopped. ``--jobs N`` runs N at once (e.g. on one GPU).
+regularizer ``wise-ft``. Each run is a ``riftune finetune`` subprocess in its own folder, so a
+finished run is skipped, an interrupted one is resumed, and an interrupted grid continues
+where it stopped. ``--jobs N`` runs N at once (e.g. on one GPU).
 
 A regularizer variant is written ``NAME`` or ``NAME[key=value,...]``; each key is the
 regularizer's own flag without its prefix (``rift[match=paired,q=optimal]`` means
@@ -169,6 +170,8 @@ def _resolve_grid(args: argparse.Namespace) -> dict:
             grid[key] = [convert(v) for v in text.split(",") if v.strip()]
     if args.wise_ft_alphas:
         grid["wise_ft_alphas"] = args.wise_ft_alphas
+    if isinstance(grid["wise_ft_alphas"], list):  # YAML may list the values
+        grid["wise_ft_alphas"] = ",".join(str(a) for a in grid["wise_ft_alphas"])
     unknown = set(grid["wise_ft"]) - set(grid["methods"])
     if unknown:
         raise UserError(f"wise-ft methods {sorted(unknown)} are not among the grid's methods")

@@ -93,8 +93,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--lam",
         type=_non_negative_float,
-        default=1.0,
-        help="weight of the regularizer: loss = task + lam * penalty (default: 1.0)",
+        default=None,
+        help="weight of the regularizer: loss = task + lam * penalty (default: the "
+        "regularizer's own, 1.0 unless README says otherwise)",
     )
     for name in regularizers.available():
         regularizers.get(name).add_arguments(reg)
@@ -222,6 +223,8 @@ def validate(args: argparse.Namespace) -> None:
             f"unknown regularizer {args.reg!r}; choose one of: "
             f"{', '.join(regularizers.available())}"
         )
+    if args.lam is None:
+        args.lam = regularizers.get(args.reg).default_lam
     min_batch = regularizers.get(args.reg).min_batch_size
     if args.batch_size < min_batch:
         raise UserError(

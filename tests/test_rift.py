@@ -661,3 +661,17 @@ def test_cli_flags_defaults_and_from_args(monkeypatch):
     help_text = _parser().format_help()
     for flag in ("--rift-q", "--rift-stats", "--rift-momentum", "--no-rift-normalize"):
         assert flag in help_text
+
+
+def test_lam_defaults_to_the_regularizers_own():
+    from riftune.config import finetune_parser, validate
+
+    for argv, expected in (
+        (["--reg", "rift"], rift_module.CLI_DEFAULT_LAM),
+        (["--reg", "rift", "--lam", "0.3"], 0.3),
+        (["--reg", "l2sp"], 1.0),
+    ):
+        args = finetune_parser().parse_args(argv)
+        assert args.lam is None or "--lam" in argv
+        validate(args)
+        assert args.lam == expected

@@ -79,6 +79,7 @@ class Regularizer(nn.Module):
             (and, with a teacher, the teacher's maps).
         min_batch_size: the smallest global batch the penalty is defined on (e.g. 2 for a
             covariance); the engine refuses a smaller ``--batch-size`` before training.
+        default_lam: the weight λ that ``--lam`` defaults to with this regularizer.
         penalizes_features_only: whether the penalty depends on nothing but the backbone's
             outputs (embeddings or feature maps), so it is constant when a method cannot
             change them (``linear``); the engine then refuses the combination.
@@ -88,6 +89,7 @@ class Regularizer(nn.Module):
     reference: ReferenceSource | None = None
     needs_feature_maps: ClassVar[bool] = False
     min_batch_size: ClassVar[int] = 1
+    default_lam: ClassVar[float] = 1.0
     penalizes_features_only: ClassVar[bool] = False
 
     @classmethod

@@ -28,8 +28,10 @@ from riftune.errors import UserError
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.stats import StreamingMoments, gather_global_batch
 
+# `--reg rift` with no other flags: chosen by the rule in RESULTS.md ("Which RIFT variant")
 CLI_DEFAULT_MATCH = "paired"
 CLI_DEFAULT_Q = "identity"
+CLI_DEFAULT_LAM = 1.0
 
 MATCHES = ("covariance", "paired")
 ROTATIONS = ("identity", "learned", "optimal")
@@ -343,6 +345,7 @@ class RIFT(Regularizer):
 
     name = "rift"
     min_batch_size = 2  # a covariance or a centred pair needs two samples
+    default_lam = CLI_DEFAULT_LAM
     penalizes_features_only = True
 
     def __init__(
