@@ -3,8 +3,8 @@
 Rule: among the RIFT variants and λ values, take the one with the highest validation CKA
 (mean over the datasets) among those whose validation AUC stays within 0.5 point of plain
 finetuning's (`--reg none`) on every dataset. Every (variant, λ) ran with the grid's first
-seed (the λ-selection runs), so that seed is what is compared; seeds are averaged where a
-pair ran with more of them (only the chosen λ does).
+seed (the λ-selection runs); a pair that ran with more seeds (the chosen λ) is compared over
+all of them. Each comparison with plain finetuning uses the same seeds on both sides.
 
     python benchmarks/rift_default.py runs/cpu_grid/full [--method full] [--tolerance 0.005]
 """
@@ -17,21 +17,36 @@ import statistics
 from pathlib import Path
 
 
-def _val(run: Path) -> tuple[float, float]:
-    metrics = json.loads((run / "metrics.json").read_text())
-    return metrics["val"]["auc"], metrics["val"]["cka"]
+def _by_seed(folder: Path) -> dict[str, tuple[float, float]]:
+    """{seed folder name: (val AUC, val CKA)} of the finished runs in a λ folder."""
+    values = {}
+    for seed in sorted(folder.glob("seed*")):
+        if (seed / "metrics.json").is_file():
+            metrics = json.loads((seed / "metrics.json").read_text())
+            values[seed.name] = (metrics["val"]["auc"], metrics["val"]["cka"])
+    return values
 
 
-def _mean_over_seeds(folder: Path) -> tuple[float, float, int] | None:
-    seeds = [s for s in sorted(folder.glob("seed*")) if (s / "metrics.json").is_file()]
-    if not seeds:
-        return None
-    values = [_val(s) for s in seeds]
-    return (
-        statistics.mean(v[0] for v in values),
-        statistics.mean(v[1] for v in values),
-        len(values),
-    )
+def _rows(grid: Path, method: str, tolerance: float) -> tuple[list[str], list[dict]]:
+    datasets = sorted(p.name for p in (grid / "runs").iterdir() if p.is_dir())
+    plain = {d: _by_seed(grid / "runs" / d / method / "none" / "no-lam") for d in datasets}
+    rows = []
+    for variant in sorted((grid / "runs" / datasets[0] / method).glob("rift[[]*")):
+        for lam in sorted(variant.iterdir(), key=lambda p: float(p.name[3:])):
+            gaps, cka, seeds = {}, {}, {}
+            for d in datasets:
+                runs = _by_seed(grid / "runs" / d / method / variant.name / lam.name)
+                common = sorted(runs.keys() & plain[d].keys())  # the same seeds on both sides
+                if not common:
+                    break
+                gaps[d] = statistics.mean(runs[s][0] - plain[d][s][0] for s in common)
+                cka[d] = statistics.mean(runs[s][1] for s in common)
+                seeds[d] = len(common)
+            else:
+                qualifies = all(g >= -tolerance for g in gaps.values())
+                rows.append({"variant": variant.name, "lam": float(lam.name[3:]), "gaps": gaps,
+                             "cka": cka, "seeds": seeds, "qualifies": qualifies})  # fmt: skip
+    return datasets, rows
 
 
 def main() -> None:
@@ -40,23 +55,7 @@ def main() -> None:
     parser.add_argument("--method", default="full")
     parser.add_argument("--tolerance", type=float, default=0.005, help="AUC, 0.005 = 0.5 point")
     args = parser.parse_args()
-    datasets = sorted(p.name for p in (args.grid / "runs").iterdir() if p.is_dir())
-    plain = {d: _mean_over_seeds(args.grid / "runs" / d / args.method / "none" / "no-lam")
-             for d in datasets}  # fmt: skip
-    rows = []
-    for variant in sorted((args.grid / "runs" / datasets[0] / args.method).glob("rift[[]*")):
-        for lam in sorted(variant.iterdir(), key=lambda p: float(p.name[3:])):
-            cells = {d: _mean_over_seeds(args.grid / "runs" / d / args.method / variant.name
-                                         / lam.name) for d in datasets}  # fmt: skip
-            if any(c is None or plain[d] is None for d, c in cells.items()):
-                continue
-            gaps = {d: cells[d][0] - plain[d][0] for d in datasets}
-            rows.append({
-                "variant": variant.name, "lam": float(lam.name[3:]), "gaps": gaps,
-                "cka": {d: cells[d][1] for d in datasets},
-                "seeds": {d: cells[d][2] for d in datasets},
-                "qualifies": all(g >= -args.tolerance for g in gaps.values()),
-            })  # fmt: skip
+    datasets, rows = _rows(args.grid, args.method, args.tolerance)
     print(
         "| variant | λ | "
         + " | ".join(f"val AUC − plain, {d}" for d in datasets)

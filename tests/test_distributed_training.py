@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 
 FLAGS = ["--data", "breastmnist", "--img-size", "64", "--shots", "24", "--batch-size", "16",
-         "--eval-batch-size", "32", "--epochs", "2", "--reg", "rift", "--quiet", "--landscape-images", "32", "--hessian-iters", "2"]  # fmt: skip
+         "--eval-batch-size", "32", "--epochs", "2", "--reg", "rift", "--rift-match", "paired", "--rift-q", "identity", "--lam", "1",
+         "--quiet", "--landscape-images", "32", "--hessian-iters", "2"]  # fmt: skip
 # Not bit for bit: summation order differs between one global batch and two all-reduced halves.
 # Train-mode BatchNorm over few samples then amplifies float32 rounding step by step (about
 # 1e-6 relative at step 1, 1e-3 by step 6 here; with BatchNorm frozen the curves agree to 1e-4,
 # and tests/test_distributed_batchnorm.py shows the global BatchNorm exact in float64). So:
 # losses within LOSS_TOLERANCE (relative); CKA and ECE within TOLERANCE; accuracy and AUC, which
 # move in steps of one image or one pair, within a few steps; sharpness and the Hessian
-# eigenvalue, maxima and power iterations over nonconvex losses, within 5%.
+# eigenvalue, maxima and power iterations over nonconvex losses, within 5%. RIFT's variant is
+# fixed here, not the CLI default: optimal Q amplifies the same rounding a little more (0.44%
+# on the penalty by step 5); tests/test_rift_distributed.py shows every variant exact in float64.
 LOSS_TOLERANCE = 3e-3
 TOLERANCE = 1e-3
 LANDSCAPE_TOLERANCE = 0.05

@@ -30,8 +30,8 @@ from riftune.stats import StreamingMoments, gather_global_batch
 
 # `--reg rift` with no other flags: chosen by the rule in RESULTS.md ("Which RIFT variant")
 CLI_DEFAULT_MATCH = "paired"
-CLI_DEFAULT_Q = "identity"
-CLI_DEFAULT_LAM = 1.0
+CLI_DEFAULT_Q = "optimal"
+CLI_DEFAULT_LAM = 0.1
 
 MATCHES = ("covariance", "paired")
 ROTATIONS = ("identity", "learned", "optimal")
