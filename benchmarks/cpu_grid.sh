@@ -4,6 +4,7 @@
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
 #   bash benchmarks/cpu_grid.sh [OUT]        (default OUT: runs/cpu_grid)
 # Two runs at a time, one thread each (the fastest use of two cores for these small models).
+# Needs `riftune` on PATH, e.g. after `. .venv/bin/activate` (make demo or make test create it).
 set -euo pipefail
 OUT=${1:-runs/cpu_grid}
 export OMP_NUM_THREADS=1
