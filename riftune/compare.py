@@ -306,19 +306,16 @@ def _wise_ft_records(
         for j in jobs
         if (j.folder / "wise_ft.json").is_file()
     }
+    chosen = {  # (dataset, method) -> α, from the first seed's run
+        (j.dataset, j.method): max(alphas, key=lambda row: (row["val.auc"], -row["alpha"]))["alpha"]
+        for j, alphas in rows.items()
+        if j.seed == first_seed
+    }
     records = []
     for job, alphas in rows.items():
-        chooser = next(
-            (
-                rows[j]
-                for j in rows
-                if (j.dataset, j.method, j.seed) == (job.dataset, job.method, first_seed)
-            ),
-            None,
-        )
-        if chooser is None:
+        alpha = chosen.get((job.dataset, job.method))
+        if alpha is None:
             continue
-        alpha = max(chooser, key=lambda row: (row["val.auc"], -row["alpha"]))["alpha"]
         row = next(r for r in alphas if r["alpha"] == alpha)
         metrics = {k: v for k, v in row.items() if k.startswith(("val.", "test."))}
         records.append(

@@ -223,17 +223,15 @@ def validate(args: argparse.Namespace) -> None:
             f"unknown regularizer {args.reg!r}; choose one of: "
             f"{', '.join(regularizers.available())}"
         )
+    reg = regularizers.get(args.reg)
     if args.lam is None:
-        args.lam = regularizers.get(args.reg).default_lam
-    min_batch = regularizers.get(args.reg).min_batch_size
-    if args.batch_size < min_batch:
+        args.lam = reg.default_lam
+    if args.batch_size < reg.min_batch_size:
         raise UserError(
             f"--batch-size {args.batch_size} is too small for --reg {args.reg}, which needs at "
-            f"least {min_batch} images per step; raise --batch-size"
+            f"least {reg.min_batch_size} images per step; raise --batch-size"
         )
-    if regularizers.get(args.reg).penalizes_features_only and not (
-        tuning.get(args.method).changes_embeddings
-    ):
+    if reg.penalizes_features_only and not tuning.get(args.method).changes_embeddings:
         raise UserError(
             f"--reg {args.reg} has no effect with --method {args.method}: the backbone is "
             "frozen, so its features stay the pretrained ones; use --reg none or l2sp, or a "

@@ -63,14 +63,7 @@ def parse_alphas(text: str) -> list[float]:
 def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[dict]:
     """Evaluate θ_α for each α on the run's validation and test splits; writes wise_ft.json."""
     r = load_finished_run(run, device)
-    args, ctx, amp_dtype, model, data, pretrained = (
-        r.args,
-        r.ctx,
-        r.amp_dtype,
-        r.model,
-        r.data,
-        r.pretrained,
-    )
+    args, ctx, amp_dtype, model = r.args, r.ctx, r.amp_dtype, r.model
     finetuned_state = r.method.merged_backbone_state(model)
 
     plain = build_classifier(
@@ -85,8 +78,8 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
         plain.backbone.load_state_dict(interpolate(pretrained_state, finetuned_state, alpha))
         row: dict = {"alpha": alpha}
         for name, split, reference in (
-            ("val", data.val, pretrained.val),
-            ("test", data.test, pretrained.test),
+            ("val", r.data.val, r.pretrained.val),
+            ("test", r.data.test, r.pretrained.test),
         ):
             loader = eval_loader(split, args.eval_batch_size, ctx)
             result = evaluate_split(plain, loader, reference, ctx, amp_dtype)
