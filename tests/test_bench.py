@@ -22,7 +22,9 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     labels = [row["variant"] for row in results["steps"]]
-    assert labels[0] == "plain (none)" and results["steps"][0]["time_ratio"] == 1.0
+    plain = results["steps"][0]
+    assert labels[0] == "plain (none)"
+    assert plain["time_ratio"] == 1.0 and plain["time_ratio_amortized"] == 1.0
     assert set(labels[1:]) == {
         "rift covariance q=identity stats=batch",
         "rift covariance q=identity stats=ema",
@@ -31,7 +33,7 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
         "l2sp",
     }
     for row in results["steps"]:
-        assert row["step_ms"] > 0 and row["time_ratio"] > 0
+        assert row["step_ms"] > 0 and row["time_ratio"] > 0 and row["time_ratio_amortized"] > 0
         assert row["variant"] in printed
     assert results["reference_pass"]["images"] == 16
     assert results["reference_pass"]["fraction_of_epoch"] > 0

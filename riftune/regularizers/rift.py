@@ -40,7 +40,7 @@ REFERENCE_SOURCES = ("cache", "teacher")
 
 _NORM_EPS = 1e-12
 # The largest block of Householder reflections applied at once: few large blocks suit a GPU
-# (each block is two sequential kernels), smaller ones a CPU (the block Gram matrices cost
+# (each block is three sequential kernels), smaller ones a CPU (the block Gram matrices cost
 # b·d² multiply-adds).
 _HOUSEHOLDER_BLOCK = {"cuda": 512}
 _HOUSEHOLDER_BLOCK_DEFAULT = 32
@@ -62,35 +62,39 @@ class HouseholderRotation(nn.Module):
     every rotation direction from the first step. Each H is invariant to the scale of its u.
 
     Q is never formed while training. Rows are rotated block by block with the compact WY
-    ("UT") form of b consecutive reflections, H(u_1)⋯H(u_b) = I − U_b T⁻¹U_bᵀ with
-    T = striu(U_bᵀU_b) + ½diag(U_bᵀU_b) (Joffrain et al. 2006): with V_b = U_b T⁻¹ (one
-    batched triangular solve for all blocks), each block is x ← x − (xU_b)V_bᵀ, two
-    products. For k rows that is 4·k·d² + 2·b·d² multiply-adds and 2·d/b sequential
-    kernels: O(k·d²), no d×d factorization, no d×d product.
+    ("UT") form of b consecutive reflections, H(u_1)⋯H(u_b) = I − U_b T_b⁻¹U_bᵀ with
+    T_b = striu(U_bᵀU_b) + ½diag(U_bᵀU_b) (Joffrain et al. 2006). The b×b inverses T_b⁻¹ come
+    from one batched triangular solve; each block is then three products on the k rows,
+    x ← x − ((xU_b)T_b⁻ᵀ)U_bᵀ, so the d×b blocks are never multiplied by T_b⁻¹. For k rows
+    that is 2·k·d² + b·d² + k·b·d multiply-adds and 3·d/b sequential kernels: O(k·d²), no d×d
+    factorization, no d×d product.
     """
 
     def __init__(self, dim: int):
         super().__init__()
         self.reflectors = nn.Parameter(torch.eye(dim))
 
-    def _factors(self, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
-        """[(U_b, V_b = U_b T_b⁻¹)] for the consecutive blocks of reflections, in order."""
+    def _blocks(self, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+        """[(U_b, T_b⁻¹)] for the consecutive blocks of reflections, in order.
+
+        U_b (d, b) are column views of the reflectors (one concatenation in the backward pass),
+        T_b⁻¹ (b, b) upper triangular.
+        """
         u = self.reflectors.to(dtype)
         d = u.shape[0]
         largest = _HOUSEHOLDER_BLOCK.get(u.device.type, _HOUSEHOLDER_BLOCK_DEFAULT)
         block = -(-d // -(-d // largest))  # equal blocks of at most `largest`
-        full = d // block
-        # contiguous (d, b) blocks: the products below then need no per-block copies
-        groups = [u[:, : full * block].reshape(d, full, block).permute(1, 0, 2).contiguous()]
-        if d % block:
-            groups.append(u[None, :, full * block :].contiguous())
-        factors: list[tuple[Tensor, Tensor]] = []
-        for ub in groups:  # all blocks of one size in one batch
-            gram = torch.einsum("kdi,kdj->kij", ub, ub)  # U_bᵀU_b; einsum beats bmm's mT on CPU
+        columns = u.split(block, dim=1)
+        blocks: list[tuple[Tensor, Tensor]] = []
+        for size in sorted({c.shape[1] for c in columns}, reverse=True):
+            # all blocks of one size at once (only the last can be smaller: order is kept)
+            group = [c for c in columns if c.shape[1] == size]
+            gram = torch.stack([c.T @ c for c in group])  # U_bᵀU_b
             t = gram.triu(1) + torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1) / 2)
-            vb = torch.linalg.solve_triangular(t, ub, upper=True, left=False)
-            factors.extend(zip(ub.unbind(0), vb.unbind(0), strict=True))
-        return factors
+            eye = torch.eye(size, dtype=dtype, device=u.device).expand_as(t)
+            t_inv = torch.linalg.solve_triangular(t, eye, upper=True)
+            blocks.extend(zip(group, t_inv.unbind(0), strict=True))
+        return blocks
 
     def rotate_rows(self, x: Tensor, transpose: bool = False) -> Tensor:
         """``x @ Q.T`` (each row x_i mapped to Q x_i), or ``x @ Q`` with ``transpose``.
@@ -99,13 +103,13 @@ class HouseholderRotation(nn.Module):
             - x: (k, d).
             - output: (k, d).
         """
-        factors = self._factors(x.dtype)
-        if transpose:  # x Q = −x Q_1⋯Q_B, x Q_b = x − (x V_b) U_bᵀ
-            for u, v in factors:
-                x = torch.addmm(x, x @ v, u.T, alpha=-1)
-        else:  # x Qᵀ = −x Q_Bᵀ⋯Q_1ᵀ, x Q_bᵀ = x − (x U_b) V_bᵀ
-            for u, v in reversed(factors):
-                x = torch.addmm(x, x @ u, v.T, alpha=-1)
+        blocks = self._blocks(x.dtype)
+        if transpose:  # x Q = −x Q_1⋯Q_B, x Q_b = x − ((x U_b) T_b⁻¹) U_bᵀ
+            for u, t_inv in blocks:
+                x = torch.addmm(x, (x @ u) @ t_inv, u.T, alpha=-1)
+        else:  # x Qᵀ = −x Q_Bᵀ⋯Q_1ᵀ, x Q_bᵀ = x − ((x U_b) T_b⁻ᵀ) U_bᵀ
+            for u, t_inv in reversed(blocks):
+                x = torch.addmm(x, (x @ u) @ t_inv.T, u.T, alpha=-1)
         return -x
 
     def matrix(self) -> Tensor:
