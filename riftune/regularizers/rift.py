@@ -163,6 +163,26 @@ def batch_covariance_eigvals(zc: Tensor, fast: bool = True) -> Tensor:
     return symmetric_eigvals(gram / (n - 1))
 
 
+class _SquaredGramGap(torch.autograd.Function):
+    """‖D‖²_F of D = B + α·ZᵀZ (d, d), for Z (n, d) and a constant symmetric B, given D.
+
+    The gradient, ∂‖D‖²/∂Z = 2α·Z(D + Dᵀ) = 4α·ZD, is one n×d by d×d product; autograd
+    through the d×d product ZᵀZ would take two, plus several d×d temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, diff: Tensor, alpha: float) -> Tensor:
+        ctx.save_for_backward(z, diff)
+        ctx.alpha = alpha
+        flat = diff.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        z, diff = ctx.saved_tensors
+        return (4 * ctx.alpha) * grad * (z @ diff), None, None
+
+
 class _GramNuclearNorm(torch.autograd.Function):
     """‖Fz‖_* from the k×k matrices K_z = zzᵀ and F (a constant), in K_z's precision.
 
@@ -573,15 +593,17 @@ class RIFT(Regularizer):
                 rows = self.learned_rotation.rotate_rows(torch.cat([zc, mean[None]]))
                 zc, mean = rows[:n], rows[n]
             # Σ̄ = (1 − m)·R + m·Z_cᵀZ_c/(n − 1), μ̄ = (1 − m)·r + m·μ(z), in one kernel each
-            sigma = torch.addmm(self.running_cov.to(dtype), zc.T, zc, beta=1 - m, alpha=m / (n - 1))
+            with torch.no_grad():
+                sigma = torch.addmm(
+                    self.running_cov.to(dtype), zc.T, zc, beta=1 - m, alpha=m / (n - 1)
+                )
             mean = torch.lerp(self.running_mean.to(dtype), mean, m)
             target = self._spectral_target(sigma) if self.q == "optimal" else sigma0
             if self.training:
                 with torch.no_grad():
                     self.running_cov.copy_(sigma)
                     self.running_mean.copy_(mean)
-            diff = sigma - target
-            cov_term = torch.dot(diff.view(-1), diff.view(-1))
+            cov_term = _SquaredGramGap.apply(zc, sigma - target, m / (n - 1))
         elif self.q == "optimal":
             cov_term = spectral_distance(batch_covariance_eigvals(zc), self.ref_eigvals.to(dtype))
         else:
@@ -590,8 +612,9 @@ class RIFT(Regularizer):
                     torch.cat([zc, mean[None]]) if with_mean else zc
                 )
                 zc, mean = (rows[:n], rows[n]) if with_mean else (rows, mean)
-            diff = torch.addmm(sigma0, zc.T, zc, beta=-1, alpha=1 / (n - 1))
-            cov_term = torch.dot(diff.view(-1), diff.view(-1))
+            with torch.no_grad():
+                diff = torch.addmm(sigma0, zc.T, zc, beta=-1, alpha=1 / (n - 1))
+            cov_term = _SquaredGramGap.apply(zc, diff, 1 / (n - 1))
         if self.normalize:
             cov_term = cov_term / self.ref_cov_sq_norm.to(dtype)
         if not with_mean:
