@@ -324,7 +324,8 @@ class RIFT(Regularizer):
     **Cost per call** (n rows, d features; under ``torch.distributed`` n is the global batch):
 
     - covariance/identity: one d×n by n×d product into a d×d matrix, O(n·d²) time and O(d²)
-      memory (the difference Σ(z) − Σ₀ is formed once, which avoids cancellation).
+      memory (the difference Σ(z) − Σ₀ is formed once, which avoids cancellation); the
+      gradient is one n×d by d×d product (:class:`_SquaredGramGap`).
     - covariance/learned: plus the rotation of n (+1) rows, O(n·d²) with d/b sequential
       blocks of b ≤ 512 reflections on a GPU (≤ 32 elsewhere); no d×d factorization or
       d×d product.
