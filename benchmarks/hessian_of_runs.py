@@ -8,7 +8,10 @@ landscape batches (its seed, its `--landscape-images`), exactly as `riftune fine
 have. Each result goes to hessian.json in the run folder (runs that have one are skipped, so
 it resumes); the table (mean ± std over seeds) is printed and written to GRID/hessian.md.
 
-    python benchmarks/hessian_of_runs.py runs/cpu_grid/full [--iters 10]
+    python benchmarks/hessian_of_runs.py runs/cpu_grid/full [--iters 10] [--shard K/N]
+
+`--shard K/N` computes only every N-th run starting at the K-th (0-based), for N processes
+side by side; a last call without it then only collects the table.
 """
 
 from __future__ import annotations
@@ -47,21 +50,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", type=Path, help="the --out folder of riftune compare")
     parser.add_argument("--iters", type=int, default=10, help="power iterations (default 10)")
+    parser.add_argument("--shard", default="0/1", help="K/N: compute every N-th run from the K-th")
     args = parser.parse_args()
+    shard, shards = (int(part) for part in args.shard.split("/"))
     records = [
         r for r in json.loads((args.grid / "runs.json").read_text()) if r["reg"] != "wise-ft"
     ]
     values = defaultdict(list)
-    for record in records:
+    for index, record in enumerate(records):
         folder = run_folder(args.grid, record)
         path = folder / "hessian.json"
-        if not path.is_file():
+        if index % shards != shard:
+            continue
+        if not path.is_file():  # a shard only computes; the table needs every run
             value = hessian_of_run(folder, args.iters)
             write_json_atomic({"hessian_top_eig": value, "iters": args.iters}, path)
             print(f"{value:12.1f}  {folder}", flush=True)
+        if shards > 1:
+            continue
         label = record["reg"] + (f" ({record['variant']})" if record["variant"] else "")
         key = (record["dataset"], record["method"], label, record["lam"])
         values[key].append(json.loads(path.read_text())["hessian_top_eig"])
+    if shards > 1:
+        return
     lines = ["| dataset | method | regularizer | λ | Hessian λmax (mean ± std) | seeds |",
              "|---|---|---|---:|---:|---:|"]  # fmt: skip
     for (dataset, method, label, lam), v in values.items():
