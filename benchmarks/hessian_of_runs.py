@@ -24,25 +24,24 @@ from pathlib import Path
 
 import torch
 
+from riftune.compare import RegularizerVariant, run_folder
 from riftune.evaluate_run import load_finished_run
 from riftune.evaluation import landscape_metrics
 from riftune.run_dir import write_json_atomic
 
 
-def run_folder(grid: Path, record: dict) -> Path:
+def folder_of(grid: Path, record: dict) -> Path:
     """The folder `riftune compare` gave the run of a runs.json record."""
-    reg = record["reg"] + (f"[{record['variant']}]" if record["variant"] else "")
-    lam = "no-lam" if record["lam"] is None else f"lam{record['lam']:g}"
-    return (
-        grid / "runs" / record["dataset"] / record["method"] / reg / lam / f"seed{record['seed']}"
+    variant = RegularizerVariant(record["reg"], (), record["variant"] or "")
+    return run_folder(
+        grid, record["dataset"], record["method"], variant.folder, record["lam"], record["seed"]
     )
 
 
 def hessian_of_run(folder: Path, iters: int) -> float:
     run = load_finished_run(folder, "cpu")
     run.args.sharpness_rho = 0.0
-    run.args.hessian_iters = iters
-    run.model.eval()
+    run.args.hessian_iters = iters  # landscape_metrics puts the model in eval mode itself
     return landscape_metrics(run.model, run.data.train, run.args, run.ctx)["hessian_top_eig"]
 
 
@@ -58,7 +57,7 @@ def main() -> None:
     ]
     values = defaultdict(list)
     for index, record in enumerate(records):
-        folder = run_folder(args.grid, record)
+        folder = folder_of(args.grid, record)
         path = folder / "hessian.json"
         if index % shards != shard:
             continue

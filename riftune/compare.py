@@ -72,6 +72,14 @@ def parse_variant(text: str, parser: argparse.ArgumentParser) -> RegularizerVari
     return RegularizerVariant(name, tuple(flags), ",".join(values))
 
 
+def run_folder(
+    out: Path, dataset: str, method: str, variant_folder: str, lam: float | None, seed: int
+) -> Path:
+    """Where a grid in ``out`` keeps one run: runs/DATASET/METHOD/VARIANT/lamΛ|no-lam/seedS."""
+    lam_part = "no-lam" if lam is None else f"lam{lam:g}"
+    return out / "runs" / dataset / method / variant_folder / lam_part / f"seed{seed}"
+
+
 @dataclass(frozen=True)
 class Job:
     dataset: str
@@ -227,8 +235,7 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
     )
 
     def job(dataset, method, variant, lam, seed) -> Job:
-        lam_part = "no-lam" if lam is None else f"lam{lam:g}"
-        folder = out / "runs" / dataset / method / variant.folder / lam_part / f"seed{seed}"
+        folder = run_folder(out, dataset, method, variant.folder, lam, seed)
         return Job(dataset, method, variant, lam, seed, folder)
 
     cells = [(d, m, v) for d in grid["data"] for m in grid["methods"] for v in variants]
