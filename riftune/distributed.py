@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
+from riftune.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -59,12 +61,18 @@ def setup(device: str = "auto") -> DistributedContext:
     """Join the torchrun process group if there is one and pick this process's device.
 
     Args:
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"`` (a
+            UserError where CUDA is not available).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+            "False); use --device cpu or --device auto"
+        )
     if use_cuda:
         torch.cuda.set_device(local_rank)
         target = torch.device("cuda", local_rank)

@@ -197,3 +197,13 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     _fails(capsys, ["evaluate", "--run", str(tmp_path)], str(tmp_path))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["finetune", "bench"])
+def test_device_cuda_without_a_gpu(tmp_path, capsys, command):
+    argv = ["finetune", "--data", "breastmnist", "--out", str(tmp_path / "o"), *TINY]
+    if command == "bench":
+        argv = ["bench", "--skip", "reference,scaling"]
+    _fails(capsys, [*argv, "--device", "cuda"], "--device cuda", "--device cpu")
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -679,11 +680,19 @@ def test_cli_flags_defaults_and_from_args(monkeypatch):
     reg = RIFT.from_args(_parser().parse_args(flags.split()), dim=7)
     assert (reg.match, reg.q, reg.stats, reg.momentum) == ("covariance", "learned", "ema", 0.2)
     assert (reg.mean_weight, reg.normalize) == (0.5, False)
+    assert reg.learned_rotation.rank is None  # all d dimensions by default
+    reg = RIFT.from_args(_parser().parse_args((flags + " --rift-q-rank 4").split()), dim=7)
+    assert reg.learned_rotation.reflectors.shape == (7, 4)
     reg = RIFT.from_args(
         _parser().parse_args("--rift-match paired --rift-reference teacher".split()), dim=7
     )
     assert reg.reference == "teacher"
-    for bad in ("--rift-match paired --rift-stats ema", "--rift-momentum 0"):
+    for bad in (
+        "--rift-match paired --rift-stats ema",
+        "--rift-momentum 0",
+        "--rift-q learned --rift-q-rank 3",
+        "--rift-q optimal --rift-q-rank 4",
+    ):
         with pytest.raises(UserError, match="--reg rift"):
             RIFT.from_args(_parser().parse_args(bad.split()), dim=7)
     with pytest.raises(UserError, match="paired' only"):
@@ -707,3 +716,135 @@ def test_lam_defaults_to_the_regularizers_own():
         assert args.lam is None or "--lam" in argv
         validate(args)
         assert args.lam == expected
+
+
+# ------------------------------------------------------------------ learned Q of limited rank
+
+
+def np_householder_pairs(reflectors):
+    """Q = H(u_1)⋯H(u_k) (no sign): a rotation of limited rank, one reflection at a time."""
+    d = len(reflectors)
+    q = np.eye(d)
+    for u in reflectors.T:
+        q = q @ (np.eye(d) - 2 * np.outer(u, u) / (u @ u))
+    return q
+
+
+@pytest.mark.parametrize("block", [1, 3, 64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_rank_k_rotation_matches_its_reflection_product(monkeypatch, block, transpose):
+    """Values and gradients of the blocked rank-k rotation equal the plain product's."""
+    monkeypatch.setattr(rift_module, "_HOUSEHOLDER_BLOCK_DEFAULT", block)
+    d, k = 9, 4
+    gen = torch.Generator().manual_seed(11)
+    reflectors = torch.randn(d, k, generator=gen).double()
+    x0 = torch.randn(5, d, generator=gen).double()
+    weights = torch.randn(5, d, generator=gen).double()
+    q_np = np_householder_pairs(reflectors.numpy())
+    np.testing.assert_allclose(q_np.T @ q_np, np.eye(d), atol=1e-12)
+    assert np.linalg.det(q_np) == pytest.approx(1.0)
+    assert np.linalg.matrix_rank(q_np - np.eye(d), tol=1e-9) <= k
+
+    def dense(u):
+        q = torch.eye(d, dtype=u.dtype)
+        for i in range(k):
+            col = u[:, i : i + 1]
+            q = q @ (torch.eye(d, dtype=u.dtype) - 2 * col @ col.T / (col.T @ col))
+        return q
+
+    u_ref, x_ref = reflectors.clone().requires_grad_(), x0.clone().requires_grad_()
+    q = dense(u_ref)
+    expected = x_ref @ (q if transpose else q.T)
+    (expected * weights).sum().backward()
+    rot = HouseholderRotation(d, rank=k).double()
+    with torch.no_grad():
+        rot.reflectors.copy_(reflectors)
+    x = x0.clone().requires_grad_()
+    out = rot.rotate_rows(x, transpose=transpose)
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-12, atol=1e-12)
+    (out * weights).sum().backward()
+    torch.testing.assert_close(rot.reflectors.grad, u_ref.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rot.matrix().detach().numpy(), q_np, atol=1e-12)
+
+
+def test_rank_k_rotation_starts_at_identity_and_moves_the_chosen_subspace():
+    """Q = I at the start; the Jacobian reaches exactly the m(d − m) + m(m − 1)/2 rotation
+    directions that move span(v_1 … v_m), m = k/2, wherever start_at put the pairs."""
+    d, k = 6, 4
+    m = k // 2
+    rot = HouseholderRotation(d, rank=k).double()
+    eye = torch.eye(d, dtype=torch.float64)
+    assert torch.equal(rot.matrix().detach(), eye)
+    gen = torch.Generator().manual_seed(2)
+    directions = torch.linalg.qr(torch.randn(d, m, generator=gen, dtype=torch.float64))[0]
+    rot.start_at(3.0 * directions)
+    torch.testing.assert_close(rot.matrix().detach(), eye, rtol=0, atol=1e-12)
+    start = rot.reflectors.detach().clone()
+    del rot.reflectors  # differentiate with respect to a plain tensor in its place
+
+    def q_of(reflectors):
+        rot.reflectors = reflectors
+        return rot.matrix().flatten()
+
+    jac = torch.autograd.functional.jacobian(q_of, start).reshape(d * d, d * k)
+    assert torch.linalg.matrix_rank(jac).item() == m * (d - m) + m * (m - 1) // 2
+    # every reachable direction A = dQ is skew and moves span(v): A restricted to span(v)ᗮ is 0
+    outside = eye - directions @ directions.T
+    for column in jac.T:
+        a = column.reshape(d, d)
+        torch.testing.assert_close(a, -a.T, rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            outside @ a @ outside, torch.zeros(d, d).double(), atol=1e-10, rtol=0
+        )
+
+
+def test_fit_reference_starts_a_rank_k_q_at_the_top_principal_directions():
+    features, z, reference = make_data(40, 8, seed=3)
+    reg = RIFT(8, match="paired", q="learned", q_rank=4).double()
+    assert reg.learned_rotation.reflectors.shape == (8, 4)
+    reg.fit_reference(torch.tensor(features))
+    _, vectors = np.linalg.eigh(np_cov(features))
+    top = vectors[:, ::-1][:, :2]
+    u = reg.learned_rotation.reflectors.detach().numpy()
+    np.testing.assert_allclose(np.abs(u[:, 0::2].T @ top), np.eye(2), atol=1e-8)
+    np.testing.assert_allclose(u[:, 0::2], u[:, 1::2])
+    torch.testing.assert_close(reg.rotation.detach(), torch.eye(8).double(), rtol=0, atol=1e-12)
+    # at Q = I every variant's loss equals Q = identity's
+    zt, rt = torch.tensor(z), torch.tensor(reference)
+    identity = RIFT(8, match="paired", q="identity").double()
+    assert call(reg, zt, rt).item() == pytest.approx(call(identity, zt, rt).item(), rel=1e-12)
+
+
+def test_rank_k_learned_q_reaches_the_procrustes_optimum_of_a_low_rank_rotation():
+    """Paired data rotated in a 2-D plane: a rank-2 learned Q finds the optimum (float32)."""
+    d, n = 8, 6
+    gen = torch.Generator().manual_seed(4)
+    reference = torch.randn(n, d, generator=gen)
+    plane = torch.eye(d)
+    c, s = math.cos(0.7), math.sin(0.7)
+    plane[:2, :2] = torch.tensor([[c, -s], [s, c]])
+    z = reference @ plane
+    reg = RIFT(d, match="paired", q="learned", q_rank=2)
+    with torch.no_grad():  # pairs started off the plane, so the optimizer has to find it
+        reg.learned_rotation.start_at(torch.ones(d, 1))
+    assert call(reg, z, reference).item() > 0.1
+    final = _optimize_rotation(reg, z, reference, steps=1500, lr=0.05)
+    assert final == pytest.approx(0.0, abs=1e-5)
+    q = reg.rotation.detach()
+    assert (q.T @ q - torch.eye(d)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("rank", [0, 3, 8, 10, 2.0])
+def test_bad_rank_is_a_clear_error(rank):
+    with pytest.raises(ValueError, match="even integer in \\[2, 7\\]"):
+        RIFT(8, q="learned", q_rank=rank)
+
+
+def test_rank_needs_learned_q_and_full_rank_has_no_start():
+    with pytest.raises(ValueError, match="q_rank applies to q='learned' only"):
+        RIFT(8, q="optimal", q_rank=4)
+    with pytest.raises(ValueError, match="limited rank only"):
+        HouseholderRotation(4).start_at(torch.ones(4, 2))
+    with pytest.raises(ValueError, match="shape \\(4, 1\\)"):
+        HouseholderRotation(4, rank=2).start_at(torch.ones(4, 2))

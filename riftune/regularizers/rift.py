@@ -50,29 +50,67 @@ _FLOAT64_EIGH_MAX = 512
 
 
 class HouseholderRotation(nn.Module):
-    r"""A learnable rotation Q ∈ SO(d): a product of d Householder reflections.
+    r"""A learnable rotation Q ∈ SO(d): a product of Householder reflections H(u) = I − 2uuᵀ/‖u‖².
+
+    With ``rank=None``, d reflections with the parameter ``reflectors`` U = [u_1 … u_d] (d, d):
 
     .. math::
-        Q = −H(u_1)H(u_2)⋯H(u_d),\qquad H(u) = I − 2uuᵀ/\|u\|²
+        Q = −H(u_1)H(u_2)⋯H(u_d)
 
-    with the parameter ``reflectors`` U = [u_1 … u_d] (d, d). Any rotation is such a product,
-    and every U gives an orthogonal Q to float precision (no drift, however long it is
-    trained; nothing to re-orthogonalize). U starts at I, where each H(e_i) flips coordinate
-    i, so Q = −(−I) = I; there the reflected directions e_i span ℝᵈ, so the gradient reaches
-    every rotation direction from the first step. Each H is invariant to the scale of its u.
+    Any rotation is such a product. U starts at I, where each H(e_i) flips coordinate i, so
+    Q = −(−I) = I; there the reflected directions e_i span ℝᵈ, so the gradient reaches every
+    rotation direction from the first step.
+
+    With ``rank=k`` (even, 2 ≤ k < d), k reflections, U (d, k) and Q = H(u_1)⋯H(u_k): the
+    rotations that move at most a k-dimensional subspace (rank(Q − I) ≤ k), for k·d parameters
+    and O(n·k·d) work instead of d² and O(n·d²). The reflections start in equal pairs,
+    u_{2i−1} = u_{2i} = v_i, so Q = ∏H(v_i)² = I; from there the gradient reaches every
+    rotation that moves span(v_1 … v_{k/2}) (m(d − m) + m(m − 1)/2 directions, m = k/2).
+    :meth:`start_at` chooses the v_i (:meth:`RIFT.fit_reference` uses the top principal
+    directions of the pretrained embeddings); before that they are e_1 … e_{k/2}.
+
+    Every U gives an orthogonal Q to float precision (no drift, however long it is trained;
+    nothing to re-orthogonalize), and each H is invariant to the scale of its u.
 
     Q is never formed while training. Rows are rotated block by block with the compact WY
     ("UT") form of b consecutive reflections, H(u_1)⋯H(u_b) = I − U_b T_b⁻¹U_bᵀ with
     T_b = striu(U_bᵀU_b) + ½diag(U_bᵀU_b) (Joffrain et al. 2006). The b×b inverses T_b⁻¹ come
-    from one batched triangular solve; each block is then three products on the k rows,
-    x ← x − ((xU_b)T_b⁻ᵀ)U_bᵀ, so the d×b blocks are never multiplied by T_b⁻¹. For k rows
-    that is 2·k·d² + b·d² + k·b·d multiply-adds and 3·d/b sequential kernels: O(k·d²), no d×d
-    factorization, no d×d product.
+    from one batched triangular solve; each block is then three products on the n rows,
+    x ← x − ((xU_b)T_b⁻ᵀ)U_bᵀ, so the d×b blocks are never multiplied by T_b⁻¹. For n rows and
+    k reflections (k = d without ``rank``) that is 2·n·k·d + b·k·d + n·b·k multiply-adds and
+    3·k/b sequential kernels: no d×d factorization, no d×d product.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, rank: int | None = None):
         super().__init__()
-        self.reflectors = nn.Parameter(torch.eye(dim))
+        if rank is None:
+            self.sign = -1.0
+            self.reflectors = nn.Parameter(torch.eye(dim))
+        else:
+            if not (isinstance(rank, int) and 2 <= rank < dim and rank % 2 == 0):
+                raise ValueError(
+                    f"the rank of a learned rotation must be an even integer in [2, {dim - 1}] "
+                    f"(dim={dim}), or None for all of the dimensions; got {rank!r}"
+                )
+            self.sign = 1.0
+            self.reflectors = nn.Parameter(torch.eye(dim, rank // 2).repeat_interleave(2, dim=1))
+        self.rank = rank
+
+    @torch.no_grad()
+    def start_at(self, directions: Tensor) -> None:
+        """Reset Q to I with its reflection pairs at ``directions`` (d, k/2), any nonzero columns.
+
+        Only for ``rank=k``: the rotations reachable from the first step are those that move
+        the span of these directions.
+        """
+        if self.rank is None:
+            raise ValueError("start_at applies to a rotation of limited rank only")
+        expected = (self.reflectors.shape[0], self.rank // 2)
+        if tuple(directions.shape) != expected:
+            raise ValueError(
+                f"directions must have shape {expected}, got {tuple(directions.shape)}"
+            )
+        self.reflectors.copy_(directions.repeat_interleave(2, dim=1))
 
     def _blocks(self, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
         """[(U_b, T_b⁻¹)] for the consecutive blocks of reflections, in order.
@@ -81,9 +119,9 @@ class HouseholderRotation(nn.Module):
         T_b⁻¹ (b, b) upper triangular.
         """
         u = self.reflectors.to(dtype)
-        d = u.shape[0]
+        k = u.shape[1]
         largest = _HOUSEHOLDER_BLOCK.get(u.device.type, _HOUSEHOLDER_BLOCK_DEFAULT)
-        block = -(-d // -(-d // largest))  # equal blocks of at most `largest`
+        block = -(-k // -(-k // largest))  # equal blocks of at most `largest`
         columns = u.split(block, dim=1)
         blocks: list[tuple[Tensor, Tensor]] = []
         for size in sorted({c.shape[1] for c in columns}, reverse=True):
@@ -100,20 +138,20 @@ class HouseholderRotation(nn.Module):
         """``x @ Q.T`` (each row x_i mapped to Q x_i), or ``x @ Q`` with ``transpose``.
 
         Shape:
-            - x: (k, d).
-            - output: (k, d).
+            - x: (n, d).
+            - output: (n, d).
         """
         blocks = self._blocks(x.dtype)
-        if transpose:  # x Q = −x Q_1⋯Q_B, x Q_b = x − ((x U_b) T_b⁻¹) U_bᵀ
+        if transpose:  # x Q = ±x Q_1⋯Q_B, x Q_b = x − ((x U_b) T_b⁻¹) U_bᵀ
             for u, t_inv in blocks:
                 x = torch.addmm(x, (x @ u) @ t_inv, u.T, alpha=-1)
-        else:  # x Qᵀ = −x Q_Bᵀ⋯Q_1ᵀ, x Q_bᵀ = x − ((x U_b) T_b⁻ᵀ) U_bᵀ
+        else:  # x Qᵀ = ±x Q_Bᵀ⋯Q_1ᵀ, x Q_bᵀ = x − ((x U_b) T_b⁻ᵀ) U_bᵀ
             for u, t_inv in reversed(blocks):
                 x = torch.addmm(x, (x @ u) @ t_inv.T, u.T, alpha=-1)
-        return -x
+        return -x if self.sign < 0 else x
 
     def matrix(self) -> Tensor:
-        """Q as a dense (d, d) matrix (differentiable; O(d³), for inspection)."""
+        """Q as a dense (d, d) matrix (differentiable; O(k·d²), for inspection)."""
         d = self.reflectors.shape[0]
         eye = torch.eye(d, dtype=self.reflectors.dtype, device=self.reflectors.device)
         return self.rotate_rows(eye).T
@@ -319,7 +357,11 @@ class RIFT(Regularizer):
     orthogonal Q to float precision, so it stays orthogonal however long it is trained. It
     covers the rotations SO(d), which reach the same minima as O(d) for covariance matching,
     and for paired matching whenever n < d (for n > d the Procrustes optimum may need a
-    reflection). Give RIFT's parameters to the optimizer along with the model's.
+    reflection). With ``q_rank=k`` it is a product of k reflections instead: a rotation that
+    moves at most a k-dimensional subspace, started (by :meth:`fit_reference`) so that it
+    can move the top k/2 principal directions of the pretrained embeddings; k·d parameters
+    instead of d², and O(n·k·d) work. Give RIFT's parameters to the optimizer along with the
+    model's.
 
     **Cost per call** (n rows, d features; under ``torch.distributed`` n is the global batch):
 
@@ -328,14 +370,15 @@ class RIFT(Regularizer):
       gradient is one n×d by d×d product (:class:`_SquaredGramGap`).
     - covariance/learned: plus the rotation of n (+1) rows, O(n·d²) with d/b sequential
       blocks of b ≤ 512 reflections on a GPU (≤ 32 elsewhere); no d×d factorization or
-      d×d product.
+      d×d product. With ``q_rank=k``: O(n·k·d) and k/b blocks.
     - covariance/optimal: an n×n Gram matrix, O(n²·d), and its eigenvalues (in float64),
       since it shares Σ(z)'s non-zero spectrum (n > d: the d×d covariance); Σ₀'s
       eigenvalues are computed once by :meth:`fit_reference`.
     - stats="ema": the d×d estimate costs O(n·d²) as above; with ``learned`` plus the
       rotation of n (+1) rows; with ``optimal`` a d×d eigendecomposition and product, O(d³),
       once every ``eigh_every`` calls.
-    - paired/identity: O(n·d); paired/learned: plus the rotation of n (+1) rows, O(n·d²);
+    - paired/identity: O(n·d); paired/learned: plus the rotation of n (+1) rows, O(n·d²)
+      (O(n·k·d) with ``q_rank=k``);
       paired/optimal: a QR factorization of the d×n reference (no gradient), an n×n Gram
       matrix (O(n²·d)) and one n×n eigendecomposition, in float64.
     - On a GPU, ``torch.linalg`` eigensolvers wait for the device (an error check), so the
@@ -352,6 +395,8 @@ class RIFT(Regularizer):
         dim: the embedding size d.
         match: ``"covariance"`` or ``"paired"``.
         q: ``"identity"``, ``"learned"`` or ``"optimal"``.
+        q_rank: ``q="learned"`` only: None for a rotation of all of ℝᵈ (d reflections), or an
+            even k in [2, d) for one that moves at most a k-dimensional subspace.
         normalize: divide by ‖Σ₀‖²_F (and tr Σ₀); covariance matching only.
         mean_weight: w ≥ 0, the weight of the mean term.
         stats: ``"batch"`` or ``"ema"`` (covariance matching only).
@@ -378,6 +423,7 @@ class RIFT(Regularizer):
         dim: int,
         match: str = "covariance",
         q: str = "identity",
+        q_rank: int | None = None,
         normalize: bool = True,
         mean_weight: float = 0.0,
         stats: str = "batch",
@@ -403,6 +449,8 @@ class RIFT(Regularizer):
             raise ValueError(
                 "stats='ema' applies to match='covariance' only; use stats='batch' with paired"
             )
+        if q_rank is not None and q != "learned":
+            raise ValueError(f"q_rank applies to q='learned' only, got q={q!r}")
         if match == "covariance" and reference_source != "cache":
             raise ValueError(
                 "reference_source applies to match='paired' only; covariance matching uses "
@@ -429,13 +477,15 @@ class RIFT(Regularizer):
             self.register_buffer("spectral_target", torch.zeros(dim, dim))
             self.register_buffer("spectral_age", torch.zeros((), dtype=torch.long))
         if q == "learned":
-            self.learned_rotation = HouseholderRotation(dim)
+            self.learned_rotation = HouseholderRotation(dim, rank=q_rank)
         self._fitted = False
         self.register_load_state_dict_post_hook(_sync_fitted_flag)
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, match={self.match!r}, q={self.q!r}, normalize={self.normalize}, "
+            f"dim={self.dim}, match={self.match!r}, q={self.q!r}"
+            + (f", q_rank={self.learned_rotation.rank}" if self.q == "learned" else "")
+            + f", normalize={self.normalize}, "
             f"mean_weight={self.mean_weight}, stats={self.stats!r}, momentum={self.momentum}, "
             f"eigh_every={self.eigh_every}, reference={self.reference!r}"
         )
@@ -450,7 +500,8 @@ class RIFT(Regularizer):
 
         Also stores ‖Σ₀‖²_F, tr Σ₀, Σ₀'s eigenvalues (``q="optimal"`` covariance) and resets
         the running estimates (``stats="ema"``) to Σ₀, μ₀; all are buffers, so
-        ``state_dict()`` round-trips them.
+        ``state_dict()`` round-trips them. A learned Q with ``q_rank=k`` is reset to I with its
+        reflection pairs at Σ₀'s top k/2 eigenvectors (:meth:`HouseholderRotation.start_at`).
 
         Args:
             features: an (N, d) tensor, or an iterable of (n, d) tensors (e.g. one per batch).
@@ -494,6 +545,10 @@ class RIFT(Regularizer):
         self.ref_trace.copy_(torch.trace(cov))
         if hasattr(self, "ref_eigvals"):
             self.ref_eigvals.copy_(torch.linalg.eigvalsh(cov).flip(0).clamp_min(0))
+        if self.q == "learned" and self.learned_rotation.rank is not None:
+            top = self.learned_rotation.rank // 2
+            _, vectors = torch.linalg.eigh(cov)  # float64: float32 LAPACK can fail here
+            self.learned_rotation.start_at(vectors[:, -top:].flip(1))
         if self.stats == "ema":
             self.running_cov.copy_(cov)
             self.running_mean.copy_(moments.mean())
@@ -708,6 +763,16 @@ class RIFT(Regularizer):
             "(default: %(default)s)",
         )
         parser.add_argument(
+            "--rift-q-rank",
+            type=int,
+            default=None,
+            metavar="K",
+            help="--rift-q learned: rotate at most a K-dimensional subspace (K/2 pairs of "
+            "Householder reflections, started at the top principal directions of the "
+            "pretrained embeddings; even, below the embedding size): K·d parameters and "
+            "O(n·K·d) work instead of d² and O(n·d²) (default: all d dimensions)",
+        )
+        parser.add_argument(
             "--rift-stats",
             choices=STATISTICS,
             default="batch",
@@ -763,6 +828,7 @@ class RIFT(Regularizer):
                 dim,
                 match=args.rift_match,
                 q=args.rift_q,
+                q_rank=args.rift_q_rank,
                 normalize=args.rift_normalize,
                 mean_weight=args.rift_mean_weight,
                 stats=args.rift_stats,
