@@ -60,25 +60,38 @@ class Variant:
         return regularizers.get(self.reg).from_args(args, dim)
 
 
+# learned Q as a rotation of all d dimensions and of rank 64 (``--rift-q-rank``)
+_LEARNED_RANKS = {"q=learned rank=d": None, "q=learned rank=64": 64}
+
+
+def _rotations() -> list[tuple[str, dict]]:
+    """(label, flags) of each Q: identity, learned (all of ℝᵈ and rank 64), optimal."""
+    learned = [
+        (label, {"rift_q": "learned", "rift_q_rank": rank})
+        for label, rank in _LEARNED_RANKS.items()
+    ]
+    return [("q=identity", {"rift_q": "identity"}), *learned, ("q=optimal", {"rift_q": "optimal"})]
+
+
 def default_variants() -> list[Variant]:
     """Plain finetuning, every RIFT variant, and the baselines the issue compares."""
     variants = [Variant("plain (none)", "none", {})]
-    for q in ("identity", "learned", "optimal"):
+    for q_label, q_flags in _rotations():
         for stats in ("batch", "ema"):
             variants.append(
                 Variant(
-                    f"rift covariance q={q} stats={stats}",
+                    f"rift covariance {q_label} stats={stats}",
                     "rift",
-                    {"rift_match": "covariance", "rift_q": q, "rift_stats": stats},
+                    {"rift_match": "covariance", "rift_stats": stats, **q_flags},
                 )
             )
-    for q in ("identity", "learned", "optimal"):
+    for q_label, q_flags in _rotations():
         for source in ("cache", "teacher"):
             variants.append(
                 Variant(
-                    f"rift paired q={q} ref={source}",
+                    f"rift paired {q_label} ref={source}",
                     "rift",
-                    {"rift_match": "paired", "rift_q": q, "rift_reference": source},
+                    {"rift_match": "paired", "rift_reference": source, **q_flags},
                 )
             )
     for source in ("teacher", "cache"):
@@ -293,12 +306,13 @@ def bench_scaling(args: argparse.Namespace) -> list[dict]:
         ref_batch = reference[:n]
         row = {"d": d, "n": n}
         for match in ("covariance", "paired"):
-            for q in ("identity", "learned", "optimal"):
-                rift = regularizers.RIFT(d, match=match, q=q).to(device)
+            for q_label, q_flags in _rotations():
+                q, rank = q_flags["rift_q"], q_flags.get("rift_q_rank")
+                rift = regularizers.RIFT(d, match=match, q=q, q_rank=rank).to(device)
                 rift.fit_reference(reference)
                 inputs = (z,) if match == "covariance" else (z, ref_batch)
                 call = functools.partial(rift, *inputs)
-                row[f"{match}/{q}"] = _time_penalty(call, device, args.scaling_repeats)
+                row[f"{match} {q_label}"] = _time_penalty(call, device, args.scaling_repeats)
         rows.append(row)
     return rows
 

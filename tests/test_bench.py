@@ -28,8 +28,10 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
     assert set(labels[1:]) == {
         "rift covariance q=identity stats=batch",
         "rift covariance q=identity stats=ema",
-        "rift paired q=learned ref=cache",
-        "rift paired q=learned ref=teacher",
+        "rift paired q=learned rank=d ref=cache",
+        "rift paired q=learned rank=d ref=teacher",
+        "rift paired q=learned rank=64 ref=cache",
+        "rift paired q=learned rank=64 ref=teacher",
         "l2sp",
     }
     for row in results["steps"]:
@@ -38,4 +40,10 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
     assert results["reference_pass"]["images"] == 16
     assert results["reference_pass"]["fraction_of_epoch"] > 0
     assert [(r["d"], r["n"]) for r in results["scaling"]] == [(16, 8), (32, 8), (16, 4), (16, 8)]
-    assert all(v > 0 for r in results["scaling"] for k, v in r.items() if "/" in k)
+    columns = {k for r in results["scaling"] for k in r} - {"d", "n"}
+    assert columns == {
+        f"{match} q={q}"
+        for match in ("covariance", "paired")
+        for q in ("identity", "learned rank=d", "learned rank=64", "optimal")
+    }
+    assert all(r[k] > 0 for r in results["scaling"] for k in columns)

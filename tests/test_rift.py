@@ -680,9 +680,12 @@ def test_cli_flags_defaults_and_from_args(monkeypatch):
     reg = RIFT.from_args(_parser().parse_args(flags.split()), dim=7)
     assert (reg.match, reg.q, reg.stats, reg.momentum) == ("covariance", "learned", "ema", 0.2)
     assert (reg.mean_weight, reg.normalize) == (0.5, False)
-    assert reg.learned_rotation.rank is None  # all d dimensions by default
+    assert reg.learned_rotation.rank is None  # the default rank 64 is all of d = 7
+    assert RIFT.from_args(_parser().parse_args(flags.split()), dim=100).learned_rotation.rank == 64
     reg = RIFT.from_args(_parser().parse_args((flags + " --rift-q-rank 4").split()), dim=7)
     assert reg.learned_rotation.reflectors.shape == (7, 4)
+    reg = RIFT.from_args(_parser().parse_args((flags + " --rift-q-rank all").split()), dim=100)
+    assert reg.learned_rotation.reflectors.shape == (100, 100)
     reg = RIFT.from_args(
         _parser().parse_args("--rift-match paired --rift-reference teacher".split()), dim=7
     )
@@ -835,10 +838,16 @@ def test_rank_k_learned_q_reaches_the_procrustes_optimum_of_a_low_rank_rotation(
     assert (q.T @ q - torch.eye(d)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("rank", [0, 3, 8, 10, 2.0])
+@pytest.mark.parametrize("rank", [0, -2, 3, 9, 2.0])
 def test_bad_rank_is_a_clear_error(rank):
-    with pytest.raises(ValueError, match="even integer in \\[2, 7\\]"):
+    with pytest.raises(ValueError, match="even integer >= 2"):
         RIFT(8, q="learned", q_rank=rank)
+
+
+@pytest.mark.parametrize("rank", [8, 10])
+def test_rank_of_at_least_d_is_the_full_rotation(rank):
+    rot = RIFT(8, q="learned", q_rank=rank).learned_rotation
+    assert rot.rank is None and rot.reflectors.shape == (8, 8)
 
 
 def test_rank_needs_learned_q_and_full_rank_has_no_start():

@@ -23,10 +23,12 @@ from riftune.regularizers.rift import RIFT
 WORLD = 2
 SPLIT = [6, 4]  # rows of the global batch on rank 0 and rank 1
 IN, DIM = 5, 7
+# (match, q, stats, q_rank): learned Q of all DIM dimensions (None) and of rank 4
 VARIANTS = [
-    ("covariance", q, s) for q in ("identity", "learned", "optimal") for s in ("batch", "ema")
+    ("covariance", q, s, None) for q in ("identity", "learned", "optimal") for s in ("batch", "ema")
 ]
-VARIANTS += [("paired", q, "batch") for q in ("identity", "learned", "optimal")]
+VARIANTS += [("paired", q, "batch", None) for q in ("identity", "learned", "optimal")]
+VARIANTS += [("covariance", "learned", "batch", 4), ("paired", "learned", "batch", 4)]
 
 
 def _make_data() -> dict:
@@ -47,12 +49,15 @@ def _make_data() -> dict:
 def _run_variants(model: nn.Module, linear: nn.Linear, data: dict, rows: slice) -> dict:
     """Loss, gradients and running estimates for every variant; the same code on 1 or 2 ranks."""
     results = {}
-    for match, q, stats in VARIANTS:
-        reg = RIFT(DIM, match=match, q=q, stats=stats, momentum=0.3, mean_weight=0.3).double()
+    for match, q, stats, rank in VARIANTS:
+        reg = RIFT(
+            DIM, match=match, q=q, q_rank=rank, stats=stats, momentum=0.3, mean_weight=0.3
+        ).double()
         reg.fit_reference(data["features"], all_reduce=False)  # every rank holds all of it
         if q == "learned":
             with torch.no_grad():
-                reg.learned_rotation.reflectors.copy_(data["generator"])
+                reflectors = reg.learned_rotation.reflectors
+                reflectors.copy_(data["generator"][:, : reflectors.shape[1]])
         model.zero_grad()
         z = model(data["x"][rows])
         loss = reg(z, data["reference"][rows]) if match == "paired" else reg(z)
@@ -66,7 +71,7 @@ def _run_variants(model: nn.Module, linear: nn.Linear, data: dict, rows: slice) 
             out["generator"] = reg.learned_rotation.reflectors.grad.clone()
         if stats == "ema":
             out["running_cov"] = reg.running_cov.clone()
-        results[(match, q, stats)] = out
+        results[(match, q, stats, rank)] = out
     return results
 
 

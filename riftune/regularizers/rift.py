@@ -32,6 +32,10 @@ from riftune.stats import StreamingMoments, gather_global_batch
 CLI_DEFAULT_MATCH = "paired"
 CLI_DEFAULT_Q = "optimal"
 CLI_DEFAULT_LAM = 0.1
+# Learned Q rotates at most this many dimensions by default: in the CPU grid (RESULTS.md,
+# "Learned Q of limited rank") rank 64 matched all d = 1280 dimensions on validation AUC and
+# CKA at 1/20 of the parameters and a fraction of the cost (BENCHMARKS.md).
+DEFAULT_Q_RANK = 64
 
 MATCHES = ("covariance", "paired")
 ROTATIONS = ("identity", "learned", "optimal")
@@ -61,7 +65,7 @@ class HouseholderRotation(nn.Module):
     Q = −(−I) = I; there the reflected directions e_i span ℝᵈ, so the gradient reaches every
     rotation direction from the first step.
 
-    With ``rank=k`` (even, 2 ≤ k < d), k reflections, U (d, k) and Q = H(u_1)⋯H(u_k): the
+    With ``rank=k`` (even, 2 ≤ k < d; k ≥ d means all of ℝᵈ as above), k reflections, U (d, k) and Q = H(u_1)⋯H(u_k): the
     rotations that move at most a k-dimensional subspace (rank(Q − I) ≤ k), for k·d parameters
     and O(n·k·d) work instead of d² and O(n·d²). The reflections start in equal pairs,
     u_{2i−1} = u_{2i} = v_i, so Q = ∏H(v_i)² = I; from there the gradient reaches every
@@ -83,18 +87,19 @@ class HouseholderRotation(nn.Module):
 
     def __init__(self, dim: int, rank: int | None = None):
         super().__init__()
-        if rank is None:
+        if rank is not None and not (isinstance(rank, int) and rank >= 2 and rank % 2 == 0):
+            raise ValueError(
+                f"the rank of a learned rotation must be an even integer >= 2 (at least d = {dim}"
+                f" or None: all dimensions); got {rank!r}"
+            )
+        if rank is None or rank >= dim:
+            self.rank = None
             self.sign = -1.0
             self.reflectors = nn.Parameter(torch.eye(dim))
         else:
-            if not (isinstance(rank, int) and 2 <= rank < dim and rank % 2 == 0):
-                raise ValueError(
-                    f"the rank of a learned rotation must be an even integer in [2, {dim - 1}] "
-                    f"(dim={dim}), or None for all of the dimensions; got {rank!r}"
-                )
+            self.rank = rank
             self.sign = 1.0
             self.reflectors = nn.Parameter(torch.eye(dim, rank // 2).repeat_interleave(2, dim=1))
-        self.rank = rank
 
     @torch.no_grad()
     def start_at(self, directions: Tensor) -> None:
@@ -357,11 +362,11 @@ class RIFT(Regularizer):
     orthogonal Q to float precision, so it stays orthogonal however long it is trained. It
     covers the rotations SO(d), which reach the same minima as O(d) for covariance matching,
     and for paired matching whenever n < d (for n > d the Procrustes optimum may need a
-    reflection). With ``q_rank=k`` it is a product of k reflections instead: a rotation that
-    moves at most a k-dimensional subspace, started (by :meth:`fit_reference`) so that it
-    can move the top k/2 principal directions of the pretrained embeddings; k·d parameters
-    instead of d², and O(n·k·d) work. Give RIFT's parameters to the optimizer along with the
-    model's.
+    reflection). With ``q_rank=k`` < d (the default, k = 64) it is a product of k reflections
+    instead: a rotation that moves at most a k-dimensional subspace, started (by
+    :meth:`fit_reference`) so that it can move the top k/2 principal directions of the
+    pretrained embeddings; k·d parameters instead of d², and O(n·k·d) work. Give RIFT's
+    parameters to the optimizer along with the model's.
 
     **Cost per call** (n rows, d features; under ``torch.distributed`` n is the global batch):
 
@@ -395,8 +400,8 @@ class RIFT(Regularizer):
         dim: the embedding size d.
         match: ``"covariance"`` or ``"paired"``.
         q: ``"identity"``, ``"learned"`` or ``"optimal"``.
-        q_rank: ``q="learned"`` only: None for a rotation of all of ℝᵈ (d reflections), or an
-            even k in [2, d) for one that moves at most a k-dimensional subspace.
+        q_rank: ``q="learned"`` only: an even k ≥ 2 for a rotation that moves at most a
+            k-dimensional subspace (k ≥ d or None: all of ℝᵈ, d reflections); default 64.
         normalize: divide by ‖Σ₀‖²_F (and tr Σ₀); covariance matching only.
         mean_weight: w ≥ 0, the weight of the mean term.
         stats: ``"batch"`` or ``"ema"`` (covariance matching only).
@@ -423,7 +428,7 @@ class RIFT(Regularizer):
         dim: int,
         match: str = "covariance",
         q: str = "identity",
-        q_rank: int | None = None,
+        q_rank: int | None = DEFAULT_Q_RANK,
         normalize: bool = True,
         mean_weight: float = 0.0,
         stats: str = "batch",
@@ -449,7 +454,7 @@ class RIFT(Regularizer):
             raise ValueError(
                 "stats='ema' applies to match='covariance' only; use stats='batch' with paired"
             )
-        if q_rank is not None and q != "learned":
+        if q_rank not in (None, DEFAULT_Q_RANK) and q != "learned":
             raise ValueError(f"q_rank applies to q='learned' only, got q={q!r}")
         if match == "covariance" and reference_source != "cache":
             raise ValueError(
@@ -764,13 +769,13 @@ class RIFT(Regularizer):
         )
         parser.add_argument(
             "--rift-q-rank",
-            type=int,
-            default=None,
+            type=_q_rank,
+            default=DEFAULT_Q_RANK,
             metavar="K",
             help="--rift-q learned: rotate at most a K-dimensional subspace (K/2 pairs of "
             "Householder reflections, started at the top principal directions of the "
-            "pretrained embeddings; even, below the embedding size): K·d parameters and "
-            "O(n·K·d) work instead of d² and O(n·d²) (default: all d dimensions)",
+            "pretrained embeddings; K even): K·d parameters and O(n·K·d) work; 'all' (or "
+            "K >= d) rotates all d dimensions: d² parameters, O(n·d²) (default: %(default)s)",
         )
         parser.add_argument(
             "--rift-stats",
@@ -838,6 +843,18 @@ class RIFT(Regularizer):
             )
         except ValueError as err:
             raise UserError(f"--reg rift: {err}") from None
+
+
+def _q_rank(text: str) -> int | None:
+    """``--rift-q-rank``: an integer, or ``all`` (None: every dimension)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an even integer or 'all', got {text!r}"
+        ) from None
 
 
 def _norm_gap(mean: Tensor, mu0: Tensor) -> Tensor:
