@@ -8,7 +8,8 @@ untimed steps of every variant. Drift of a shared machine over the seconds of on
 both alike, so a variant's ratio is the median over rounds of (its median step time / plain
 finetuning's median step time in the same block). Medians hide work done every k-th step
 (EMA with optimal Q refreshes an eigenbasis every ``--rift-eigh-every`` steps), so each
-variant also gets an amortized ratio: the total time of all its timed steps over the total
+variant also gets an amortized ratio (and the standard error of its round ratios, which shows
+how well this machine's noise lets the run resolve it): the total time of all its timed steps over the total
 time of the plain steps interleaved with them. On CUDA the peak memory of each variant's
 steps is measured too (``torch.cuda.max_memory_allocated``).
 
@@ -235,12 +236,20 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
             "time_ratio": statistics.median(ratios[v.label]),
             "time_ratio_amortized": sum(times[v.label]) / sum(paired_plain[v.label]),
             "time_ratio_rounds": ratios[v.label],  # the spread shows the machine's noise
+            "time_ratio_se": _standard_error(ratios[v.label]),
         }
         if peaks:
             row["peak_mib"] = peaks[v.label]
             row["memory_ratio"] = peaks[v.label] / peaks[base]
         rows.append(row)
     return rows
+
+
+def _standard_error(values: list[float]) -> float:
+    """s/√k of k round ratios: the noise of their mean (about 1.25× that for their median)."""
+    if len(values) < 2:
+        return 0.0
+    return statistics.stdev(values) / len(values) ** 0.5
 
 
 def bench_reference_pass(args: argparse.Namespace, epoch_images: int, step_ms: float) -> dict:
@@ -377,6 +386,7 @@ def run_bench(args: argparse.Namespace) -> str:
             ("variant", "variant", ""),
             ("step_ms", "step (ms)", ".1f"),
             ("time_ratio", "time / plain", ".3f"),
+            ("time_ratio_se", "± s.e.", ".3f"),
             ("time_ratio_amortized", "amortized", ".3f"),
         ]
         if "peak_mib" in rows[0]:

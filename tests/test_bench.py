@@ -36,6 +36,9 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
     }
     for row in results["steps"]:
         assert row["step_ms"] > 0 and row["time_ratio"] > 0 and row["time_ratio_amortized"] > 0
+        assert row["time_ratio_se"] >= 0 and len(row["time_ratio_rounds"]) == (
+            1 if row is plain else 2
+        )
         assert row["variant"] in printed
     assert results["reference_pass"]["images"] == 16
     assert results["reference_pass"]["fraction_of_epoch"] > 0
