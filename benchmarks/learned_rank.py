@@ -79,7 +79,12 @@ def main() -> None:
                     continue
                 cells = [
                     " / ".join(f"{runs[rank][split][key]:.3f}" for rank in grids)
-                    for split, key in (("val", "auc"), ("val", "cka"), ("test", "auc"), ("test", "cka"))
+                    for split, key in (
+                        ("val", "auc"),
+                        ("val", "cka"),
+                        ("test", "auc"),
+                        ("test", "cka"),
+                    )
                 ]
                 if args.rotations:
                     moved = {rank: _rotation(folder) for rank, folder in folders.items()}

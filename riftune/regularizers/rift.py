@@ -65,9 +65,9 @@ class HouseholderRotation(nn.Module):
     Q = −(−I) = I; there the reflected directions e_i span ℝᵈ, so the gradient reaches every
     rotation direction from the first step.
 
-    With ``rank=k`` (even, 2 ≤ k < d; k ≥ d means all of ℝᵈ as above), k reflections, U (d, k) and Q = H(u_1)⋯H(u_k): the
-    rotations that move at most a k-dimensional subspace (rank(Q − I) ≤ k), for k·d parameters
-    and O(n·k·d) work instead of d² and O(n·d²). The reflections start in equal pairs,
+    With ``rank=k`` (even, 2 ≤ k < d; k ≥ d means all of ℝᵈ as above), k reflections, U (d, k)
+    and Q = H(u_1)⋯H(u_k): the rotations that move at most a k-dimensional subspace
+    (rank(Q − I) ≤ k), for k·d parameters and O(n·k·d) work instead of d² and O(n·d²). The reflections start in equal pairs,
     u_{2i−1} = u_{2i} = v_i, so Q = ∏H(v_i)² = I; from there the gradient reaches every
     rotation that moves span(v_1 … v_{k/2}) (m(d − m) + m(m − 1)/2 directions, m = k/2).
     :meth:`start_at` chooses the v_i (:meth:`RIFT.fit_reference` uses the top principal
