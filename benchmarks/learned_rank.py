@@ -1,14 +1,21 @@
-"""Learned Q of rank 64 against learned Q of all d dimensions, in two finished CPU grids.
+"""Two learned-Q variants of full finetuning, each from a finished CPU grid, at equal λ.
 
 Prints, for each dataset, matching and λ, the seed-0 runs of both (every λ ran with seed 0, so
 this compares the two at equal λ rather than at the λ each chose): validation and test AUC and
-CKA. With ``--rotations`` it also reads each run's newest progress checkpoint (the grid folders
-must still hold them: the committed copies keep only metrics.json and config.yaml) and prints
-how far the learned rotation moved: ‖Q − I‖_F and the largest rotation angle, from the largest
-singular value σ of Q − I (σ = 2·sin(θ/2)).
+CKA, then the mean difference (second minus first) over the pairs. With ``--rotations`` it also
+reads each run's newest progress checkpoint (the grid folders must still hold them: the
+committed copies keep only metrics.json and config.yaml) and prints how far the learned
+rotation moved: ‖Q − I‖_F and the largest rotation angle, from the largest singular value σ
+of Q − I (σ = 2·sin(θ/2)). By default it compares rank 64 (part 4) with all d (part 1):
 
     python benchmarks/learned_rank.py benchmarks/results/cpu_grid/full \\
         benchmarks/results/cpu_grid/learned_rank [--rotations]
+
+and with ``--variants`` any two, e.g. Q's learning rate 1e-3 (part 4) against 1e-4 (part 6):
+
+    python benchmarks/learned_rank.py benchmarks/results/cpu_grid/learned_rank \\
+        benchmarks/results/cpu_grid/q_lr --variants "rift[{match},learned,64]" \\
+        "rift[{match},learned,64,0.0001]" --names 1e-3 1e-4
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from riftune.regularizers.rift import HouseholderRotation
 DATASETS = ("breastmnist", "pneumoniamnist")
 MATCHES = ("covariance", "paired")
 LAMS = (0.1, 1.0, 10.0)
-VARIANTS = {"all": "rift[{match},learned,all]", "64": "rift[{match},learned,64]"}
+METRICS = (("val", "auc"), ("val", "cka"), ("test", "auc"), ("test", "cka"))
 
 
 def _metrics(folder: Path) -> dict | None:
@@ -55,47 +62,64 @@ def _rotation(folder: Path) -> tuple[float, float] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("all_grid", type=Path, help="grid with the rank-d runs (part 1)")
-    parser.add_argument("rank_grid", type=Path, help="grid with the rank-64 runs (part 4)")
+    parser.add_argument("first_grid", type=Path, help="grid with the first variant's runs")
+    parser.add_argument("second_grid", type=Path, help="grid with the second variant's runs")
+    parser.add_argument(
+        "--variants",
+        nargs=2,
+        default=["rift[{match},learned,all]", "rift[{match},learned,64]"],
+        metavar=("FIRST", "SECOND"),
+        help="run folder names, {match} standing for covariance or paired",
+    )
+    parser.add_argument("--names", nargs=2, default=["all", "64"], metavar=("FIRST", "SECOND"))
     parser.add_argument("--rotations", action="store_true", help="also read the checkpoints")
     args = parser.parse_args()
-    grids = {"all": args.all_grid, "64": args.rank_grid}
-    header = "| dataset | match | λ | val AUC all / 64 | val CKA all / 64 | test AUC all / 64 | test CKA all / 64 |"
+    grids = dict(zip(args.names, (args.first_grid, args.second_grid), strict=True))
+    templates = dict(zip(args.names, args.variants, strict=True))
+    pair = " / ".join(args.names)
+    header = f"| dataset | match | λ | val AUC {pair} | val CKA {pair} | test AUC {pair} | test CKA {pair} |"
     if args.rotations:
-        header += " ‖Q − I‖_F all / 64 | largest angle all / 64 |"
+        header += f" ‖Q − I‖_F {pair} | largest angle {pair} |"
     print(header)
     print("|---|---|---:|" + "---:|" * (header.count("|") - 4))
+    differences = []
     for dataset in DATASETS:
         for match in MATCHES:
             for lam in LAMS:
                 folders = {
-                    rank: run_folder(
-                        grids[rank], dataset, "full", VARIANTS[rank].format(match=match), lam, 0
+                    name: run_folder(
+                        grids[name], dataset, "full", templates[name].format(match=match), lam, 0
                     )
-                    for rank in grids
+                    for name in grids
                 }
-                runs = {rank: _metrics(folder) for rank, folder in folders.items()}
+                runs = {name: _metrics(folder) for name, folder in folders.items()}
                 if None in runs.values():
                     continue
+                first, second = runs.values()
+                differences.append([second[s][k] - first[s][k] for s, k in METRICS])
                 cells = [
-                    " / ".join(f"{runs[rank][split][key]:.3f}" for rank in grids)
-                    for split, key in (
-                        ("val", "auc"),
-                        ("val", "cka"),
-                        ("test", "auc"),
-                        ("test", "cka"),
-                    )
+                    " / ".join(f"{runs[name][split][key]:.3f}" for name in grids)
+                    for split, key in METRICS
                 ]
                 if args.rotations:
-                    moved = {rank: _rotation(folder) for rank, folder in folders.items()}
+                    moved = {name: _rotation(folder) for name, folder in folders.items()}
                     cells += [
                         " / ".join(
-                            "–" if moved[rank] is None else f"{moved[rank][i]:{fmt}}"
-                            for rank in grids
+                            "–" if moved[name] is None else f"{moved[name][i]:{fmt}}"
+                            for name in grids
                         )
                         for i, fmt in ((0, ".1f"), (1, ".0f"))
                     ]
                 print(f"| {dataset} | {match} | {lam:g} | " + " | ".join(cells) + " |")
+    if differences:
+        means = [sum(column) / len(differences) for column in zip(*differences, strict=True)]
+        print(
+            f"\n{args.names[1]} minus {args.names[0]}, mean over {len(differences)} pairs: "
+            + ", ".join(
+                f"{split} {key.upper()} {mean:+.3f}"
+                for (split, key), mean in zip(METRICS, means, strict=True)
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -172,9 +172,10 @@ class Finetuner:
         )
         distributed.synchronize_batchnorm(model)
 
+        reg_lr = args.head_lr if self.reg.param_lr is None else self.reg.param_lr
         self.optimizer = torch.optim.AdamW(
             self.method.param_groups(model, backbone_lr=args.lr, head_lr=args.head_lr)
-            + [{"params": list(self.reg.parameters()), "lr": args.head_lr, "weight_decay": 0.0}],
+            + [{"params": list(self.reg.parameters()), "lr": reg_lr, "weight_decay": 0.0}],
             lr=args.lr,
             weight_decay=args.weight_decay,
         )

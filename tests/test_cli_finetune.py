@@ -148,3 +148,27 @@ def test_demo_prints_side_by_side_table(tmp_path, medmnist_dir, capsys):
     assert "full + none" in table and "full + rift" in table
     assert "test CKA to pretrained" in table
     assert (tmp_path / "demo" / "full-rift" / "training.png").is_file()
+
+
+@pytest.mark.parametrize(("flags", "q_lr"), [([], 1e-3), (["--rift-q-lr", "2e-5"], 2e-5)])
+def test_learned_q_gets_its_own_learning_rate(tmp_path, medmnist_dir, flags, q_lr):
+    from riftune import distributed
+    from riftune.config import finetune_parser, validate
+    from riftune.engine import Finetuner
+
+    args = finetune_parser().parse_args(
+        ["--data", "breastmnist", "--data-root", str(medmnist_dir), *TINY, "--out",
+         str(tmp_path / "run"), "--reg", "rift", "--rift-q", "learned", "--head-lr", "1e-3",
+         *flags]
+    )  # fmt: skip
+    validate(args)
+    finetuner = Finetuner(args, distributed.setup("cpu"))
+    try:
+        finetuner._build()
+    finally:
+        distributed.teardown()
+    reflectors = finetuner.reg.learned_rotation.reflectors
+    groups = finetuner.optimizer.param_groups
+    (group,) = [g for g in groups if any(p is reflectors for p in g["params"])]
+    # the schedule scales every group alike from its initial learning rate
+    assert group["initial_lr"] == pytest.approx(q_lr) and group["weight_decay"] == 0.0

@@ -686,10 +686,20 @@ def test_cli_flags_defaults_and_from_args(monkeypatch):
     assert reg.learned_rotation.reflectors.shape == (7, 4)
     reg = RIFT.from_args(_parser().parse_args((flags + " --rift-q-rank all").split()), dim=100)
     assert reg.learned_rotation.reflectors.shape == (100, 100)
+    assert reg.param_lr is None  # the engine gives learned Q the head's learning rate
+    reg = RIFT.from_args(_parser().parse_args((flags + " --rift-q-lr 2e-5").split()), dim=7)
+    assert reg.param_lr == 2e-5
     reg = RIFT.from_args(
         _parser().parse_args("--rift-match paired --rift-reference teacher".split()), dim=7
     )
     assert reg.reference == "teacher"
+    for bad, message in (
+        ("--rift-q optimal --rift-q-lr 1e-4", "--rift-q learned only"),
+        ("--rift-q learned --rift-q-lr 0", "positive number"),
+        ("--rift-q learned --rift-q-lr nan", "positive number"),
+    ):
+        with pytest.raises(UserError, match=message):
+            RIFT.from_args(_parser().parse_args(bad.split()), dim=7)
     for bad in (
         "--rift-match paired --rift-stats ema",
         "--rift-momentum 0",

@@ -83,6 +83,10 @@ class Regularizer(nn.Module):
         penalizes_features_only: whether the penalty depends on nothing but the backbone's
             outputs (embeddings or feature maps), so it is constant when a method cannot
             change them (``linear``); the engine then refuses the combination.
+
+    Instance attribute:
+        param_lr: the learning rate the engine gives the regularizer's own parameters (RIFT's
+            learned Q); ``None``: the head's (``--head-lr``).
     """
 
     name: ClassVar[str] = ""
@@ -91,6 +95,7 @@ class Regularizer(nn.Module):
     min_batch_size: ClassVar[int] = 1
     default_lam: ClassVar[float] = 1.0
     penalizes_features_only: ClassVar[bool] = False
+    param_lr: float | None = None
 
     @classmethod
     def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:

@@ -778,6 +778,14 @@ class RIFT(Regularizer):
             "K >= d) rotates all d dimensions: d² parameters, O(n·d²) (default: %(default)s)",
         )
         parser.add_argument(
+            "--rift-q-lr",
+            type=float,
+            default=None,
+            metavar="LR",
+            help="--rift-q learned: the learning rate of Q's reflectors (AdamW, no weight "
+            "decay, the same schedule as the model) (default: --head-lr)",
+        )
+        parser.add_argument(
             "--rift-stats",
             choices=STATISTICS,
             default="batch",
@@ -828,8 +836,13 @@ class RIFT(Regularizer):
     @classmethod
     def from_args(cls, args: argparse.Namespace, dim: int) -> RIFT:
         """Build RIFT from the parsed ``--rift-*`` flags; bad combinations are UserErrors."""
+        q_lr = args.rift_q_lr
+        if q_lr is not None and args.rift_q != "learned":
+            raise UserError(f"--rift-q-lr applies to --rift-q learned only, got {args.rift_q}")
+        if q_lr is not None and not (math.isfinite(q_lr) and q_lr > 0):
+            raise UserError(f"--rift-q-lr must be a positive number, got {q_lr}")
         try:
-            return cls(
+            rift = cls(
                 dim,
                 match=args.rift_match,
                 q=args.rift_q,
@@ -843,6 +856,8 @@ class RIFT(Regularizer):
             )
         except ValueError as err:
             raise UserError(f"--reg rift: {err}") from None
+        rift.param_lr = q_lr
+        return rift
 
 
 def _q_rank(text: str) -> int | None:
