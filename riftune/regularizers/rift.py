@@ -783,7 +783,9 @@ class RIFT(Regularizer):
             default=None,
             metavar="LR",
             help="--rift-q learned: the learning rate of Q's reflectors (AdamW, no weight "
-            "decay, the same schedule as the model) (default: --head-lr)",
+            "decay, the model's schedule). Q enters the loss only through lam * penalty and "
+            "AdamW's steps ignore the scale of the gradient, so this, not --lam, sets how fast "
+            "Q turns (default: --head-lr)",
         )
         parser.add_argument(
             "--rift-stats",
