@@ -237,8 +237,21 @@ def validate(args: argparse.Namespace) -> None:
             "frozen, so its features stay the pretrained ones; use --reg none or l2sp, or a "
             "method that trains the backbone"
         )
+    _check_regularizer_flags(reg, args)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass only one")
+
+
+def _check_regularizer_flags(reg: type[regularizers.Regularizer], args: argparse.Namespace) -> None:
+    """Build the regularizer once from its flags, so a bad value or combination stops the run
+    before its folder is written. The embedding size d comes with the model later; no flag check
+    depends on it, so a stand-in d = 1 serves."""
+    try:
+        reg.from_args(args, dim=1)
+    except UserError:
+        raise
+    except ValueError as error:
+        raise UserError(f"--reg {args.reg}: {error}") from None
 
 
 def resolved(args: argparse.Namespace) -> dict:

@@ -119,6 +119,27 @@ def test_batch_too_small_for_rift(tmp_path, capsys, medmnist_dir):
     _fails(capsys, argv, "--batch-size", "rift")
 
 
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        ("--reg l2sp --l2sp-beta-ratio -1", "--l2sp-beta-ratio"),
+        ("--reg delta --delta-attention-images 0", "--delta-attention-images"),
+        ("--reg rift --rift-momentum 0", "momentum"),
+        ("--reg rift --rift-q learned --rift-q-rank 3", "rank"),
+        ("--reg rift --rift-q optimal --rift-q-lr 1e-4", "--rift-q-lr"),
+        ("--reg rift --rift-match paired --rift-stats ema", "ema"),
+    ],
+)
+def test_bad_regularizer_flags_stop_before_the_run_folder(
+    tmp_path, capsys, medmnist_dir, flags, needle
+):
+    argv = ["finetune", "--data-root", str(medmnist_dir), *flags.split(), "--out",
+            str(tmp_path / "o"), *TINY]  # fmt: skip
+    line = _fails(capsys, argv, needle)
+    assert line.count("--reg") == 1, line
+    assert not (tmp_path / "o").exists()  # the corrected command can use the same --out
+
+
 @pytest.mark.parametrize("reg", ["rift", "cka", "feature-distill", "delta"])
 def test_representation_penalty_with_a_frozen_backbone(tmp_path, capsys, medmnist_dir, reg):
     argv = ["finetune", "--data-root", str(medmnist_dir), "--method", "linear", "--reg", reg,

@@ -839,11 +839,11 @@ class RIFT(Regularizer):
     def from_args(cls, args: argparse.Namespace, dim: int) -> RIFT:
         """Build RIFT from the parsed ``--rift-*`` flags; bad combinations are UserErrors."""
         q_lr = args.rift_q_lr
-        if q_lr is not None and args.rift_q != "learned":
-            raise UserError(f"--rift-q-lr applies to --rift-q learned only, got {args.rift_q}")
-        if q_lr is not None and not (math.isfinite(q_lr) and q_lr > 0):
-            raise UserError(f"--rift-q-lr must be a positive number, got {q_lr}")
         try:
+            if q_lr is not None and args.rift_q != "learned":
+                raise ValueError(f"--rift-q-lr applies to --rift-q learned only, got {args.rift_q}")
+            if q_lr is not None and not (math.isfinite(q_lr) and q_lr > 0):
+                raise ValueError(f"--rift-q-lr must be a positive number, got {q_lr}")
             rift = cls(
                 dim,
                 match=args.rift_match,
