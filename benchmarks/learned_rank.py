@@ -1,17 +1,18 @@
-"""Two learned-Q variants of full finetuning, each from a finished CPU grid, at equal λ.
+"""Two RIFT variants of full finetuning, each from a finished CPU grid, at equal λ.
 
 Prints, for each dataset, matching and λ, the seed-0 runs of both (every λ ran with seed 0, so
 this compares the two at equal λ rather than at the λ each chose): validation and test AUC and
 CKA, then the mean difference (second minus first) over the pairs. With ``--rotations`` it also
 reads each run's newest progress checkpoint (the grid folders must still hold them: the
 committed copies keep only metrics.json and config.yaml) and prints how far the learned
-rotation moved: ‖Q − I‖_F and the largest rotation angle, from the largest singular value σ
-of Q − I (σ = 2·sin(θ/2)). By default it compares rank 64 (part 4) with all d (part 1):
+rotation moved (both variants must then learn Q): ‖Q − I‖_F and the largest rotation angle,
+from the largest singular value σ of Q − I (σ = 2·sin(θ/2)). By default it compares rank 64 (part 4) with all d (part 1):
 
     python benchmarks/learned_rank.py benchmarks/results/cpu_grid/full \\
         benchmarks/results/cpu_grid/learned_rank [--rotations]
 
-and with ``--variants`` any two, e.g. Q's learning rate 1e-3 (part 4) against 1e-4 (part 6):
+and with ``--variants`` any two (e.g. ``"rift[{match},identity]"`` of part 1), such as Q's
+learning rate 1e-3 (part 4) against 1e-4 (part 6):
 
     python benchmarks/learned_rank.py benchmarks/results/cpu_grid/learned_rank \\
         benchmarks/results/cpu_grid/q_lr --variants "rift[{match},learned,64]" \\
