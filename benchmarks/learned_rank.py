@@ -6,7 +6,8 @@ CKA, then the mean difference (second minus first) over the pairs. With ``--rota
 reads each run's newest progress checkpoint (the grid folders must still hold them: the
 committed copies keep only metrics.json and config.yaml) and prints how far the learned
 rotation moved (both variants must then learn Q): ‖Q − I‖_F and the largest rotation angle,
-from the largest singular value σ of Q − I (σ = 2·sin(θ/2)). By default it compares rank 64 (part 4) with all d (part 1):
+from the largest singular value σ of Q − I (σ = 2·sin(θ/2)). By default it compares rank 64
+(part 4) with all d (part 1):
 
     python benchmarks/learned_rank.py benchmarks/results/cpu_grid/full \\
         benchmarks/results/cpu_grid/learned_rank [--rotations]
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--names", nargs=2, default=["all", "64"], metavar=("FIRST", "SECOND"))
     parser.add_argument("--rotations", action="store_true", help="also read the checkpoints")
     args = parser.parse_args()
+    if args.names[0] == args.names[1]:
+        parser.error("--names must differ: they label the two variants' columns")
     grids = dict(zip(args.names, (args.first_grid, args.second_grid), strict=True))
     templates = dict(zip(args.names, args.variants, strict=True))
     pair = " / ".join(args.names)
