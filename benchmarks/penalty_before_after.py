@@ -36,18 +36,17 @@ VARIANTS = [  # (match, q, stats)
 ]
 
 
-def rift_module_at(rev: str):
-    """riftune/regularizers/rift.py at ``rev``, imported as a separate module."""
+def module_at(rev: str, path: str = "riftune/regularizers/rift.py"):
+    """``path`` (a regularizer's module) at ``rev``, imported as a separate module."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:riftune/regularizers/rift.py"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "rift_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("rift_before", path)
+        ["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True
+    ).stdout
+    copy = Path(tempfile.mkdtemp()) / f"before_{Path(path).name}"
+    copy.write_text(source)
+    spec = importlib.util.spec_from_file_location(copy.stem, copy)
     module = importlib.util.module_from_spec(spec)
     register = base.register
-    base.register = lambda cls: cls  # the name "rift" is registered already
+    base.register = lambda cls: cls  # the regularizer's name is registered already
     try:
         spec.loader.exec_module(module)
     finally:
@@ -71,7 +70,7 @@ def main() -> None:
     reference = torch.randn(4 * d, d) @ (torch.randn(d, d) / d**0.5)  # a correlated spectrum
     z0 = torch.randn(n, d)
     penalties = {}
-    for version, module in (("before", rift_module_at(args.rev)), ("now", current)):
+    for version, module in (("before", module_at(args.rev)), ("now", current)):
         for match, q, stats in VARIANTS:
             reg = module.RIFT(d, match=match, q=q, stats=stats)
             if match == "covariance":

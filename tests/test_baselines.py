@@ -35,7 +35,7 @@ from riftune.regularizers.delta import (
     fit_linear_probe,
 )
 from riftune.regularizers.feature_distill import FeatureDistill
-from riftune.regularizers.l2sp import L2SP
+from riftune.regularizers.l2sp import L2SP, squared_distance
 
 IMG = 32
 
@@ -206,6 +206,58 @@ def test_l2sp_parameters_added_after_prepare_are_new_layers():
         L2SP().penalty(StepInputs(torch.zeros(1, 5), model=model))
     with pytest.raises(ValueError, match=r"StepInputs\.model"):
         reg.penalty(StepInputs(torch.zeros(1, 5)))
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_squared_distance_matches_the_per_tensor_sum(anchored):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 4), ()]
+    dtypes = [torch.float32, torch.float32, torch.float64, torch.float32]  # mixed: unfused path
+    params = [
+        torch.randn(s, generator=gen, dtype=t).requires_grad_()
+        for s, t in zip(shapes, dtypes, strict=True)
+    ]
+    anchors = [torch.randn(s, generator=gen, dtype=t) for s, t in zip(shapes, dtypes, strict=True)]
+    fused = squared_distance(params, anchors if anchored else None)
+    fused_grads = torch.autograd.grad(3 * fused, params)
+    offsets = anchors if anchored else [torch.zeros_like(p) for p in params]
+    plain = sum(
+        (p.float() - a.float()).square().sum() for p, a in zip(params, offsets, strict=True)
+    )
+    plain_grads = torch.autograd.grad(3 * plain, params)
+    assert fused.dtype == torch.float32
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
+    for got, want, param in zip(fused_grads, plain_grads, params, strict=True):
+        assert got.dtype == param.dtype
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_l2sp_follows_what_trains_and_a_replaced_head():
+    model = tiny_classifier()
+    reg = L2SP(beta_ratio=0.5)
+    reg.prepare(view(model, torch.zeros(1, 5)))
+    _perturb(model)
+    step = StepInputs(torch.zeros(1, 5), model=model)
+
+    def expected() -> float:
+        backbone = sum(
+            (p.detach() - reg.anchor[n]).square().sum()
+            for n, p in model.backbone.named_parameters()
+            if p.requires_grad
+        )
+        head = sum(p.detach().square().sum() for p in model.head.parameters() if p.requires_grad)
+        return float(backbone + 0.5 * head)
+
+    assert reg.penalty(step).item() == pytest.approx(expected(), rel=1e-5)
+    model.backbone.requires_grad_(False)  # linear probing, then (LP-FT) unfrozen again
+    assert reg.penalty(step).item() == pytest.approx(expected(), rel=1e-5)
+    model.backbone.requires_grad_(True)
+    assert reg.penalty(step).item() == pytest.approx(expected(), rel=1e-5)
+    model.head = nn.Linear(model.head.in_features, 3)  # a new head, new parameter objects
+    value = reg.penalty(step)
+    assert value.item() == pytest.approx(expected(), rel=1e-5)
+    value.backward()
+    assert model.head.weight.grad is not None
 
 
 def _mlp() -> nn.Sequential:
