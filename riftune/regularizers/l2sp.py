@@ -166,7 +166,7 @@ def squared_distance(
     return _SquaredDistance.apply(len(params), *params, *anchors)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Terms:
     """The trainable parameters of a model sorted into the terms of Ω (module docstring).
 
@@ -201,7 +201,7 @@ class L2SP(Regularizer):
         self.anchor = BufferDict()
         # (which parameters and which of them train, their _Terms): rebuilt when either changes
         self._terms_cache: tuple[tuple, _Terms] | None = None
-        self.register_load_state_dict_post_hook(lambda module, _: module._forget_terms())
+        self.register_load_state_dict_post_hook(_forget_terms)
 
     @classmethod
     def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
@@ -224,10 +224,7 @@ class L2SP(Regularizer):
         for name, param in backbone.named_parameters():
             if param.is_floating_point() and id(param) not in factors:
                 self.anchor[canonical_name(name)] = param.detach().clone()
-        self._forget_terms()
-
-    def _forget_terms(self) -> None:
-        self._terms_cache = None
+        _forget_terms(self)
 
     def _terms(self, model: nn.Module) -> _Terms:
         """``model``'s parameters sorted into Ω's terms, reused while the trainable set stays."""
@@ -285,3 +282,8 @@ class L2SP(Regularizer):
                 sp = sp + (weight - self.anchor[key].float()).square().sum()
             new = squared_distance(terms.new) if terms.new else zero
             return sp + self.beta_ratio * new
+
+
+def _forget_terms(module: L2SP, incompatible_keys: object = None) -> None:
+    """Drop ``module``'s cached _Terms: its snapshot changed (prepare, load_state_dict)."""
+    module._terms_cache = None
