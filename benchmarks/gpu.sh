@@ -12,6 +12,13 @@
 # Results land in $OUT: bench_*.json, bench_*.txt, e2e* (end to end). (The GPU comparison grid of
 # RESULTS.md, benchmarks/grid_gpu.yaml, ran in an earlier version of this script; the CPU grid
 # now covers the comparison: `riftune compare --out runs/gpu_grid --grid benchmarks/grid_gpu.yaml`.)
+#
+# The device image runs riftune from PYTHONPATH with its own torch, older than ours: the device
+# tool lists torch 2.11.0 and torchvision 0.26.0. Checked on the 2-core CPU machine, 2026-11-27,
+# with those two and timm 1.0.31 in a venv (riftune's other dependencies and test extras from
+# pyproject.toml, then `pip install --no-deps -e .`): the whole test suite passed, and this
+# script's bench (ResNet-50, 5 variants) and finetune commands ran with `--device cpu` at small
+# sizes, bf16 autocast included. Not checked: Python 3.12 (the image's; none here) and CUDA.
 set -uo pipefail
 OUT=${OUT:-/tmp/riftune-gpu}
 mkdir -p "$OUT"
