@@ -270,16 +270,12 @@ class L2SP(Regularizer):
         terms = self._terms(step.model)
         with torch.autocast(device_type=step.embeddings.device.type, enabled=False):
             zero = step.embeddings.new_zeros((), dtype=torch.float32)
-            sp = zero
-            if terms.anchored:
-                anchors = [self.anchor[key] for key in terms.anchor_keys]
-                sp = squared_distance(terms.anchored, anchors)
-            for key, param, layer in terms.lora:
-                weight = param.float()
+            weights, anchors = list(terms.anchored), [self.anchor[k] for k in terms.anchor_keys]
+            for key, param, layer in terms.lora:  # the effective weight W₀ + ΔW
                 delta = adapter_delta(layer)
-                if delta is not None:
-                    weight = weight + delta.float()
-                sp = sp + (weight - self.anchor[key].float()).square().sum()
+                weights.append(param if delta is None else param.float() + delta.float())
+                anchors.append(self.anchor[key])
+            sp = squared_distance(weights, anchors) if weights else zero
             new = squared_distance(terms.new) if terms.new else zero
             return sp + self.beta_ratio * new
 
