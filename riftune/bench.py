@@ -35,43 +35,40 @@ from pathlib import Path
 import torch
 
 from riftune import distributed, regularizers
-from riftune.engine import autocast_dtype
+from riftune.config import RegularizerConfig
+from riftune.engine.build import autocast_dtype, build_optimizer, build_teacher
 from riftune.models import build_classifier
+from riftune.options import from_mapping
 from riftune.regularizers import PretrainedView
 from riftune.report import summary_table
 from riftune.schedule import warmup_cosine
-from riftune.step import Teacher, TrainStep
+from riftune.step import TrainStep
 from riftune.tuning import get as get_method
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A regularizer configuration to time: a label and the flags that build it."""
+    """A regularizer configuration to time: a label, the regularizer and its options (by the
+    field names of its ``Options``, e.g. ``{"match": "paired"}`` for ``--rift-match paired``)."""
 
     label: str
     reg: str
-    flags: dict
+    options: dict
 
     def build(self, dim: int) -> regularizers.Regularizer:
-        from riftune.config import finetune_parser
-
-        args = finetune_parser().parse_args(["--reg", self.reg])
-        for key, value in self.flags.items():
-            setattr(args, key, value)
-        return regularizers.get(self.reg).from_args(args, dim)
+        options = regularizers.get(self.reg).Options
+        config = RegularizerConfig(self.reg, None, from_mapping(options, self.options, self.label))
+        return config.build(dim)
 
 
 # learned Q as a rotation of all d dimensions and of rank 64 (``--rift-q-rank``)
-_LEARNED_RANKS = {"q=learned rank=d": None, "q=learned rank=64": 64}
+_LEARNED_RANKS = {"q=learned rank=d": "all", "q=learned rank=64": 64}
 
 
 def _rotations() -> list[tuple[str, dict]]:
-    """(label, flags) of each Q: identity, learned (all of ℝᵈ and rank 64), optimal."""
-    learned = [
-        (label, {"rift_q": "learned", "rift_q_rank": rank})
-        for label, rank in _LEARNED_RANKS.items()
-    ]
-    return [("q=identity", {"rift_q": "identity"}), *learned, ("q=optimal", {"rift_q": "optimal"})]
+    """(label, options) of each Q: identity, learned (all of ℝᵈ and rank 64), optimal."""
+    learned = [(label, {"q": "learned", "q_rank": rank}) for label, rank in _LEARNED_RANKS.items()]
+    return [("q=identity", {"q": "identity"}), *learned, ("q=optimal", {"q": "optimal"})]
 
 
 def default_variants() -> list[Variant]:
@@ -83,7 +80,7 @@ def default_variants() -> list[Variant]:
                 Variant(
                     f"rift covariance {q_label} stats={stats}",
                     "rift",
-                    {"rift_match": "covariance", "rift_stats": stats, **q_flags},
+                    {"match": "covariance", "stats": stats, **q_flags},
                 )
             )
     for q_label, q_flags in _rotations():
@@ -92,7 +89,7 @@ def default_variants() -> list[Variant]:
                 Variant(
                     f"rift paired {q_label} ref={source}",
                     "rift",
-                    {"rift_match": "paired", "rift_reference": source, **q_flags},
+                    {"match": "paired", "reference": source, **q_flags},
                 )
             )
     for source in ("teacher", "cache"):
@@ -117,19 +114,8 @@ class _Runner:
         reg = variant.build(model.num_features)
         reg.prepare(PretrainedView(model=model, train_embeddings=cache.cpu()))
         reg.to(ctx.device)
-        optimizer = torch.optim.AdamW(
-            method.param_groups(model, backbone_lr=lr, head_lr=lr)
-            + [{"params": list(reg.parameters()), "lr": lr, "weight_decay": 0.0}],
-            lr=lr,
-        )
-        teacher = None
-        if reg.reference == "teacher" or reg.needs_feature_maps:
-            switch = method.pretrained_forward(model)
-            teacher = Teacher(
-                model,
-                (lambda: method.pretrained_forward(model)) if switch is not None else None,
-                feature_layers=reg.feature_layers if reg.needs_feature_maps else None,
-            )
+        optimizer = build_optimizer(method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01)
+        teacher = build_teacher(reg, method, model)
         self.step = TrainStep(
             model,
             reg,
@@ -316,8 +302,10 @@ def bench_scaling(args: argparse.Namespace) -> list[dict]:
         row = {"d": d, "n": n}
         for match in ("covariance", "paired"):
             for q_label, q_flags in _rotations():
-                q, rank = q_flags["rift_q"], q_flags.get("rift_q_rank")
-                rift = regularizers.RIFT(d, match=match, q=q, q_rank=rank).to(device)
+                rank = q_flags.get("q_rank", regularizers.rift.DEFAULT_Q_RANK)
+                rift = regularizers.RIFT(
+                    d, match=match, q=q_flags["q"], q_rank=None if rank == "all" else rank
+                ).to(device)
                 rift.fit_reference(reference)
                 inputs = (z,) if match == "covariance" else (z, ref_batch)
                 call = functools.partial(rift, *inputs)

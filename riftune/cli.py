@@ -11,14 +11,22 @@ import json
 import sys
 from collections.abc import Sequence
 
-from riftune import config as config_module
-from riftune.errors import UserError
+from riftune import __version__
+from riftune.config import add_finetune_flags
+from riftune.errors import ArgumentParser, UserError
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    import yaml
+
+    from riftune.config import run_config_from_args
     from riftune.engine import finetune
 
-    finetune(args)
+    config = run_config_from_args(args)
+    if getattr(args, "print_config", False):
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    finetune(config)
     return 0
 
 
@@ -82,20 +90,22 @@ def _runtime_failure(error: Exception) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="riftune",
         description="Finetune pretrained vision models on small medical datasets while keeping "
         "their pretrained representations (RIFT and baselines).",
     )
+    parser.add_argument("--version", action="version", version=f"riftune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     finetune = commands.add_parser(
         "finetune",
         help="finetune a backbone on a dataset with a method and a regularizer",
         description="Finetune --backbone on --data with --method and --reg; writes config.yaml, "
-        "metrics.json, history.csv, checkpoints/ and figures to --out.",
+        "metrics.json, history.csv, checkpoints/ and figures to --out. Options of methods and "
+        "regularizers other than the chosen ones are accepted and ignored.",
     )
-    config_module.add_finetune_arguments(finetune)
+    add_finetune_flags(finetune)
     finetune.set_defaults(handler=_finetune)
 
     evaluate = commands.add_parser(
@@ -164,12 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "compare":
-        args.passthrough = unknown
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, unknown = build_parser().parse_known_args(argv)
+        if args.command == "compare":
+            args.passthrough = unknown
+        elif unknown:
+            raise UserError(f"unrecognized arguments: {' '.join(unknown)}")
+    except UserError as error:
+        if "--debug" in argv:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except UserError as error:

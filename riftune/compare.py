@@ -30,8 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from riftune import config as config_module
 from riftune import report
+from riftune.config import finetune_parser, run_config_from_args
+from riftune.config.run import flag_targets
 from riftune.errors import UserError
 from riftune.run_dir import RunDir
 
@@ -51,13 +52,13 @@ class RegularizerVariant:
         return self.name + (f"[{self.label}]" if self.label else "")
 
 
-def parse_variant(text: str, parser: argparse.ArgumentParser) -> RegularizerVariant:
+def parse_variant(text: str) -> RegularizerVariant:
     """``rift[match=paired,q=optimal]`` -> the flags ``--reg rift --rift-match paired ...``."""
     match = _VARIANT.match(text.strip())
     if match is None:
         raise UserError(f"cannot read regularizer {text!r}; write NAME or NAME[key=value,...]")
     name = match["name"]
-    known = {opt for action in parser._actions for opt in action.option_strings}
+    known = {"--" + dest.replace("_", "-") for dest in flag_targets()}
     flags: list[str] = ["--reg", name]
     values = []
     for item in filter(None, (match["options"] or "").split(",")):
@@ -226,10 +227,16 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
     unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
     if unknown:
         raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
-    parser = config_module.finetune_parser()
-    for dataset_flags in flags.values():  # refuse bad flags before running anything
-        parser.parse_args(dataset_flags)
-    variants = [parse_variant(text, parser) for text in grid["regs"]]
+    variants = [parse_variant(text) for text in grid["regs"]]
+    parser = finetune_parser()
+    for dataset, dataset_flags in flags.items():  # refuse bad flags before running anything
+        for method in grid["methods"]:
+            for variant in variants:
+                run_config_from_args(
+                    parser.parse_args(
+                        [*dataset_flags, "--data", dataset, "--method", method, *variant.flags]
+                    )
+                )
     log = (
         (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     )

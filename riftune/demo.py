@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from riftune import config as config_module
+from riftune.config import RunConfig
 from riftune.engine import finetune
 from riftune.report import summary_table
 
@@ -24,37 +24,32 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def demo_config(args: argparse.Namespace, method: str, reg: str) -> RunConfig:
+    """One of the demo's runs: the default recipe with the demo's epochs, size and seed."""
+    return RunConfig.from_dict(
+        {
+            "data": {"data": args.data, "data_root": args.data_root, "img_size": args.img_size},
+            "method": {"name": method},
+            "regularizer": {"name": reg},
+            "training": {"epochs": args.epochs, "seed": args.seed, "device": args.device},
+            # the demo's table has no Hessian column; save the time
+            "evaluation": {"hessian_iters": 0},
+            "output": {
+                "out": str(Path(args.out) / f"{method}-{reg}"),
+                "overwrite": True,
+                "quiet": args.quiet,
+                "debug": args.debug,
+            },
+        }
+    )
+
+
 def run_demo(args: argparse.Namespace) -> str:
     """Run both configurations (replacing earlier demo runs in ``--out``); a Markdown table."""
     rows = []
     for method, reg in DEMO_RUNS:
-        run_args = config_module.finetune_parser().parse_args(
-            [
-                "--data",
-                args.data,
-                "--method",
-                method,
-                "--reg",
-                reg,
-                "--epochs",
-                str(args.epochs),
-                "--img-size",
-                str(args.img_size),
-                "--seed",
-                str(args.seed),
-                "--device",
-                args.device,
-                "--out",
-                str(Path(args.out) / f"{method}-{reg}"),
-                "--overwrite",
-                "--hessian-iters",
-                "0",  # the demo's table has no Hessian column; save the time
-            ]
-            + (["--data-root", args.data_root] if args.data_root else [])
-            + (["--quiet"] if args.quiet else [])
-        )
-        run_args.debug = args.debug
-        metrics = finetune(run_args)
+        config = demo_config(args, method, reg)
+        metrics = finetune(config)
         rows.append(
             {
                 "run": f"{method} + {reg}",
@@ -62,7 +57,7 @@ def run_demo(args: argparse.Namespace) -> str:
                 "auc": metrics["test"]["auc"],
                 "cka": metrics["test"]["cka"],
                 "seconds": metrics["wall_seconds"],
-                "folder": run_args.out,
+                "folder": config.output.out,
             }
         )
     table = summary_table(

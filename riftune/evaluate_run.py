@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from riftune import checkpoint as ckpt
-from riftune import config as config_module
 from riftune import distributed
+from riftune.config import RunConfig, read_config
 from riftune.data import DatasetSplits
 from riftune.engine import autocast_dtype, build_model_and_data
 from riftune.errors import UserError
@@ -25,7 +24,7 @@ class FinishedRun:
     """A finished run rebuilt from its config.yaml, with its best checkpoint loaded."""
 
     run_dir: RunDir
-    args: argparse.Namespace
+    config: RunConfig
     ctx: distributed.DistributedContext
     amp_dtype: torch.dtype | None
     model: Classifier
@@ -40,15 +39,13 @@ def load_finished_run(run: str | Path, device: str = "auto") -> FinishedRun:
     best = ckpt.checkpoint_path(run_dir.checkpoints, ckpt.BEST)
     if not best.is_file():
         raise UserError(f"{best} not found; is {run_dir.root} a finished riftune run?")
-    stored = config_module.read_config(run_dir.config)
-    args = config_module.namespace_from_config(stored, config_module.finetune_parser())
-    args.device = device
+    config = read_config(run_dir.config)
     ctx = distributed.setup(device)
-    amp_dtype = autocast_dtype(args.amp, ctx.device)
-    model, data, pretrained, method = build_model_and_data(args, ctx, amp_dtype)
+    amp_dtype = autocast_dtype(config.training.amp, ctx.device)
+    model, data, pretrained, method = build_model_and_data(config, ctx, amp_dtype)
     tensors, meta = ckpt.load_checkpoint(best)
     model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])
-    return FinishedRun(run_dir, args, ctx, amp_dtype, model, data, pretrained, method)
+    return FinishedRun(run_dir, config, ctx, amp_dtype, model, data, pretrained, method)
 
 
 def evaluate_run(run: str | Path, device: str = "auto") -> dict:
@@ -57,7 +54,7 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     The result reproduces the ``test`` and ``val`` entries of the run's metrics.json.
     """
     r = load_finished_run(run, device)
-    results, _ = final_metrics(r.model, r.data, r.pretrained, r.args, r.ctx, r.amp_dtype)
+    results, _ = final_metrics(r.model, r.data, r.pretrained, r.config, r.ctx, r.amp_dtype)
     if r.ctx.is_main:
         write_json_atomic(results, r.run_dir.root / "evaluation.json")
     return results

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import BatchSampler
 
+from riftune.config import RunConfig
 from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler, load_dataset
 from riftune.distributed import DistributedContext
 from riftune.metrics import (
@@ -108,7 +109,7 @@ def _task_loss(model: Classifier, batch) -> torch.Tensor:
 
 
 def landscape_metrics(
-    model: Classifier, train: ImageTensorDataset, args, ctx: DistributedContext
+    model: Classifier, train: ImageTensorDataset, config: RunConfig, ctx: DistributedContext
 ) -> dict[str, float]:
     """Sharpness and top Hessian eigenvalue of the task loss (cross-entropy, no regularizer).
 
@@ -119,37 +120,38 @@ def landscape_metrics(
     the Hessian eigenvalue comes from ``--hessian-iters`` power iterations. Both run in eval
     mode (BatchNorm running statistics) over the parameters the method trained, in float32.
     """
+    ev, batch_size, seed = config.evaluation, config.training.batch_size, config.training.seed
     # whole batches only, as many on every rank, so the result is independent of world size
-    per_round = args.batch_size * ctx.world_size
-    count = min(args.landscape_images, len(train)) // per_round * per_round
-    if count == 0 or (args.sharpness_rho <= 0 and args.hessian_iters <= 0):
+    per_round = batch_size * ctx.world_size
+    count = min(ev.landscape_images, len(train)) // per_round * per_round
+    if count == 0 or (ev.sharpness_rho <= 0 and ev.hessian_iters <= 0):
         return {}
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]
     plain = train.without_augmentation()
     batches = [
-        plain.batch(order[start : start + args.batch_size].tolist())
-        for start in range(0, count, args.batch_size)
+        plain.batch(order[start : start + batch_size].tolist())
+        for start in range(0, count, batch_size)
     ]
     device = ctx.device
     mine = [tuple(t.to(device) for t in b) for b in batches[ctx.rank :: ctx.world_size]]
     out = {}
-    if args.sharpness_rho > 0:
+    if ev.sharpness_rho > 0:
         out["sharpness"] = sharpness(
-            model, _task_loss, mine, rho=args.sharpness_rho, steps=args.sharpness_steps,
-            adaptive=True, seed=args.seed,
+            model, _task_loss, mine, rho=ev.sharpness_rho, steps=ev.sharpness_steps,
+            adaptive=True, seed=seed,
         )  # fmt: skip
-    if args.hessian_iters > 0:
+    if ev.hessian_iters > 0:
         # Hessian-vector products need a double backward, which only the math kernel of
         # scaled-dot-product attention has on every device
         with sdpa_kernel(SDPBackend.MATH):
             out["hessian_top_eig"] = hessian_top_eigenvalue(
-                model, _task_loss, mine, iters=args.hessian_iters, seed=args.seed
+                model, _task_loss, mine, iters=ev.hessian_iters, seed=seed
             )
     return out
 
 
 def transfer_metrics(
-    model: Classifier, args, ctx: DistributedContext, amp_dtype: torch.dtype | None
+    model: Classifier, config: RunConfig, ctx: DistributedContext, amp_dtype: torch.dtype | None
 ) -> dict[str, float]:
     """Retained generalizability on ``--transfer-data``: finetuned vs pretrained embeddings.
 
@@ -157,27 +159,27 @@ def transfer_metrics(
     its train split (``--transfer-shots`` images per class when given) as memory, and the accuracy of a linear probe (L2 logistic regression)
     trained on its train split; ``retained`` = finetuned / pretrained for each.
     """
-    cfg = model.pretrained_cfg
+    norm, ev, seed = model.pretrained_cfg, config.evaluation, config.training.seed
     other = load_dataset(
-        args.transfer_data, data_root=args.data_root, img_size=args.img_size,
-        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), seed=args.seed,
-        shots=args.transfer_shots,
+        ev.transfer_data, data_root=config.data.data_root, img_size=config.data.img_size,
+        mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=seed, shots=ev.transfer_shots,
     )  # fmt: skip
     pretrained = build_classifier(
-        args.backbone, num_classes=1, pretrained=not args.no_pretrained, img_size=args.img_size
+        config.model.backbone,
+        num_classes=1,
+        pretrained=config.model.pretrained,
+        img_size=config.data.img_size,
     ).to(ctx.device)
     scores: dict[str, dict[str, float]] = {}
     for name, net in (("finetuned", model), ("pretrained", pretrained)):
         train = collect(
-            net, eval_loader(other.train, args.eval_batch_size, ctx), ctx.device, amp_dtype
+            net, eval_loader(other.train, ev.eval_batch_size, ctx), ctx.device, amp_dtype
         )
-        test = collect(
-            net, eval_loader(other.test, args.eval_batch_size, ctx), ctx.device, amp_dtype
-        )
+        test = collect(net, eval_loader(other.test, ev.eval_batch_size, ctx), ctx.device, amp_dtype)
         scores[name] = {
             "knn": knn_accuracy(train.embeddings, train.labels, test.embeddings, test.labels, k=20),
             "probe": linear_probe_accuracy(
-                train.embeddings, train.labels, test.embeddings, test.labels, seed=args.seed
+                train.embeddings, train.labels, test.embeddings, test.labels, seed=seed
             ),
         }
     ft, pre = scores["finetuned"], scores["pretrained"]
@@ -197,21 +199,20 @@ def final_metrics(
     model: Classifier,
     data,
     pretrained: PretrainedEmbeddings,
-    args,
+    config: RunConfig,
     ctx: DistributedContext,
     amp_dtype: torch.dtype | None,
 ) -> tuple[dict, EvalResult]:
     """metrics.json's evaluation part for the selected checkpoint (also ``riftune evaluate``)."""
+    batch = config.evaluation.eval_batch_size
     test = evaluate_split(
-        model, eval_loader(data.test, args.eval_batch_size, ctx), pretrained.test, ctx, amp_dtype
+        model, eval_loader(data.test, batch, ctx), pretrained.test, ctx, amp_dtype
     )
-    val = evaluate_split(
-        model, eval_loader(data.val, args.eval_batch_size, ctx), pretrained.val, ctx, amp_dtype
-    )
+    val = evaluate_split(model, eval_loader(data.val, batch, ctx), pretrained.val, ctx, amp_dtype)
     metrics = {
-        "test": {**test.scalars(), **landscape_metrics(model, data.train, args, ctx)},
+        "test": {**test.scalars(), **landscape_metrics(model, data.train, config, ctx)},
         "val": val.scalars(),
     }
-    if args.transfer_data:
-        metrics["transfer"] = transfer_metrics(model, args, ctx, amp_dtype)
+    if config.evaluation.transfer_data:
+        metrics["transfer"] = transfer_metrics(model, config, ctx, amp_dtype)
     return metrics, test

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from riftune.engine.build import build_pretrained_classifier
 from riftune.errors import UserError
 from riftune.evaluate_run import load_finished_run
 from riftune.evaluation import eval_loader, evaluate_split
-from riftune.models import build_classifier
 from riftune.run_dir import write_json_atomic
 
 
@@ -63,12 +63,10 @@ def parse_alphas(text: str) -> list[float]:
 def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[dict]:
     """Evaluate θ_α for each α on the run's validation and test splits; writes wise_ft.json."""
     r = load_finished_run(run, device)
-    args, ctx, amp_dtype, model = r.args, r.ctx, r.amp_dtype, r.model
+    ctx, amp_dtype, model = r.ctx, r.amp_dtype, r.model
     finetuned_state = r.method.merged_backbone_state(model)
 
-    plain = build_classifier(
-        args.backbone, num_classes=1, pretrained=not args.no_pretrained, img_size=args.img_size
-    )
+    plain = build_pretrained_classifier(r.config)
     pretrained_state = plain.backbone.state_dict()
     plain.head = model.head
     plain.to(ctx.device)
@@ -81,7 +79,7 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
             ("val", r.data.val, r.pretrained.val),
             ("test", r.data.test, r.pretrained.test),
         ):
-            loader = eval_loader(split, args.eval_batch_size, ctx)
+            loader = eval_loader(split, r.config.evaluation.eval_batch_size, ctx)
             result = evaluate_split(plain, loader, reference, ctx, amp_dtype)
             row.update(result.prefixed(f"{name}."))
         rows.append(row)

@@ -7,19 +7,21 @@ from the pretrained model, and then calls once per step:
 
 What it needs from the engine it declares through class attributes, so the engine does only
 the work a regularizer asks for (no frozen teacher pass unless ``reference == "teacher"``).
-A new regularizer is one new file: subclass :class:`Regularizer`, decorate it with
-:func:`register`, and import the module in ``riftune/regularizers/__init__.py``.
+A new regularizer is one new file: subclass :class:`Regularizer`, declare its ``Options``
+(flags and config.yaml follow from them), decorate it with :func:`register`, and import the
+module in ``riftune/regularizers/__init__.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
+
+from riftune.options import NoOptions, Section
 
 ReferenceSource = Literal["cache", "teacher"]
 
@@ -97,14 +99,14 @@ class Regularizer(nn.Module):
     penalizes_features_only: ClassVar[bool] = False
     param_lr: float | None = None
 
-    @classmethod
-    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
-        """Add this regularizer's own command-line flags (prefixed with its name)."""
+    Options: ClassVar[type[Section]] = NoOptions
+    """This regularizer's options: a :class:`~riftune.options.Section` dataclass whose fields
+    become its flags (``--NAME-FIELD``) and its part of config.yaml."""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> Regularizer:
-        """Build an instance from parsed flags; ``dim`` is the embedding size d."""
-        return cls()
+    def from_options(cls, options: Section, dim: int) -> Regularizer:
+        """Build an instance from its checked options; ``dim`` is the embedding size d."""
+        return cls(**options.to_dict())
 
     def prepare(self, pretrained: PretrainedView) -> None:
         """Called once before training, e.g. to fit reference statistics."""

@@ -22,27 +22,28 @@ without augmentation, at no per-step cost).
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from riftune.metrics.similarity import linear_cka
+from riftune.options import Section, option
 from riftune.regularizers.base import Regularizer, StepInputs, register
 from riftune.stats import gather_global_batch
 
 REFERENCE_CHOICES = ("teacher", "cache")
 
 
-def add_reference_argument(parser: argparse._ArgumentGroup) -> None:
-    """Add ``--reference {teacher,cache}`` once, whichever paired regularizer asks first."""
-    if "--reference" in parser._option_string_actions:
-        return
-    parser.add_argument(
-        "--reference",
-        choices=REFERENCE_CHOICES,
-        default="teacher",
-        help="pretrained embeddings for cka and feature-distill: a frozen forward pass of each "
-        "batch (teacher, the published form) or the per-sample cache (default: teacher)",
+@dataclass
+class ReferenceOptions(Section):
+    """``--reference``, shared by ``cka`` and ``feature-distill``."""
+
+    reference: Literal["teacher", "cache"] = option(
+        "teacher",
+        "pretrained embeddings for cka and feature-distill: a frozen forward pass of each "
+        "batch (teacher, the published form) or the per-sample cache",
+        flag="--reference",
     )
 
 
@@ -85,13 +86,7 @@ class ReferencePenalty(Regularizer):
             raise ValueError(f"reference must be one of {REFERENCE_CHOICES}; got {reference!r}")
         self.reference = reference
 
-    @classmethod
-    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
-        add_reference_argument(parser)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> ReferencePenalty:
-        return cls(reference=args.reference)
+    Options = ReferenceOptions
 
 
 @register

@@ -33,10 +33,11 @@ default layers: seconds on a GPU, minutes on a few CPU cores), paid once before 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,7 @@ from riftune.models.feature_maps import (
     resolve_layer,
 )
 from riftune.modes import eval_mode
+from riftune.options import Section, option, positive
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.l2sp import BufferDict
 
@@ -218,26 +220,27 @@ class Delta(Regularizer):
         self.attention_images = attention_images
         self.attention = BufferDict()
 
-    @classmethod
-    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
-        parser.add_argument(
-            "--delta-layers",
-            default=None,
-            help="delta: comma-separated backbone module names whose outputs are regularized "
+    @dataclass
+    class Options(Section):
+        """``--delta-*``."""
+
+        flag_prefix: ClassVar[str] = "delta"
+        layers: str | None = option(
+            None,
+            "delta: comma-separated backbone module names whose outputs are regularized "
             "(default: last block of each timm stage; ViT blocks at 1/4, 1/2, 3/4, end)",
         )
-        parser.add_argument(
-            "--delta-attention-images",
-            type=int,
-            default=128,
-            help="delta: training images used once to estimate the channel attention; costs "
-            "one forward pass per image and channel (default: 128)",
+        attention_images: int = option(
+            128,
+            "delta: training images used once to estimate the channel attention; costs one "
+            "forward pass per image and channel",
+            check=positive,
         )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> Delta:
-        layers = [n.strip() for n in args.delta_layers.split(",")] if args.delta_layers else None
-        return cls(layers=layers, attention_images=args.delta_attention_images)
+    def from_options(cls, options: Options, dim: int) -> Delta:
+        layers = [n.strip() for n in options.layers.split(",")] if options.layers else None
+        return cls(layers=layers, attention_images=options.attention_images)
 
     def prepare(self, pretrained: PretrainedView) -> None:
         """Choose the layers (if not given) and compute the channel attention once.

@@ -41,14 +41,14 @@ several kernels per tensor, which is what a launch-bound GPU step pays for.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
+from riftune.options import Section, non_negative, option
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 
 if TYPE_CHECKING:
@@ -203,19 +203,17 @@ class L2SP(Regularizer):
         self._terms_cache: tuple[tuple, _Terms] | None = None
         self.register_load_state_dict_post_hook(_forget_terms)
 
-    @classmethod
-    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
-        parser.add_argument(
-            "--l2sp-beta-ratio",
-            type=float,
-            default=0.1,
-            help="l2sp: weight of the plain L2 on the head relative to the starting-point "
-            "term, beta/alpha (default: 0.1, the paper's alpha=0.1, beta=0.01)",
-        )
+    @dataclass
+    class Options(Section):
+        """``--l2sp-beta-ratio``."""
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> L2SP:
-        return cls(beta_ratio=args.l2sp_beta_ratio)
+        flag_prefix: ClassVar[str] = "l2sp"
+        beta_ratio: float = option(
+            0.1,
+            "l2sp: weight of the plain L2 on the head relative to the starting-point term, "
+            "beta/alpha (0.1: the paper's alpha=0.1, beta=0.01)",
+            check=non_negative,
+        )
 
     def prepare(self, pretrained: PretrainedView) -> None:
         """Snapshot θ_b⁰: every floating-point backbone parameter but LoRA factors."""

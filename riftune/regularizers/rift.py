@@ -19,12 +19,22 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from riftune.errors import UserError
+from riftune.options import (
+    Section,
+    flag,
+    fraction,
+    non_negative,
+    option,
+    positive,
+    positive_finite,
+)
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.stats import StreamingMoments, gather_global_batch
 
@@ -747,131 +757,160 @@ class RIFT(Regularizer):
             return self(step.embeddings, step.reference)
         return self(step.embeddings)
 
-    @classmethod
-    def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
-        """Add the ``--rift-*`` flags."""
-        parser.add_argument(
-            "--rift-match",
-            choices=MATCHES,
-            default=CLI_DEFAULT_MATCH,
-            help="what RIFT matches: 'covariance' matches the batch covariance to the "
-            "pretrained covariance (no per-sample reference); 'paired' matches each sample's "
-            "embedding to its pretrained embedding, up to centering, scale and Q "
-            "(default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-q",
-            choices=ROTATIONS,
-            default=CLI_DEFAULT_Q,
-            help="the orthogonal map Q: 'identity' (none), 'learned' (one rotation trained "
-            "with the model) or 'optimal' (the best rotation per batch, in closed form) "
-            "(default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-q-rank",
-            type=_q_rank,
-            default=DEFAULT_Q_RANK,
-            metavar="K",
-            help="--rift-q learned: rotate at most a K-dimensional subspace (K/2 pairs of "
-            "Householder reflections, started at the top principal directions of the "
-            "pretrained embeddings; K even): K·d parameters and O(n·K·d) work; 'all' (or "
-            "K >= d) rotates all d dimensions: d² parameters, O(n·d²) (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-q-lr",
-            type=float,
-            default=None,
-            metavar="LR",
-            help="--rift-q learned: the learning rate of Q's reflectors (AdamW, no weight "
-            "decay, the model's schedule). Q enters the loss only through lam * penalty and "
-            "AdamW's steps ignore the scale of the gradient, so this, not --lam, sets how fast "
-            "Q turns (default: --head-lr)",
-        )
-        parser.add_argument(
-            "--rift-stats",
-            choices=STATISTICS,
-            default="batch",
-            help="covariance statistics: 'batch' (this batch's) or 'ema' (a running estimate "
-            "updated by each batch; covariance matching only) (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-momentum",
-            type=float,
-            default=0.1,
-            metavar="M",
-            help="weight of the current batch in the running estimate, in (0, 1] "
-            "(--rift-stats ema) (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-eigh-every",
-            type=int,
-            default=10,
-            metavar="K",
-            help="--rift-stats ema with --rift-q optimal: recompute the eigenvectors of the "
-            "running covariance every K steps (1: every step, exact; larger: cheaper, an upper "
-            "bound in between) (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-mean-weight",
-            type=float,
-            default=0.0,
-            metavar="W",
-            help="weight of the term that also matches the mean embedding (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--rift-normalize",
-            action=argparse.BooleanOptionalAction,
-            default=True,
-            help="divide the covariance loss by the squared Frobenius norm of the pretrained "
-            "covariance, so the regularization weight means the same across backbones "
-            "(default: on)",
-        )
-        parser.add_argument(
-            "--rift-reference",
-            choices=REFERENCE_SOURCES,
-            default=None,
-            help="paired matching: take pretrained embeddings from a cache filled once before "
-            "training ('cache') or from a frozen forward pass each step ('teacher') "
-            "(default: cache)",
-        )
+    Options: ClassVar[type]  # RiftOptions, below (``--rift-*``)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, dim: int) -> RIFT:
-        """Build RIFT from the parsed ``--rift-*`` flags; bad combinations are UserErrors."""
-        q_lr = args.rift_q_lr
-        try:
-            if q_lr is not None and args.rift_q != "learned":
-                raise ValueError(f"--rift-q-lr applies to --rift-q learned only, got {args.rift_q}")
-            if q_lr is not None and not (math.isfinite(q_lr) and q_lr > 0):
-                raise ValueError(f"--rift-q-lr must be a positive number, got {q_lr}")
-            rift = cls(
-                dim,
-                match=args.rift_match,
-                q=args.rift_q,
-                q_rank=args.rift_q_rank,
-                normalize=args.rift_normalize,
-                mean_weight=args.rift_mean_weight,
-                stats=args.rift_stats,
-                momentum=args.rift_momentum,
-                reference_source=args.rift_reference or "cache",
-                eigh_every=args.rift_eigh_every,
-            )
-        except ValueError as err:
-            raise UserError(f"--reg rift: {err}") from None
-        rift.param_lr = q_lr
+    def from_options(cls, options: RiftOptions, dim: int) -> RIFT:
+        """RIFT as ``--reg rift`` builds it; ``options`` are already checked."""
+        q_rank = options.q_rank if options.q == "learned" else DEFAULT_Q_RANK
+        rift = cls(
+            dim,
+            match=options.match,
+            q=options.q,
+            q_rank=None if q_rank == "all" else q_rank,
+            normalize=options.normalize,
+            mean_weight=options.mean_weight,
+            stats=options.stats,
+            momentum=options.momentum,
+            reference_source=options.reference,
+            eigh_every=options.eigh_every,
+        )
+        rift.param_lr = options.q_lr
         return rift
 
 
-def _q_rank(text: str) -> int | None:
-    """``--rift-q-rank``: an integer, or ``all`` (None: every dimension)."""
+def _q_rank(text: str) -> int | str:
+    """``--rift-q-rank``: an integer, or ``all`` (every dimension)."""
     if text == "all":
-        return None
+        return text
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected an even integer or 'all', got {text!r}"
         ) from None
+
+
+def _even_rank(value: int | str | None) -> str | None:
+    if value is None or value == "all" or (value >= 2 and value % 2 == 0):
+        return None
+    return "must be an even integer >= 2, or 'all'"
+
+
+@dataclass
+class RiftOptions(Section):
+    """``--reg rift``'s options (``--rift-*``); defaults are the CLI's (RESULTS.md's rule)."""
+
+    flag_prefix: ClassVar[str] = "rift"
+    match: Literal["covariance", "paired"] = option(
+        CLI_DEFAULT_MATCH,
+        "what RIFT matches: 'covariance' matches the batch covariance to the pretrained "
+        "covariance (no per-sample reference); 'paired' matches each sample's embedding to its "
+        "pretrained embedding, up to centering, scale and Q",
+    )
+    q: Literal["identity", "learned", "optimal"] = option(
+        CLI_DEFAULT_Q,
+        "the orthogonal map Q: 'identity' (none), 'learned' (one rotation trained with the "
+        "model) or 'optimal' (the best rotation per batch, in closed form)",
+    )
+    q_rank: int | Literal["all"] | None = option(
+        None,
+        f"--rift-q learned: rotate at most a K-dimensional subspace (K/2 pairs of Householder "
+        "reflections, started at the top principal directions of the pretrained embeddings; K "
+        "even): K·d parameters and O(n·K·d) work; 'all' (or K >= d) rotates all d dimensions: "
+        f"d² parameters, O(n·d²) (default with learned Q: {DEFAULT_Q_RANK})",
+        parse=_q_rank,
+        check=_even_rank,
+        metavar="K",
+    )
+    q_lr: float | None = option(
+        None,
+        "--rift-q learned: the learning rate of Q's reflectors (AdamW, no weight decay, the "
+        "model's schedule). Q enters the loss only through lam * penalty and AdamW's steps "
+        "ignore the scale of the gradient, so this, not --lam, sets how fast Q turns "
+        "(default: --head-lr)",
+        check=positive_finite,
+        metavar="LR",
+    )
+    stats: Literal["batch", "ema"] = option(
+        "batch",
+        "covariance statistics: 'batch' (this batch's) or 'ema' (a running estimate updated "
+        "by each batch; covariance matching only)",
+    )
+    momentum: float = option(
+        0.1,
+        "weight of the current batch in the running estimate, in (0, 1] (--rift-stats ema)",
+        check=fraction,
+        metavar="M",
+    )
+    eigh_every: int = option(
+        10,
+        "--rift-stats ema with --rift-q optimal: recompute the eigenvectors of the running "
+        "covariance every K steps (1: every step, exact; larger: cheaper, an upper bound in "
+        "between)",
+        check=positive,
+        metavar="K",
+    )
+    mean_weight: float = option(
+        0.0,
+        "weight of the term that also matches the mean embedding",
+        check=non_negative,
+        metavar="W",
+    )
+    normalize: bool = option(
+        True,
+        "divide the covariance loss by the squared Frobenius norm of the pretrained "
+        "covariance, so the regularization weight means the same across backbones",
+    )
+    reference: Literal["cache", "teacher"] = option(
+        "cache",
+        "paired matching: take pretrained embeddings from a cache filled once before training "
+        "('cache') or from a frozen forward pass each step ('teacher')",
+    )
+
+    def check(self) -> None:
+        """The rules across flags; RIFT's constructor keeps the same rules for Python callers."""
+        if self.q == "learned":
+            if self.q_rank is None:
+                self.q_rank = DEFAULT_Q_RANK
+        else:
+            for name in ("q_rank", "q_lr"):
+                if getattr(self, name) is not None:
+                    raise UserError(
+                        f"--reg rift: {flag(RiftOptions, name)} applies to --rift-q learned "
+                        f"only, got --rift-q {self.q}"
+                    )
+        if self.match == "paired" and self.stats == "ema":
+            raise UserError("--reg rift: --rift-stats ema applies to --rift-match covariance only")
+        if self.match == "covariance" and self.reference != "cache":
+            raise UserError(
+                "--reg rift: --rift-reference applies to --rift-match paired only; covariance "
+                "matching uses fitted statistics"
+            )
+
+    def to_dict(self) -> dict:
+        """The options that apply: Q's rank and learning rate only with learned Q."""
+        values = super().to_dict()
+        if self.q != "learned":
+            del values["q_rank"], values["q_lr"]
+        return values
+
+    @classmethod
+    def from_legacy(cls, values: dict) -> dict:
+        """Values of a config.yaml written before typed configs: every flag was stored, so
+        drop the learned-Q options of a run without learned Q; ``q_rank: null`` meant 'all'."""
+        values = dict(values)
+        if values.get("q", CLI_DEFAULT_Q) != "learned":
+            values.pop("q_rank", None)
+            values.pop("q_lr", None)
+        elif "q_rank" in values and values["q_rank"] is None:
+            values["q_rank"] = "all"
+        if values.get("reference") is None:
+            values.pop("reference", None)
+        return values
+
+
+RIFT.Options = RiftOptions
 
 
 def _norm_gap(mean: Tensor, mu0: Tensor) -> Tensor:

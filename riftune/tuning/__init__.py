@@ -7,9 +7,7 @@ from riftune.tuning import adaptformer, bitfit, full, linear, lora, lp_ft, vpt  
 from riftune.tuning.adaptformer import AdaptFormer
 from riftune.tuning.base import (
     FinetuningMethod,
-    add_arguments,
     available,
-    from_args,
     get,
     register,
 )
@@ -29,9 +27,7 @@ __all__ = [
     "Full",
     "Linear",
     "LoRA",
-    "add_arguments",
     "available",
-    "from_args",
     "get",
     "register",
 ]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
+from riftune.options import Section, option, positive
 from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
 from riftune.tuning.vit import require_vit
 
@@ -79,29 +81,17 @@ class AdaptFormer(FinetuningMethod):
     name = "adaptformer"
 
     def __init__(self, dim: int = 64, scale: float = 0.1):
-        if dim < 1:
-            raise UserError(f"--adapter-dim must be a positive integer, got {dim}")
+        self.Options(dim=dim, scale=scale)  # checks the values
         self.dim = dim
         self.scale = scale
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--adapter-dim",
-            type=int,
-            default=64,
-            help="adaptformer: bottleneck size of each adapter (default: 64)",
-        )
-        group.add_argument(
-            "--adapter-scale",
-            type=float,
-            default=0.1,
-            help="adaptformer: factor s on the adapter output (default: 0.1)",
-        )
+    @dataclass
+    class Options(Section):
+        """``--adapter-*``."""
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AdaptFormer:
-        return cls(dim=args.adapter_dim, scale=args.adapter_scale)
+        flag_prefix: ClassVar[str] = "adapter"
+        dim: int = option(64, "adaptformer: bottleneck size of each adapter", check=positive)
+        scale: float = option(0.1, "adaptformer: factor s on the adapter output")
 
     def apply(self, model: Classifier) -> None:
         vit = require_vit(model.backbone, self.name)

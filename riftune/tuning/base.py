@@ -8,7 +8,7 @@ embeddings and parameters, never the method.
 How the training engine uses a method (``model`` is always the ``Classifier`` itself, never its
 DDP wrapper)::
 
-    method = tuning.get(args.method).from_args(args)      # flags from tuning.add_arguments
+    method = tuning.get(name).from_options(options)       # options: its Options dataclass
     method.apply(model)                                    # once, before DDP wrapping
     optimizer = AdamW(method.param_groups(model, backbone_lr, head_lr), ...)
     for epoch in range(start_epoch, epochs):               # also right after a resume
@@ -51,13 +51,12 @@ Contract of each step:
   can interpolate them with the pretrained weights; methods that add parameters the pretrained
   architecture lacks (``vpt``, ``adaptformer``) raise :class:`~riftune.errors.UserError`.
 
-A new method is one new file: subclass :class:`FinetuningMethod`, decorate it with
+A new method is one new file: subclass :class:`FinetuningMethod`, declare its ``Options``, decorate it with
 :func:`register`, and import the module in ``riftune/tuning/__init__.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 from contextlib import AbstractContextManager
 from typing import ClassVar, Literal
 
@@ -67,6 +66,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from riftune.models.classifier import Classifier
 from riftune.modes import eval_mode  # noqa: F401  (re-exported for the methods)
+from riftune.options import NoOptions, Section
 
 FrozenMode = Literal["none", "batchnorm", "backbone"]
 """Which parts of the backbone :meth:`FinetuningMethod.configure` puts in eval mode."""
@@ -92,14 +92,14 @@ class FinetuningMethod:
     phases: ClassVar[tuple[str, ...]] = ("train",)
     changes_embeddings: ClassVar[bool] = True
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        """Add this method's own command-line flags to the shared finetuning-method group."""
+    Options: ClassVar[type[Section]] = NoOptions
+    """This method's options: a :class:`~riftune.options.Section` dataclass whose fields become
+    its flags and its part of config.yaml."""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FinetuningMethod:
-        """Build an instance from parsed flags."""
-        return cls()
+    def from_options(cls, options: Section) -> FinetuningMethod:
+        """Build an instance from its checked options."""
+        return cls(**options.to_dict())
 
     # ------------------------------------------------------------------ what subclasses define
     def is_trainable(self, name: str, phase: str) -> bool:
@@ -126,12 +126,20 @@ class FinetuningMethod:
         return None
 
     # ------------------------------------------------------------------------ shared behaviour
-    def configure(self, model: Classifier, epoch: int, epochs: int) -> None:
-        """Set ``requires_grad`` and frozen parts' eval mode for ``epoch`` (after ``model.train()``)."""
+    def configure(
+        self, model: Classifier, epoch: int, epochs: int, freeze_bn: bool = False
+    ) -> None:
+        """Set ``requires_grad`` and frozen parts' eval mode for ``epoch`` (after ``model.train()``).
+
+        ``freeze_bn`` (``--freeze-bn``) keeps BatchNorm in eval mode even in a phase that trains
+        the backbone's weights.
+        """
         phase = self.phase(epoch, epochs)
         for name, param in model.named_parameters():
             param.requires_grad_(self.is_trainable(name, phase))
         mode = self.frozen_mode(phase)
+        if freeze_bn and mode == "none":
+            mode = "batchnorm"
         if mode == "backbone":
             model.backbone.eval()
         elif mode == "batchnorm":
@@ -195,17 +203,6 @@ def get(name: str) -> type[FinetuningMethod]:
         raise ValueError(
             f"unknown finetuning method {name!r}; choose one of: {', '.join(available())}"
         ) from None
-
-
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    """Add the flags of every registered method (``--lora-rank``, ``--vpt-mode``, ...) to ``group``."""
-    for name in available():
-        _REGISTRY[name].add_arguments(group)
-
-
-def from_args(args: argparse.Namespace) -> FinetuningMethod:
-    """The method ``args.method`` names, built from the parsed flags."""
-    return get(args.method).from_args(args)
 
 
 def is_head(name: str) -> bool:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
+from riftune.options import Section, option, positive
 from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
 
 LORA_MARKER = ".lora_"
@@ -63,35 +65,22 @@ class LoRA(FinetuningMethod):
     name = "lora"
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):
-        if rank < 1:
-            raise UserError(f"--lora-rank must be a positive integer, got {rank}")
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"--lora-dropout must be in [0, 1), got {dropout}")
+        self.Options(rank=rank, alpha=alpha, dropout=dropout)  # checks the values
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--lora-rank", type=int, default=8, help="lora: rank r of each update (default: 8)"
-        )
-        group.add_argument(
-            "--lora-alpha",
-            type=float,
-            default=16.0,
-            help="lora: alpha; updates are scaled by alpha / r (default: 16)",
-        )
-        group.add_argument(
-            "--lora-dropout",
-            type=float,
-            default=0.0,
-            help="lora: dropout on the LoRA branch input (default: 0)",
-        )
+    @dataclass
+    class Options(Section):
+        """``--lora-*``: the shape of each low-rank update."""
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LoRA:
-        return cls(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
+        flag_prefix: ClassVar[str] = "lora"
+        rank: int = option(8, "lora: rank r of each update", check=positive)
+        alpha: float = option(16.0, "lora: alpha; updates are scaled by alpha / r")
+        dropout: float = option(
+            0.0, "lora: dropout on the LoRA branch input",
+            check=lambda p: None if 0.0 <= p < 1.0 else "must be in [0, 1)",
+        )  # fmt: skip
 
     def apply(self, model: Classifier) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model

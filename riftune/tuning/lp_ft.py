@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from riftune.errors import UserError
+from riftune.options import Section, non_negative, option
 from riftune.tuning.base import FinetuningMethod, FrozenMode, is_head, register
 
 
@@ -27,22 +28,18 @@ class LPFT(FinetuningMethod):
     phases = ("probe", "finetune")
 
     def __init__(self, lp_epochs: int | None = None):
-        if lp_epochs is not None and lp_epochs < 0:
-            raise UserError(f"--lp-epochs must be >= 0, got {lp_epochs}")
+        self.Options(lp_epochs=lp_epochs)  # checks the value
         self.lp_epochs = lp_epochs
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--lp-epochs",
-            type=int,
-            default=None,
-            help="lp-ft: epochs of linear probing before full finetuning (default: half of --epochs)",
-        )
+    @dataclass
+    class Options(Section):
+        """``--lp-epochs``."""
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LPFT:
-        return cls(lp_epochs=args.lp_epochs)
+        lp_epochs: int | None = option(
+            None,
+            "lp-ft: epochs of linear probing before full finetuning (default: half of --epochs)",
+            check=non_negative,
+        )
 
     def probe_epochs(self, epochs: int) -> int:
         """How many of ``epochs`` epochs are linear probing."""

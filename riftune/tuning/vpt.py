@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -15,6 +15,7 @@ from torch import nn
 
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
+from riftune.options import Section, option, positive
 from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
 from riftune.tuning.vit import require_vit
 
@@ -104,28 +105,19 @@ class VPT(FinetuningMethod):
     name = "vpt"
 
     def __init__(self, tokens: int = 10, mode: VPTMode = "shallow"):
-        if tokens < 1:
-            raise UserError(f"--vpt-tokens must be a positive integer, got {tokens}")
-        if mode not in ("shallow", "deep"):
-            raise UserError(f"--vpt-mode must be shallow or deep, got {mode!r}")
+        self.Options(tokens=tokens, mode=mode)  # checks the values
         self.tokens = tokens
         self.mode = mode
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--vpt-tokens", type=int, default=10, help="vpt: prompt tokens per block (default: 10)"
-        )
-        group.add_argument(
-            "--vpt-mode",
-            choices=["shallow", "deep"],
-            default="shallow",
-            help="vpt: prompts before the first block only (shallow) or every block (deep)",
-        )
+    @dataclass
+    class Options(Section):
+        """``--vpt-*``."""
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> VPT:
-        return cls(tokens=args.vpt_tokens, mode=args.vpt_mode)
+        flag_prefix: ClassVar[str] = "vpt"
+        tokens: int = option(10, "vpt: prompt tokens per block", check=positive)
+        mode: Literal["shallow", "deep"] = option(
+            "shallow", "vpt: prompts before the first block only (shallow) or every block (deep)"
+        )
 
     def apply(self, model: Classifier) -> None:
         vit = require_vit(model.backbone, self.name)

@@ -1,0 +1,43 @@
+"""A run's typed configuration: sections, their YAML form and the flags generated from them.
+
+- :mod:`riftune.config.sections`: data, backbone, training, evaluation and output sections;
+- :mod:`riftune.config.run`: :class:`RunConfig`, composed with the chosen method's and
+  regularizer's options, and its YAML form (old flat config.yaml files included);
+- :mod:`riftune.config.flags`: ``riftune finetune``'s flags, generated from the dataclasses.
+"""
+
+from riftune.config.flags import add_finetune_flags, finetune_parser, run_config_from_args
+from riftune.config.run import (
+    MethodConfig,
+    RegularizerConfig,
+    RunConfig,
+    load_run_config,
+    read_config,
+    write_config,
+)
+from riftune.config.sections import (
+    DEFAULT_DATA,
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    OutputConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    "DEFAULT_DATA",
+    "DataConfig",
+    "EvaluationConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "RegularizerConfig",
+    "RunConfig",
+    "TrainingConfig",
+    "add_finetune_flags",
+    "finetune_parser",
+    "load_run_config",
+    "read_config",
+    "run_config_from_args",
+    "write_config",
+]

@@ -1,0 +1,320 @@
+"""The run configuration: every section composed, the only thing the library reads.
+
+``RunConfig`` holds one dataclass per component. Its YAML form (config.yaml of a run folder,
+``--config`` files, ``--print-config``) is nested by section; the finetuning method's and the
+regularizer's sections hold only the chosen component's options:
+
+    data: {data: breastmnist, img_size: 128, ...}
+    model: {backbone: efficientnet_lite0, pretrained: true}
+    method: {name: lora, rank: 8, alpha: 16.0, dropout: 0.0}
+    regularizer: {name: rift, lam: 0.1, match: paired, q: optimal, ...}
+    training: {seed: 0, epochs: 10, ...}
+    evaluation: {eval_batch_size: 128, ...}
+
+Run folders written before typed configs hold one flat mapping of every flag's value
+(``rift_q: optimal``, ``lora_rank: 8``, ...); :meth:`RunConfig.from_dict` reads both forms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from riftune import regularizers, tuning
+from riftune.config.sections import (
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    OutputConfig,
+    TrainingConfig,
+)
+from riftune.errors import UserError
+from riftune.options import (
+    NoOptions,
+    Section,
+    allows_none,
+    field_types,
+    flag_of,
+    from_mapping,
+    non_negative,
+)
+
+FORMAT_KEY = "riftune_config"
+FORMAT = 2
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+"""The sections that belong to no component, by their key in the YAML form."""
+
+
+@dataclass
+class MethodConfig:
+    """``--method NAME`` and that method's own options."""
+
+    name: str = "full"
+    options: Section = field(default_factory=NoOptions)
+
+    def __post_init__(self) -> None:
+        component = _component(tuning, self.name, "method")
+        if not isinstance(self.options, component.Options):
+            raise UserError(f"--method {self.name}: options must be {component.Options.__name__}")
+
+    def build(self) -> tuning.FinetuningMethod:
+        return tuning.get(self.name).from_options(self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options.to_dict()}
+
+
+@dataclass
+class RegularizerConfig:
+    """``--reg NAME``, its weight ``--lam`` (None: the regularizer's default) and options."""
+
+    name: str = "none"
+    lam: float | None = None
+    options: Section = field(default_factory=NoOptions)
+
+    def __post_init__(self) -> None:
+        component = _component(regularizers, self.name, "regularizer")
+        if not isinstance(self.options, component.Options):
+            raise UserError(f"--reg {self.name}: options must be {component.Options.__name__}")
+        if self.name == "none":
+            self.lam = None
+        elif self.lam is None:
+            self.lam = component.default_lam
+        elif (problem := non_negative(self.lam)) is not None:
+            raise UserError(f"--lam {self.lam}: {problem}")
+
+    @property
+    def weight(self) -> float:
+        """λ in loss = task + λ·penalty (0 for ``none``)."""
+        return 0.0 if self.lam is None else self.lam
+
+    def build(self, dim: int) -> regularizers.Regularizer:
+        return regularizers.get(self.name).from_options(self.options, dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {"name": self.name} | ({} if self.lam is None else {"lam": self.lam})
+        return head | self.options.to_dict()
+
+
+@dataclass
+class RunConfig:
+    """Everything a finetuning run computes from, plus where it writes (``output``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        reg = regularizers.get(self.regularizer.name)
+        reg_flag = f"--reg {self.regularizer.name}"
+        if self.training.batch_size < reg.min_batch_size:
+            raise UserError(
+                f"--batch-size {self.training.batch_size} is too small for {reg_flag}, which "
+                f"needs at least {reg.min_batch_size} images per step; raise --batch-size"
+            )
+        if reg.penalizes_features_only and not tuning.get(self.method.name).changes_embeddings:
+            raise UserError(
+                f"{reg_flag} has no effect with --method {self.method.name}: the backbone is "
+                "frozen, so its features stay the pretrained ones; use --reg none or l2sp, or a "
+                "method that trains the backbone"
+            )
+
+    # ------------------------------------------------------------------------- YAML form
+    def to_dict(self) -> dict[str, Any]:
+        """The nested YAML form of what the run computes from (no ``output``)."""
+        return {
+            FORMAT_KEY: FORMAT,
+            **{key: getattr(self, key).to_dict() for key in SECTIONS},
+            "method": self.method.to_dict(),
+            "regularizer": self.regularizer.to_dict(),
+        }
+
+    def training_part(self) -> dict[str, Any]:
+        """What a resumed run must share with the interrupted one: everything but evaluation
+        and the device (neither changes the trained weights' recipe)."""
+        part = self.to_dict()
+        part.pop("evaluation")
+        part["training"] = {k: v for k, v in part["training"].items() if k != "device"}
+        return part
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> RunConfig:
+        """Build from the nested form, or from a flat pre-typed-config mapping."""
+        if not isinstance(values, dict):
+            raise UserError(f"{where} does not hold a riftune configuration")
+        values = {k: v for k, v in nested_form(values).items() if k != FORMAT_KEY}
+        known = {*SECTIONS, "method", "regularizer", "output"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{where}: unknown sections {unknown}; known: {sorted(known)}")
+        for key, value in values.items():
+            if not isinstance(value, dict):
+                raise UserError(f"{where}.{key} must be a mapping of options")
+        sections = {
+            key: from_mapping(section, values.get(key, {}), f"{where}.{key}")
+            for key, section in {**SECTIONS, "output": OutputConfig}.items()
+        }
+        method = dict(values.get("method", {}))
+        name = method.pop("name", "full")
+        options = _component(tuning, name, "method").Options
+        reg = dict(values.get("regularizer", {}))
+        reg_name = reg.pop("name", "none")
+        lam = reg.pop("lam", None)
+        reg_options = _component(regularizers, reg_name, "regularizer").Options
+        return cls(
+            **sections,
+            method=MethodConfig(name, from_mapping(options, method, f"{where}.method")),
+            regularizer=RegularizerConfig(
+                reg_name,
+                None if lam is None else float(lam),
+                from_mapping(reg_options, reg, f"{where}.regularizer"),
+            ),
+        )
+
+
+def _component(registry, name: str, what: str) -> type:
+    try:
+        return registry.get(name)
+    except ValueError:
+        raise UserError(
+            f"unknown {what} {name!r}; choose one of: {', '.join(registry.available())}"
+        ) from None
+
+
+# --------------------------------------------------------------------- flags and old files
+@dataclass(frozen=True)
+class FlagTarget:
+    """Where a flag's value goes: a section's field, or a component's option."""
+
+    section: str  # "data", ..., "method", "regularizer", "output"
+    field: str
+    component: str | None = None  # the method or regularizer that owns the option
+
+
+def flag_targets() -> dict[str, list[FlagTarget]]:
+    """Every flag (by its argparse dest, which is also its key in old flat config files) and
+    where its value goes. A flag shared by several components (``--reference``) has a target in
+    each."""
+    targets: dict[str, list[FlagTarget]] = {
+        "method": [FlagTarget("method", "name")],
+        "reg": [FlagTarget("regularizer", "name")],
+        "lam": [FlagTarget("regularizer", "lam")],
+    }
+    for key, section in {**SECTIONS, "output": OutputConfig}.items():
+        for f in dataclasses.fields(section):
+            targets.setdefault(dest_of(section, f), []).append(FlagTarget(key, f.name))
+    for key, registry in (("method", tuning), ("regularizer", regularizers)):
+        for name in registry.available():
+            options = registry.get(name).Options
+            for f in dataclasses.fields(options):
+                targets.setdefault(dest_of(options, f), []).append(FlagTarget(key, f.name, name))
+    return targets
+
+
+def dest_of(section: type, f: dataclasses.Field) -> str:
+    """The argparse dest of a field's flag: ``--rift-q-rank`` -> ``rift_q_rank``."""
+    return flag_of(section, f)[2:].replace("-", "_")
+
+
+def nest_given(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Put flat flag values (by dest) into the nested form, on top of ``base``.
+
+    Options of components other than the chosen method and regularizer are ignored, so one set
+    of flags can serve a grid of several methods.
+    """
+    nested: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
+    nested.pop(FORMAT_KEY, None)
+    targets = flag_targets()
+    chosen = {
+        "method": given.get("method", nested.get("method", {}).get("name", "full")),
+        "regularizer": given.get("reg", nested.get("regularizer", {}).get("name", "none")),
+    }
+    for key in ("method", "regularizer"):
+        section = nested.setdefault(key, {})
+        if section.get("name", chosen[key]) != chosen[key]:  # another component: drop its options
+            nested[key] = {"lam": section["lam"]} if "lam" in section else {}
+        nested[key]["name"] = chosen[key]
+    for dest, value in given.items():
+        for target in targets.get(dest, []):
+            if target.component is None or target.component == chosen[target.section]:
+                nested.setdefault(target.section, {})[target.field] = value
+    return nested
+
+
+def nested_form(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` in the nested form: as they are, or converted from an old flat config."""
+    if FORMAT_KEY in values or all(isinstance(v, dict) for v in values.values()):
+        return values
+    return nest_legacy(values)
+
+
+def nest_legacy(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config.yaml of a run written before typed configs, in the nested form.
+
+    It stored every flag. Flags that no longer exist are dropped, ``no_pretrained`` becomes
+    ``pretrained``, ``null`` stands for a field's default where the field does not take None,
+    and a component's ``from_legacy`` (if any) drops options its run did not use.
+    """
+    flat = dict(flat)
+    if "no_pretrained" in flat:
+        flat["pretrained"] = not flat.pop("no_pretrained")
+    given = {k: v for k, v in flat.items() if k in flag_targets()}
+    nested = nest_given(given)
+    nested.pop("output", None)
+    for key, registry in (("method", tuning), ("regularizer", regularizers)):
+        name = nested[key]["name"]
+        options = _component(registry, name, key).Options
+        types = field_types(options)
+        values = {k: v for k, v in nested[key].items() if k not in ("name", "lam")}
+        values = {k: v for k, v in values.items() if v is not None or allows_none(types[k])}
+        if hasattr(options, "from_legacy"):
+            values = options.from_legacy(values)
+        head = {k: v for k, v in nested[key].items() if k in ("name", "lam")}
+        nested[key] = head | values
+    return nested
+
+
+# ----------------------------------------------------------------------------- files
+def write_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from ``path``; UserError if missing or not a mapping."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; is {path.parent} a riftune run folder?")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML ({error.__class__.__name__})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} does not hold a riftune configuration")
+    return values
+
+
+def read_config(path: Path) -> RunConfig:
+    """The configuration of a run folder's config.yaml (either form)."""
+    return RunConfig.from_dict(read_yaml(path), where=str(path))
+
+
+def load_run_config(config: RunConfig | dict | str | Path) -> RunConfig:
+    """A :class:`RunConfig` from itself, its nested (or flat) dict form, or a YAML file path."""
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, str | Path):
+        return RunConfig.from_dict(read_yaml(Path(config)), where=str(config))
+    return RunConfig.from_dict(config)

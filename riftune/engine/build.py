@@ -1,0 +1,189 @@
+"""Assembling a run from its configuration: model and data, then what trains them.
+
+``riftune finetune``, ``evaluate``, ``wise-ft`` and ``bench`` all build through these functions,
+so the bench times exactly the step that ``finetune`` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from riftune import distributed, tuning
+from riftune.config import RunConfig
+from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, load_dataset
+from riftune.evaluation import PretrainedEmbeddings, eval_loader, pretrained_embeddings
+from riftune.models import build_classifier
+from riftune.models.classifier import Classifier
+from riftune.regularizers import PretrainedView, Regularizer
+from riftune.schedule import warmup_cosine
+from riftune.step import Teacher, TrainStep
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device`` (None: full precision)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def build_pretrained_classifier(config: RunConfig, num_classes: int = 1) -> Classifier:
+    """The configured backbone with its starting weights and a new head."""
+    return build_classifier(
+        config.model.backbone,
+        num_classes=num_classes,
+        pretrained=config.model.pretrained,
+        img_size=config.data.img_size,
+    )
+
+
+def build_model_and_data(
+    config: RunConfig, ctx: distributed.DistributedContext, amp_dtype: torch.dtype | None
+) -> tuple[Classifier, DatasetSplits, PretrainedEmbeddings, tuning.FinetuningMethod]:
+    """Backbone + head, data, pretrained embeddings of every split, and the applied method.
+
+    The pretrained embeddings are computed before the method changes the backbone. Seeded, so
+    ``riftune evaluate`` rebuilds exactly what ``finetune`` trained.
+    """
+    seed = config.training.seed
+    torch.manual_seed(seed)
+    model = build_pretrained_classifier(config)
+    norm = model.pretrained_cfg
+    data = load_dataset(
+        config.data.data,
+        data_root=config.data.data_root,
+        img_size=config.data.img_size,
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+        shots=config.data.shots,
+        seed=seed,
+        augment=config.training.augment,
+    )
+    if ctx.device.type == "cuda":  # images live on the GPU: batches never cross the host
+        data = dataclasses.replace(
+            data,
+            **{split: getattr(data, split).to(ctx.device) for split in ("train", "val", "test")},
+        )
+    torch.manual_seed(seed)
+    model.reset_head(data.num_classes)
+    model.to(ctx.device)
+    batch = config.evaluation.eval_batch_size
+    pretrained = pretrained_embeddings(model, data, batch, ctx, amp_dtype)
+    method = config.method.build()
+    method.apply(model)
+    model.to(ctx.device)
+    return model, data, pretrained, method
+
+
+def build_teacher(
+    reg: Regularizer, method: tuning.FinetuningMethod, model: Classifier
+) -> Teacher | None:
+    """The per-step pretrained pass, when the regularizer asks for one."""
+    if reg.reference != "teacher" and not reg.needs_feature_maps:
+        return None
+    has_switch = method.pretrained_forward(model) is not None
+    return Teacher(
+        model,
+        (lambda: method.pretrained_forward(model)) if has_switch else None,
+        feature_layers=reg.feature_layers if reg.needs_feature_maps else None,
+    )
+
+
+def build_optimizer(
+    method: tuning.FinetuningMethod,
+    model: Classifier,
+    reg: Regularizer,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+) -> torch.optim.AdamW:
+    """AdamW over the method's groups and the regularizer's own parameters (no decay)."""
+    reg_lr = head_lr if reg.param_lr is None else reg.param_lr
+    return torch.optim.AdamW(
+        method.param_groups(model, backbone_lr=lr, head_lr=head_lr)
+        + [{"params": list(reg.parameters()), "lr": reg_lr, "weight_decay": 0.0}],
+        lr=lr,
+        weight_decay=weight_decay,
+    )
+
+
+@dataclass
+class Training:
+    """What trains the model: the regularizer, optimizer, schedule, batches and step."""
+
+    regularizer: Regularizer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: GlobalBatchSampler
+    loader: BatchLoader
+    step: TrainStep
+
+    def stateful(self) -> dict[str, object]:
+        """The objects whose ``state_dict`` a checkpoint holds, by their checkpoint key."""
+        return {
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "regularizer": self.regularizer,
+        }
+
+
+def build_training(
+    config: RunConfig,
+    ctx: distributed.DistributedContext,
+    model: Classifier,
+    data: DatasetSplits,
+    pretrained: PretrainedEmbeddings,
+    method: tuning.FinetuningMethod,
+    amp_dtype: torch.dtype | None,
+) -> Training:
+    """The regularizer (prepared from the pretrained model) and everything the loop steps."""
+    train, device = config.training, ctx.device
+    reg = config.regularizer.build(model.num_features)
+    batch = config.evaluation.eval_batch_size
+    reg.prepare(
+        PretrainedView(
+            model=model,
+            train_embeddings=pretrained.train.embeddings,
+            train_labels=pretrained.train.labels,
+            train_batches=lambda: eval_loader(data.train, batch, ctx),
+        )
+    )
+    reg.to(device)
+    teacher = build_teacher(reg, method, model)
+    cache = pretrained.train.embeddings.to(device) if reg.reference == "cache" else None
+    distributed.synchronize_batchnorm(model)
+    optimizer = build_optimizer(method, model, reg, train.lr, train.head_lr, train.weight_decay)
+    sampler = GlobalBatchSampler(
+        len(data.train),
+        train.batch_size,
+        seed=train.seed,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+    )
+    steps_per_epoch = sampler.steps_per_epoch
+    scheduler = warmup_cosine(
+        optimizer, round(train.warmup_epochs * steps_per_epoch), steps_per_epoch * train.epochs
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    step = TrainStep(
+        model,
+        reg,
+        optimizer,
+        scheduler,
+        scaler,
+        ctx,
+        lam=config.regularizer.weight,
+        grad_clip=train.grad_clip,
+        amp_dtype=amp_dtype,
+        reference_cache=cache,
+        teacher=teacher,
+    )
+    return Training(
+        reg, optimizer, scheduler, scaler, sampler, BatchLoader(data.train, sampler), step
+    )

@@ -1,0 +1,97 @@
+"""Saving and restoring a run's progress: one :class:`TrainState`, declared once.
+
+A progress checkpoint holds ``state`` (the :class:`TrainState` fields), the ``model``, the
+``state_dict`` of every object :meth:`Training.stateful` lists, and the RNG states; ``best``
+holds the model alone. Files, checksums and atomic writes are :mod:`riftune.checkpoint`'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from riftune import checkpoint as ckpt
+from riftune import rng
+from riftune.distributed import DistributedContext
+from riftune.errors import UserError
+from riftune.run_dir import RunDir
+
+KEEP = 2
+"""Progress checkpoints kept (the newest ones)."""
+
+
+@dataclass
+class TrainState:
+    """What advances during training and must survive a crash, besides the tensors."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # optimizer steps done within the current epoch
+    global_step: int = 0
+    best_val_auc: float = float("-inf")
+    best_epoch: int = -1
+    wall_seconds: float = 0.0  # of the earlier sessions of this run
+    history: list[dict] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)  # per step, waiting for its batch included
+    data_ms: list[float] = field(default_factory=list)  # per step, waiting for its batch
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # running loss sums this epoch
+    steps: list[dict] = field(default_factory=list)  # per-step losses and learning rate
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> TrainState:
+        """From a checkpoint's ``state``; fields an older checkpoint lacks keep their default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
+
+
+class Checkpointer:
+    """Writes (on the main rank only) and reads the checkpoints of one run folder."""
+
+    def __init__(self, run_dir: RunDir, ctx: DistributedContext):
+        self.directory = run_dir.checkpoints
+        self.ctx = ctx
+
+    def save(self, state: TrainState, wall_seconds: float, model, stateful: dict) -> None:
+        """A progress checkpoint of everything needed to continue exactly; keeps the newest
+        :data:`KEEP`. ``wall_seconds``: the run's total so far (this session included)."""
+        if not self.ctx.is_main:
+            return
+        meta_state = dataclasses.asdict(state) | {"wall_seconds": wall_seconds}
+        tensors, meta = ckpt.flatten_state(
+            {
+                "state": meta_state,
+                "model": model.state_dict(),
+                **{key: obj.state_dict() for key, obj in stateful.items()},
+                "rng": rng.capture_rng_state(),
+            }
+        )
+        ckpt.save_checkpoint(self.directory, f"step-{state.global_step:08d}", tensors, meta)
+        ckpt.rotate_checkpoints(self.directory, keep=KEEP)
+
+    def save_best(self, model, epoch: int) -> None:
+        if not self.ctx.is_main:
+            return
+        tensors, meta = ckpt.flatten_state({"model": model.state_dict()})
+        meta["epoch"] = epoch
+        ckpt.save_checkpoint(self.directory, ckpt.BEST, tensors, meta)
+
+    def restore(self, model, stateful: dict) -> tuple[TrainState, str]:
+        """Load the newest valid progress checkpoint into ``model`` and ``stateful``; returns
+        its state and its file name."""
+        path = ckpt.latest_valid_checkpoint(self.directory)
+        if path is None:
+            raise UserError(
+                f"no valid checkpoint in {self.directory} to resume from; start again with "
+                "--overwrite"
+            )
+        tensors, meta = ckpt.load_checkpoint(path)
+        state = ckpt.unflatten_state(tensors, meta)
+        model.load_state_dict(state["model"])
+        for key, obj in stateful.items():
+            obj.load_state_dict(state[key])
+        rng.restore_rng_state(state["rng"])
+        return TrainState.from_meta(state["state"]), path.name
+
+    def load_best(self, model) -> None:
+        tensors, meta = ckpt.load_checkpoint(ckpt.checkpoint_path(self.directory, ckpt.BEST))
+        model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])

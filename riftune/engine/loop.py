@@ -1,0 +1,244 @@
+"""The training loop of ``riftune finetune``.
+
+Data flows one way: run configuration -> data + backbone + finetuning method -> regularizer
+(prepared once from the pretrained backbone) -> steps (embeddings -> head -> task loss + λ ·
+penalty) -> evaluation -> run folder. Under torchrun every rank runs this; only rank 0 writes
+and prints.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from riftune import distributed, report
+from riftune.config import RunConfig, read_config, write_config
+from riftune.engine.build import autocast_dtype, build_model_and_data, build_training
+from riftune.engine.checkpointer import Checkpointer, TrainState
+from riftune.errors import UserError
+from riftune.evaluation import EvalResult, eval_loader, evaluate_split, final_metrics
+from riftune.progress import Progress
+from riftune.run_dir import RunDir, claim, write_json_atomic
+from riftune.step import NonFiniteLossError
+
+
+class Finetuner:
+    """One finetuning run: build everything from its configuration, train, evaluate, write."""
+
+    def __init__(self, config: RunConfig, ctx: distributed.DistributedContext):
+        self.config = config
+        self.ctx = ctx
+        self.run_dir = RunDir(Path(config.output.out))
+        self.progress = Progress(enabled=ctx.is_main and not config.output.quiet)
+        self.amp_dtype = autocast_dtype(config.training.amp, ctx.device)
+        self.checkpointer = Checkpointer(self.run_dir, ctx)
+        self._trainable_names: tuple[str, ...] = ()
+
+    # ----------------------------------------------------------------------------- set-up
+    def _claim_run_dir(self) -> None:
+        error = None
+        out = self.config.output
+        if self.ctx.is_main:
+            try:
+                claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
+                if out.resume:
+                    self._check_same_config()
+                else:
+                    write_config(self.config, self.run_dir.config)
+            except UserError as caught:
+                error = str(caught)
+        error = self.ctx.broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+
+    def _check_same_config(self) -> None:
+        """A resumed run must train as the interrupted one did; evaluation options may change."""
+        stored = read_config(self.run_dir.config).training_part()
+        now = self.config.training_part()
+        changed = sorted(
+            f"{section}.{key}"
+            for section in stored.keys() | now.keys()
+            if isinstance(stored.get(section, {}), dict)
+            for key in stored.get(section, {}).keys() | now.get(section, {}).keys()
+            if stored.get(section, {}).get(key) != now.get(section, {}).get(key)
+        )
+        if changed:
+            raise UserError(
+                f"--resume needs the training options of the interrupted run; these differ: "
+                f"{', '.join(changed)} (see {self.run_dir.config})"
+            )
+
+    def _build(self) -> None:
+        self.model, self.data, self.pretrained, self.method = build_model_and_data(
+            self.config, self.ctx, self.amp_dtype
+        )
+        self.training = build_training(
+            self.config, self.ctx, self.model, self.data, self.pretrained, self.method,
+            self.amp_dtype,
+        )  # fmt: skip
+        self.steps_per_epoch = self.training.sampler.steps_per_epoch
+        self.val_loader = eval_loader(
+            self.data.val, self.config.evaluation.eval_batch_size, self.ctx
+        )
+
+    # ------------------------------------------------------------------------------ steps
+    def _configure_epoch(self, epoch: int) -> None:
+        """Train/eval modes and trainable parameters for this epoch; re-wrap DDP if they changed."""
+        self.model.train()
+        train = self.config.training
+        self.method.configure(self.model, epoch, train.epochs, freeze_bn=train.freeze_bn)
+        names = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
+        if self.ctx.is_distributed and names != self._trainable_names:
+            self.training.step.forward_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        self._trainable_names = names
+
+    def _save(self) -> None:
+        wall = self.state.wall_seconds + (time.perf_counter() - self._started)
+        self.checkpointer.save(self.state, wall, self.model, self.training.stateful())
+
+    def _train_epoch(self, epoch: int) -> dict:
+        s, t = self.state, self.training
+        self._configure_epoch(epoch)
+        t.sampler.set_epoch(epoch)
+        t.sampler.set_start_step(s.step_in_epoch)
+        self.data.train.set_epoch(epoch)
+        if s.step_in_epoch == 0:
+            s.epoch_sums = {"loss": 0.0, "task": 0.0, "reg": 0.0}
+        sums = s.epoch_sums
+        bar = self.progress.bar(
+            self.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {epoch + 1}"
+        )
+        every = self.config.training.checkpoint_every
+        tick = time.perf_counter()
+        for images, labels, indices in t.loader:
+            s.data_ms.append((time.perf_counter() - tick) * 1000.0)
+            try:
+                losses = self._global_mean(t.step(images, labels, indices))
+            except NonFiniteLossError:
+                raise NonFiniteLossError(
+                    f"loss became non-finite at step {s.global_step + 1} (epoch {epoch + 1}); "
+                    f"lower --lr or --lam. The last good checkpoint is kept in "
+                    f"{self.run_dir.checkpoints}"
+                ) from None
+            now = time.perf_counter()
+            s.step_ms.append((now - tick) * 1000.0)
+            s.global_step += 1
+            s.step_in_epoch += 1
+            s.steps.append({"step": s.global_step, **losses, "lr": t.scheduler.get_last_lr()[0]})
+            for key in sums:
+                sums[key] += losses[key]
+            bar.update(loss=losses["loss"])
+            if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
+                self._save()
+            tick = time.perf_counter()
+        bar.close()
+        return {
+            f"train_{k if k == 'loss' else k + '_loss'}": v / max(s.step_in_epoch, 1)
+            for k, v in sums.items()
+        }
+
+    def _global_mean(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Losses of the global batch: the mean over ranks of each rank's (equal-sized) batch."""
+        stacked = torch.stack([losses[k].float() for k in sorted(losses)])
+        if self.ctx.is_distributed:
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.ctx.world_size
+        return dict(zip(sorted(losses), stacked.tolist(), strict=True))
+
+    def _validate(self) -> EvalResult:
+        return evaluate_split(
+            self.model, self.val_loader, self.pretrained.val, self.ctx, self.amp_dtype
+        )
+
+    def run(self) -> dict:
+        self._claim_run_dir()
+        self._started = time.perf_counter()
+        self._build()
+        self.state = TrainState()
+        if self.config.output.resume:
+            self.state, name = self.checkpointer.restore(self.model, self.training.stateful())
+            self.progress.log(
+                f"resumed from {name} at epoch {self.state.epoch + 1}, step "
+                f"{self.state.step_in_epoch}"
+            )
+        s, epochs = self.state, self.config.training.epochs
+        epochs_bar = self.progress.bar(epochs, initial=s.epoch, desc="epochs", leave=True)
+        for epoch in range(s.epoch, epochs):
+            train_losses = self._train_epoch(epoch)
+            val = self._validate()
+            s.epoch = epoch + 1
+            s.step_in_epoch = 0
+            row = {
+                "epoch": epoch + 1,
+                **train_losses,
+                **val.prefixed("val_"),
+                "lr": self.training.scheduler.get_last_lr()[0],
+            }
+            s.history.append(row)
+            if val.auc > s.best_val_auc:
+                s.best_val_auc, s.best_epoch = val.auc, epoch + 1
+                self.checkpointer.save_best(self.model, s.epoch)
+            self._save()
+            epochs_bar.update(val_auc=val.auc, val_cka=val.cka)
+            self.progress.log(
+                f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} "
+                f"val auc {val.auc:.4f} acc {val.acc:.4f} cka {val.cka:.4f}"
+            )
+        epochs_bar.close()
+        return self._finish()
+
+    def _finish(self) -> dict:
+        """Evaluate the best-validation checkpoint on test and write the run's outputs."""
+        s = self.state
+        self.checkpointer.load_best(self.model)
+        evaluation, test = final_metrics(
+            self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype
+        )
+        metrics = {
+            **evaluation,
+            "best_epoch": s.best_epoch,
+            "epochs": self.config.training.epochs,
+            "wall_seconds": s.wall_seconds + (time.perf_counter() - self._started),
+            **_throughput(s, self.config.training.batch_size),
+            "world_size": self.ctx.world_size,
+            "device": str(self.ctx.device),
+        }
+        if self.ctx.is_main:
+            report.write_history_csv(s.history, self.run_dir.history)
+            report.write_history_csv(s.steps, self.run_dir.steps)
+            report.plot_training(s.history, self.run_dir.training_plot)
+            report.plot_embeddings(
+                self.pretrained.test.embeddings.numpy(),
+                test.collected.embeddings.numpy(),
+                test.collected.labels.numpy(),
+                self.run_dir.embeddings_plot,
+                class_names=self.data.class_names,
+                cka=test.cka,
+            )
+            write_json_atomic(metrics, self.run_dir.metrics)
+            self.progress.log(
+                f"test acc {test.acc:.4f} auc {test.auc:.4f} cka {test.cka:.4f} "
+                f"(best epoch {s.best_epoch}); results in {self.run_dir.root}"
+            )
+        return metrics
+
+
+def _throughput(state: TrainState, batch_size: int) -> dict[str, float]:
+    """Median training step (ms, the wait for its batch included), the median wait for a batch
+    (ms), and images per second of the global batch at the median step."""
+    if not state.step_ms:
+        return {"train_step_ms": float("nan")}
+    step_ms = statistics.median(state.step_ms)
+    return {
+        "train_step_ms": step_ms,
+        "train_data_ms": statistics.median(state.data_ms) if state.data_ms else float("nan"),
+        "train_images_per_s": batch_size / (step_ms / 1000.0),
+    }
