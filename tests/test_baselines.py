@@ -7,7 +7,6 @@ LoRA); the distributed parts in a real 2-process gloo group.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import socket
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from riftune import checkpoint as ckpt
+from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap, default_layers, resolve_layer
 from riftune.regularizers.base import PretrainedView, StepInputs
@@ -137,20 +137,23 @@ def test_feature_distill_exact_value_and_gradient():
 
 
 def test_reference_flag_is_shared_and_parsed():
-    parser = argparse.ArgumentParser()
-    group = parser.add_argument_group("regularizer")
-    for cls in (CKAPenalty, FeatureDistill, L2SP, Delta):
-        cls.add_arguments(group)  # --reference is added once, no conflict
-    args = parser.parse_args(["--reference", "cache", "--l2sp-beta-ratio", "0.5"])
-    assert CKAPenalty.from_args(args, 8).reference == "cache"
-    assert FeatureDistill.from_args(args, 8).reference == "cache"
-    assert L2SP.from_args(args, 8).beta_ratio == 0.5
-    defaults = parser.parse_args([])
-    assert CKAPenalty.from_args(defaults, 8).reference == "teacher"
-    assert Delta.from_args(defaults, 8).feature_layers == []
-    layered = parser.parse_args(["--delta-layers", "blocks.1, blocks.3"])
-    assert Delta.from_args(layered, 8).feature_layers == ["blocks.1", "blocks.3"]
-    with pytest.raises(SystemExit):
+    from riftune.config import finetune_parser, run_config_from_args
+
+    parser = finetune_parser()
+
+    def build(*flags: str):
+        config = run_config_from_args(parser.parse_args(list(flags)))
+        return config.regularizer.build(8)
+
+    # --reference is one flag that reaches whichever of cka and feature-distill is chosen
+    assert build("--reg", "cka", "--reference", "cache").reference == "cache"
+    assert build("--reg", "feature-distill", "--reference", "cache").reference == "cache"
+    assert build("--reg", "cka").reference == "teacher"
+    assert build("--reg", "l2sp", "--l2sp-beta-ratio", "0.5").beta_ratio == 0.5
+    assert build("--reg", "delta").feature_layers == []
+    layered = build("--reg", "delta", "--delta-layers", "blocks.1, blocks.3")
+    assert layered.feature_layers == ["blocks.1", "blocks.3"]
+    with pytest.raises(UserError, match="--reference"):
         parser.parse_args(["--reference", "other"])
 
 

@@ -153,7 +153,7 @@ def test_demo_prints_side_by_side_table(tmp_path, medmnist_dir, capsys):
 @pytest.mark.parametrize(("flags", "q_lr"), [([], 1e-3), (["--rift-q-lr", "2e-5"], 2e-5)])
 def test_learned_q_gets_its_own_learning_rate(tmp_path, medmnist_dir, flags, q_lr):
     from riftune import distributed
-    from riftune.config import finetune_parser, validate
+    from riftune.config import finetune_parser, run_config_from_args
     from riftune.engine import Finetuner
 
     args = finetune_parser().parse_args(
@@ -161,14 +161,13 @@ def test_learned_q_gets_its_own_learning_rate(tmp_path, medmnist_dir, flags, q_l
          str(tmp_path / "run"), "--reg", "rift", "--rift-q", "learned", "--head-lr", "1e-3",
          *flags]
     )  # fmt: skip
-    validate(args)
-    finetuner = Finetuner(args, distributed.setup("cpu"))
+    finetuner = Finetuner(run_config_from_args(args), distributed.setup("cpu"))
     try:
         finetuner._build()
     finally:
         distributed.teardown()
-    reflectors = finetuner.reg.learned_rotation.reflectors
-    groups = finetuner.optimizer.param_groups
+    reflectors = finetuner.training.regularizer.learned_rotation.reflectors
+    groups = finetuner.training.optimizer.param_groups
     (group,) = [g for g in groups if any(p is reflectors for p in g["params"])]
     # the schedule scales every group alike from its initial learning rate
     assert group["initial_lr"] == pytest.approx(q_lr) and group["weight_decay"] == 0.0

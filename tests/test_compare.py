@@ -8,7 +8,6 @@ import pytest
 
 from riftune.cli import main
 from riftune.compare import _finetune_flags, parse_variant
-from riftune.config import finetune_parser
 from riftune.errors import UserError
 
 TINY = ["--epochs", "1", "--img-size", "32", "--shots", "10", "--batch-size", "8",
@@ -33,15 +32,14 @@ def test_wise_ft_methods_must_be_in_the_grid(tmp_path):
 
 
 def test_variant_flags_resolve_to_the_regularizers_own_flags():
-    parser = finetune_parser()
-    variant = parse_variant("rift[match=paired,q=optimal]", parser)
+    variant = parse_variant("rift[match=paired,q=optimal]")
     assert variant.flags == ("--reg", "rift", "--rift-match", "paired", "--rift-q", "optimal")
     assert variant.label == "paired,optimal"
-    assert parse_variant("cka[reference=cache]", parser).flags[-2:] == ("--reference", "cache")
+    assert parse_variant("cka[reference=cache]").flags[-2:] == ("--reference", "cache")
     with pytest.raises(UserError, match="--rift-colour"):
-        parse_variant("rift[colour=blue]", parser)
+        parse_variant("rift[colour=blue]")
     with pytest.raises(UserError, match="key=value"):
-        parse_variant("rift[paired]", parser)
+        parse_variant("rift[paired]")
 
 
 @pytest.mark.slow

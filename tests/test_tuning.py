@@ -7,7 +7,6 @@ token).
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
@@ -144,31 +143,36 @@ def test_registry_lists_every_method_and_rejects_unknown_names():
 
 
 def test_flags_have_the_documented_defaults_and_reach_each_method():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--method")
-    tuning.add_arguments(parser.add_argument_group("finetuning method"))
-    defaults = parser.parse_args(["--method", "lora"])
-    lora = tuning.from_args(defaults)
+    from riftune.config import finetune_parser, run_config_from_args
+
+    parser = finetune_parser()
+
+    def method(flags: str):
+        return run_config_from_args(parser.parse_args(flags.split())).method.build()
+
+    lora = method("--method lora")
     assert (lora.rank, lora.alpha, lora.dropout) == (8, 16.0, 0.0)
-    assert tuning.get("lp-ft").from_args(defaults).lp_epochs is None
-    vpt = tuning.get("vpt").from_args(defaults)
+    assert method("--method lp-ft").lp_epochs is None
+    vpt = method("--method vpt")
     assert (vpt.tokens, vpt.mode) == (10, "shallow")
-    adapter = tuning.get("adaptformer").from_args(defaults)
+    adapter = method("--method adaptformer")
     assert (adapter.dim, adapter.scale) == (64, 0.1)
 
-    args = parser.parse_args(
-        "--method vpt --lora-rank 4 --lora-alpha 8 --lora-dropout 0.1 --lp-epochs 3 "
-        "--vpt-tokens 5 --vpt-mode deep --adapter-dim 16 --adapter-scale 0.5".split()
+    every = (
+        "--lora-rank 4 --lora-alpha 8 --lora-dropout 0.1 --lp-epochs 3 "
+        "--vpt-tokens 5 --vpt-mode deep --adapter-dim 16 --adapter-scale 0.5"
     )
-    vpt = tuning.from_args(args)
+    vpt = method("--method vpt " + every)  # the other methods' options are ignored
     assert isinstance(vpt, tuning.VPT) and (vpt.tokens, vpt.mode) == (5, "deep")
-    lora = tuning.get("lora").from_args(args)
+    lora = method("--method lora " + every)
     assert (lora.rank, lora.alpha, lora.dropout) == (4, 8.0, 0.1)
-    assert tuning.get("lp-ft").from_args(args).lp_epochs == 3
-    adapter = tuning.get("adaptformer").from_args(args)
+    assert method("--method lp-ft " + every).lp_epochs == 3
+    adapter = method("--method adaptformer " + every)
     assert (adapter.dim, adapter.scale) == (16, 0.5)
     for name in ("full", "linear", "bitfit"):
-        assert tuning.get(name).from_args(args).name == name
+        config = run_config_from_args(parser.parse_args(f"--method {name} {every}".split()))
+        assert config.method.build().name == name
+        assert config.method.to_dict() == {"name": name}  # no other method's options
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ Run folders written before typed configs hold one flat mapping of every flag's v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +87,12 @@ class RegularizerConfig:
         component = _component(regularizers, self.name, "regularizer")
         if not isinstance(self.options, component.Options):
             raise UserError(f"--reg {self.name}: options must be {component.Options.__name__}")
+        if (problem := non_negative(self.lam)) is not None:
+            raise UserError(f"--lam {self.lam}: {problem}")
         if self.name == "none":
             self.lam = None
         elif self.lam is None:
             self.lam = component.default_lam
-        elif (problem := non_negative(self.lam)) is not None:
-            raise UserError(f"--lam {self.lam}: {problem}")
 
     @property
     def weight(self) -> float:
@@ -144,11 +145,12 @@ class RunConfig:
         }
 
     def training_part(self) -> dict[str, Any]:
-        """What a resumed run must share with the interrupted one: everything but evaluation
-        and the device (neither changes the trained weights' recipe)."""
+        """What a resumed run must share with the interrupted one: everything but evaluation,
+        the device and where the data files are (none of them changes what is trained)."""
         part = self.to_dict()
         part.pop("evaluation")
         part["training"] = {k: v for k, v in part["training"].items() if k != "device"}
+        part["data"] = {k: v for k, v in part["data"].items() if k != "data_root"}
         return part
 
     @classmethod
@@ -175,15 +177,28 @@ class RunConfig:
         reg_name = reg.pop("name", "none")
         lam = reg.pop("lam", None)
         reg_options = _component(regularizers, reg_name, "regularizer").Options
+        with _naming(f"--method {name}"):
+            method_options = from_mapping(options, method, f"{where}.method")
+        with _naming(f"--reg {reg_name}"):
+            reg_options = from_mapping(reg_options, reg, f"{where}.regularizer")
         return cls(
             **sections,
-            method=MethodConfig(name, from_mapping(options, method, f"{where}.method")),
+            method=MethodConfig(name, method_options),
             regularizer=RegularizerConfig(
-                reg_name,
-                None if lam is None else float(lam),
-                from_mapping(reg_options, reg, f"{where}.regularizer"),
+                reg_name, None if lam is None else float(lam), reg_options
             ),
         )
+
+
+@contextlib.contextmanager
+def _naming(component: str):
+    """Prefix a component's option errors with the component (``--reg rift: ...``)."""
+    try:
+        yield
+    except UserError as error:
+        if str(error).startswith(component):
+            raise
+        raise UserError(f"{component}: {error}") from None
 
 
 def _component(registry, name: str, what: str) -> type:
@@ -236,8 +251,7 @@ def nest_given(given: dict[str, Any], base: dict[str, Any] | None = None) -> dic
     Options of components other than the chosen method and regularizer are ignored, so one set
     of flags can serve a grid of several methods.
     """
-    nested: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
-    nested.pop(FORMAT_KEY, None)
+    nested = {k: dict(v) for k, v in (base or {}).items() if k != FORMAT_KEY}
     targets = flag_targets()
     chosen = {
         "method": given.get("method", nested.get("method", {}).get("name", "full")),

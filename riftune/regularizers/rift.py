@@ -794,7 +794,7 @@ def _q_rank(text: str) -> int | str:
 def _even_rank(value: int | str | None) -> str | None:
     if value is None or value == "all" or (value >= 2 and value % 2 == 0):
         return None
-    return "must be an even integer >= 2, or 'all'"
+    return "must be even and >= 2, or 'all'"
 
 
 @dataclass
@@ -877,15 +877,15 @@ class RiftOptions(Section):
             for name in ("q_rank", "q_lr"):
                 if getattr(self, name) is not None:
                     raise UserError(
-                        f"--reg rift: {flag(RiftOptions, name)} applies to --rift-q learned "
-                        f"only, got --rift-q {self.q}"
+                        f"{flag(RiftOptions, name)} applies to --rift-q learned only, got "
+                        f"--rift-q {self.q}"
                     )
         if self.match == "paired" and self.stats == "ema":
             raise UserError("--reg rift: --rift-stats ema applies to --rift-match covariance only")
         if self.match == "covariance" and self.reference != "cache":
             raise UserError(
-                "--reg rift: --rift-reference applies to --rift-match paired only; covariance "
-                "matching uses fitted statistics"
+                "--rift-reference applies to --rift-match paired only; covariance matching uses "
+                "fitted statistics"
             )
 
     def to_dict(self) -> dict:
