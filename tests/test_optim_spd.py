@@ -88,6 +88,8 @@ def test_zero_lambda_is_adamw_exactly_and_anchors_must_not_decay():
         SPDAdamW([w], {w: torch.zeros(5, 3)}, weight_decay=0.01)
     with pytest.raises(ValueError, match="anchor of shape"):
         SPDAdamW([{"params": [w], "weight_decay": 0.0}], {w: torch.zeros(3)})
+    with pytest.raises(ValueError, match="fused=True is not supported"):
+        SPDAdamW([{"params": [w], "weight_decay": 0.0}], {w: torch.zeros(5, 3)}, fused=True)
     with pytest.raises(ValueError, match="does not hold"):
         SPDAdamW([w], {twin: torch.zeros(5, 3)}, weight_decay=0.0)
 
@@ -130,7 +132,10 @@ def _run(model: Classifier, method, lam: float) -> tuple[dict, list[dict]]:
         }
         optimizer.step()
         log.append(
-            {p: (c, prev, float((p - anchors[p]).norm())) for p, (c, prev) in before.items()}
+            {
+                p: (c, prev, float((p.detach() - anchors[p]).norm()))
+                for p, (c, prev) in before.items()
+            }
         )
     return anchors, log
 
@@ -193,4 +198,35 @@ def test_spd_equals_adamw_when_lambda_is_zero_on_a_real_model(pristine):
     for (name, a), b in zip(
         spd_model.state_dict().items(), plain_model.state_dict().values(), strict=True
     ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_a_resumed_optimizer_continues_bit_identically(pristine):
+    """The state_dict is AdamW's; the anchors are rebuilt from the pretrained model."""
+    model = copy.deepcopy(pristine)
+    method = tuning.Full()
+    anchors = spd_anchors(model, method)
+
+    def optimizer_for(net: Classifier, net_anchors) -> SPDAdamW:
+        groups = spd_param_groups(method.param_groups(net, 1e-2, 1e-2), net_anchors)
+        return SPDAdamW(groups, net_anchors, spd_lam=1.0, weight_decay=0.01)
+
+    def train(net: Classifier, optimizer: SPDAdamW, batches) -> None:
+        net.train()
+        method.configure(net, 0, 1)
+        for images, labels in batches:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(net(images).logits, labels).backward()
+            optimizer.step()
+
+    optimizer = optimizer_for(model, anchors)
+    batches = _batches()
+    train(model, optimizer, batches[:2])
+    resumed = copy.deepcopy(pristine)  # rebuilt from the pretrained weights, as a resume does
+    resumed_optimizer = optimizer_for(resumed, spd_anchors(resumed, method))
+    resumed.load_state_dict(model.state_dict())
+    resumed_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    train(model, optimizer, batches[2:])
+    train(resumed, resumed_optimizer, batches[2:])
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -65,8 +65,8 @@ class SPDAdamW(torch.optim.AdamW):
             parameters), ... as for ``torch.optim.AdamW``.
 
     Raises:
-        ValueError: a negative λ, an anchor of the wrong shape, of a parameter the optimizer
-            does not hold, or in a group with non-zero weight decay.
+        ValueError: a negative λ, ``fused=True``, an anchor of the wrong shape, of a parameter
+            the optimizer does not hold, or in a group with non-zero weight decay.
     """
 
     def __init__(
@@ -76,6 +76,10 @@ class SPDAdamW(torch.optim.AdamW):
         spd_lam: float = 1.0,
         **adamw_kwargs: Any,
     ) -> None:
+        if adamw_kwargs.get("fused"):
+            raise ValueError(
+                "SPDAdamW runs its decay after AdamW's step; fused=True is not supported"
+            )
         super().__init__(params, **adamw_kwargs)
         if spd_lam < 0:
             raise ValueError(f"spd_lam must be >= 0; got {spd_lam}")
