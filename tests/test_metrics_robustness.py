@@ -7,11 +7,15 @@ shipped pretrained weights and a fresh two-class head.
 from __future__ import annotations
 
 import math
+import socket
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch import nn
 
 from riftune.data import ImageTensorDataset, load_dataset, make_loader
 from riftune.metrics import accuracy, auc, collect
@@ -25,6 +29,7 @@ from riftune.metrics.robustness import (
     robustness_metrics,
 )
 from riftune.models import build_classifier
+from riftune.models.classifier import Classifier
 
 SIZE = 28
 NAMES = list(CORRUPTIONS)
@@ -195,3 +200,36 @@ def test_severities_are_checked(model_and_split):
     model, split = model_and_split
     with pytest.raises(ValueError, match=r"severities must be a non-empty subset of 0\.\.3"):
         robustness_metrics(model, split, batch_size=8, device="cpu", severities=(1, 5))
+
+
+# ------------------------------------------------------------------ two real processes
+def _tiny() -> tuple[Classifier, ImageTensorDataset]:
+    """A linear classifier on 8 px images and a 13-image split (shards of 7 and 6)."""
+    torch.manual_seed(5)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    model = Classifier(backbone, num_features=4, num_classes=2, pretrained_cfg={}).eval()
+    gen = torch.Generator().manual_seed(6)
+    images = torch.randint(0, 256, (13, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(13) % 2
+    return model, ImageTensorDataset(images, labels, (0.5,) * 3, (0.25,) * 3)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model, split = _tiny()
+    result = robustness_metrics(model, split, batch_size=3, device="cpu", seed=1)
+    torch.save(result, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh interpreters import torch
+def test_two_processes_give_every_rank_the_one_process_result(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    model, split = _tiny()
+    alone = robustness_metrics(model, split, batch_size=3, device="cpu", seed=1)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == alone
