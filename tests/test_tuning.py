@@ -18,14 +18,19 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from riftune import tuning
+from riftune import regularizers, tuning
+from riftune.distributed import DistributedContext
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
+from riftune.regularizers import PretrainedView
+from riftune.regularizers.delta import default_layers
+from riftune.step import Teacher, TrainStep
 
 NUM_CLASSES = 3
 IMG = 32
-ALL_METHODS = ["adaptformer", "bitfit", "full", "linear", "lora", "lp-ft", "vpt"]
-CNN_AND_VIT = ["full", "linear", "bitfit", "lora", "lp-ft"]
+ALL_METHODS = ["adaptformer", "bitfit", "full", "linear", "lora", "lp-ft", "oft", "vpt"]
+CNN_AND_VIT = ["full", "linear", "bitfit", "lora", "lp-ft", "oft"]
+ADAPTERS = ["lora", "oft"]  # peft methods: zero-initialized, merged into the plain weights
 VIT_ONLY = ["vpt", "adaptformer"]
 
 
@@ -121,12 +126,30 @@ def _expected_trainable(method: str, plain: Classifier) -> int:
                 kh, kw = m.kernel_size
                 total += r * m.in_channels * kh * kw + m.out_channels * r
         return total
+    if method == "oft":  # in·(b − 1)/2 per layer: in/b blocks of b(b − 1)/2 parameters each
+        total = head
+        for m in backbone.modules():
+            if isinstance(m, nn.Linear):
+                size = m.in_features
+            elif isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (1, 1):
+                size = m.in_channels
+            else:
+                continue
+            total += size * (_nearest_divisor(size, 32) - 1) // 2
+        return total
     depth, dim = len(backbone.blocks), backbone.embed_dim
     if method == "vpt":  # shallow, 10 tokens
         return head + 10 * dim
     if method == "adaptformer":  # bottleneck 64
         return head + depth * (dim * 64 + 64 + 64 * dim + dim)
     raise AssertionError(method)
+
+
+def _nearest_divisor(n: int, b: int) -> int:
+    """The divisor of n nearest to b, the smaller on a tie (n itself when b >= n): OFT's block."""
+    if b >= n:
+        return n
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - b), d))
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -184,6 +207,9 @@ def test_flags_have_the_documented_defaults_and_reach_each_method():
         lambda: tuning.VPT(tokens=0),
         lambda: tuning.VPT(mode="middle"),
         lambda: tuning.AdaptFormer(dim=0),
+        lambda: tuning.OFT(block_size=1),
+        lambda: tuning.OFT(module_dropout=1.0),
+        lambda: tuning.OFT(coft_eps=0.0),
     ],
 )
 def test_bad_settings_are_user_errors(build):
@@ -218,7 +244,7 @@ def test_trainable_parameters_and_one_optimizer_per_run(pristine, name, arch):
     # Every parameter trainable in any epoch (LP-FT: all of them) is in the optimizer.
     ever = trainable if name != "lp-ft" else list(model.parameters())
     assert {id(p) for p in grouped} == {id(p) for p in ever}
-    if name in ("lora", "vpt", "adaptformer"):
+    if name in ("lora", "oft", "vpt", "adaptformer"):
         assert set(by_name) == {"new", "head"} and by_name["new"]["lr"] == 1e-2
     else:
         assert by_name.get("backbone", {"lr": 1e-4})["lr"] == 1e-4
@@ -306,8 +332,10 @@ def test_lp_ft_phase_is_probe_exactly_before_lp_epochs(epochs, data):
 
 # --------------------------------------------------- added modules and the pretrained function
 @pytest.mark.parametrize(
-    ("name", "arch"), [("lora", "cnn"), ("lora", "vit"), ("adaptformer", "vit"), ("vpt", "vit")]
-)
+    ("name", "arch"),
+    [("lora", "cnn"), ("lora", "vit"), ("oft", "cnn"), ("oft", "vit"), ("adaptformer", "vit"),
+     ("vpt", "vit")],
+)  # fmt: skip
 def test_pretrained_forward_recovers_the_base_model_before_and_after_training(pristine, name, arch):
     model = _fresh(pristine, arch)
     images, _ = _batch()
@@ -317,7 +345,7 @@ def test_pretrained_forward_recovers_the_base_model_before_and_after_training(pr
     at_init = _eval_embed(model.backbone, images)
     if name == "vpt":  # prompts change the sequence from the start
         assert (at_init - base).abs().max() > 1e-4
-    else:  # zero-initialized B / up-projection: the pretrained model exactly
+    else:  # zero-initialized B / rotation / up-projection: the pretrained model exactly
         torch.testing.assert_close(at_init, base, rtol=0, atol=1e-6)
 
     _train(model, method, steps=2, lr=1e-2)
@@ -353,11 +381,33 @@ def test_lora_targets_linear_and_ungrouped_convolutions_only(pristine, arch):
 
 
 @pytest.mark.parametrize("arch", ["cnn", "vit"])
-def test_merged_lora_weights_load_into_the_plain_architecture(pristine, arch):
+def test_oft_targets_linear_and_one_by_one_convolutions_only(pristine, arch):
     model = _fresh(pristine, arch)
-    method = tuning.LoRA()
+    plain = dict(model.backbone.named_modules())
+    tuning.OFT().apply(model)
+    adapted = {
+        name.removeprefix("base_model.model.")
+        for name, m in model.backbone.named_modules()
+        if hasattr(m, "oft_R")
+    }
+    expected = {
+        name
+        for name, m in plain.items()
+        if isinstance(m, nn.Linear)
+        or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (1, 1))
+    }
+    assert adapted == expected and adapted
+    skipped = {"cnn": "conv_stem", "vit": "patch_embed.proj"}[arch]  # k x k, k > 1
+    assert skipped in plain and skipped not in adapted
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize("arch", ["cnn", "vit"])
+def test_merged_adapter_weights_load_into_the_plain_architecture(pristine, arch, name):
+    model = _fresh(pristine, arch)
+    method = tuning.get(name)()
     method.apply(model)
-    _train(model, method, steps=1, lr=1e-2)  # B moves off zero: the update B A is non-zero
+    _train(model, method, steps=1, lr=1e-2)  # B / the rotation moves off zero
     state = method.merged_backbone_state(model)
     pretrained = pristine[arch].backbone.state_dict()
     assert state.keys() == pretrained.keys()
@@ -457,3 +507,63 @@ def test_adaptformer_block_matches_the_paper_formula(pristine):
         branch = hidden @ adapter.up.weight.T + adapter.up.bias
     torch.testing.assert_close(out, mid + mlp + 0.5 * branch, rtol=1e-5, atol=1e-5)
     assert branch.abs().max() > 1e-2
+
+
+# ---------------------------------------------------------- OFT with every regularizer
+@pytest.mark.parametrize("reg_name", regularizers.available())
+def test_oft_trains_through_the_training_step_with_every_regularizer(pristine, reg_name):
+    """The engine's own step (teacher pass with adapters off, or the cache) with each penalty:
+    the rotations and the head move, the frozen weights and BatchNorm statistics do not, and
+    the pretrained function is still there afterwards."""
+    model = _fresh(pristine, "cnn")
+    method = tuning.OFT(block_size=8)
+    method.apply(model)
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randn(8, 3, IMG, IMG, generator=gen)
+    labels = torch.arange(8) % NUM_CLASSES
+    indices = torch.arange(8)
+    reference = _eval_embed(model.backbone, images)
+    cls = regularizers.get(reg_name)
+    reg = cls(dim=model.num_features, match="paired") if reg_name == "rift" else cls()
+    if reg_name == "delta":  # one early layer (16 channels) keeps its channel ablation cheap
+        reg = cls(layers=default_layers(model.backbone)[:1], attention_images=2)
+    reg.prepare(
+        PretrainedView(
+            model=model,
+            train_embeddings=reference,
+            train_labels=labels,
+            train_batches=lambda: [(images, labels, indices)],
+        )
+    )
+    teacher = None
+    if reg.reference == "teacher" or reg.needs_feature_maps:
+        teacher = Teacher(
+            model,
+            lambda: method.pretrained_forward(model),
+            feature_layers=reg.feature_layers if reg.needs_feature_maps else None,
+        )
+    optimizer = torch.optim.AdamW(
+        method.param_groups(model, 1e-3, 1e-3) + [{"params": list(reg.parameters())}]
+    )
+    step = TrainStep(
+        model, reg, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        torch.amp.GradScaler("cpu", enabled=False),
+        DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
+        lam=1.0, grad_clip=1.0, amp_dtype=None,
+        reference_cache=reference if reg.reference == "cache" else None, teacher=teacher,
+    )  # fmt: skip
+    before = _snapshot(model)
+    model.train()
+    method.configure(model, 0, 1)
+    losses = [step(images, labels, indices) for _ in range(4)]
+    assert all(torch.isfinite(out["loss"]) for out in losses)
+    assert losses[-1]["task"] < losses[0]["task"]
+    if reg_name != "none":  # the representation moved, so the penalty did
+        assert losses[-1]["reg"] != losses[0]["reg"]
+    after = _snapshot(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for key, value in after.items():
+        moved = not torch.equal(before[key], value)
+        assert moved == (key in trainable), key
+    with method.pretrained_forward(model), torch.no_grad():
+        torch.testing.assert_close(model.backbone(images), reference, rtol=0, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Metrics: representation similarity, classification, calibration, sharpness, transfer.
+"""Metrics: representation similarity, classification, calibration, sharpness, transfer,
+robustness to corrupted images.
 
 Every metric is a plain function of tensors (or of a model and batches); :class:`StreamingCKA`
 also accumulates over batches. Whole-split metrics expect the whole split, which
@@ -11,6 +12,7 @@ from riftune.metrics.calibration import expected_calibration_error
 from riftune.metrics.classification import accuracy, auc
 from riftune.metrics.embeddings import Collected, collect, collect_embeddings
 from riftune.metrics.hessian import hessian_top_eigenvalue
+from riftune.metrics.robustness import corrupt, robustness_metrics
 from riftune.metrics.sharpness import sharpness
 from riftune.metrics.similarity import StreamingCKA, linear_cka
 from riftune.metrics.transfer import knn_accuracy, linear_probe_accuracy
@@ -22,10 +24,12 @@ __all__ = [
     "auc",
     "collect",
     "collect_embeddings",
+    "corrupt",
     "expected_calibration_error",
     "hessian_top_eigenvalue",
     "knn_accuracy",
     "linear_cka",
     "linear_probe_accuracy",
+    "robustness_metrics",
     "sharpness",
 ]

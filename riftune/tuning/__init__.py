@@ -3,7 +3,7 @@
 See :mod:`riftune.tuning.base` for the protocol the training engine follows.
 """
 
-from riftune.tuning import adaptformer, bitfit, full, linear, lora, lp_ft, vpt  # noqa: F401
+from riftune.tuning import adaptformer, bitfit, full, linear, lora, lp_ft, oft, vpt  # noqa: F401
 from riftune.tuning.adaptformer import AdaptFormer
 from riftune.tuning.base import (
     FinetuningMethod,
@@ -16,10 +16,12 @@ from riftune.tuning.full import Full
 from riftune.tuning.linear import Linear
 from riftune.tuning.lora import LoRA
 from riftune.tuning.lp_ft import LPFT
+from riftune.tuning.oft import OFT
 from riftune.tuning.vpt import VPT
 
 __all__ = [
     "LPFT",
+    "OFT",
     "VPT",
     "AdaptFormer",
     "BitFit",
