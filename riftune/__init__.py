@@ -4,7 +4,13 @@
 ``riftune.metrics`` has CKA and the evaluation metrics; ``riftune finetune`` is the CLI.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from riftune.regularizers.rift import RIFT
 
+try:
+    __version__ = version("riftune")  # the installed distribution's, from pyproject.toml
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = ["RIFT"]
-__version__ = "0.1.0"
