@@ -8,7 +8,12 @@ themselves.
 """
 
 from riftune.metrics.calibration import expected_calibration_error
-from riftune.metrics.classification import accuracy, auc
+from riftune.metrics.classification import (
+    accuracy,
+    auc,
+    multilabel_accuracy,
+    multilabel_auc,
+)
 from riftune.metrics.embeddings import Collected, collect, collect_embeddings
 from riftune.metrics.hessian import hessian_top_eigenvalue
 from riftune.metrics.sharpness import sharpness
@@ -27,5 +32,7 @@ __all__ = [
     "knn_accuracy",
     "linear_cka",
     "linear_probe_accuracy",
+    "multilabel_accuracy",
+    "multilabel_auc",
     "sharpness",
 ]
