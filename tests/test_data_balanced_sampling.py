@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from riftune.data import BalancedBatchSampler
+from riftune.data import BalancedBatchSampler, GlobalBatchSampler
 from riftune.data.npz import read_npz
+from riftune.data.sampling import train_batch_sampler
 from riftune.errors import UserError
 
 
@@ -72,3 +73,13 @@ def test_resume_from_a_step_gives_the_same_remaining_batches(breast_labels, star
 def test_multilabel_targets_are_refused():
     with pytest.raises(UserError, match="--sampler balanced"):
         BalancedBatchSampler(torch.zeros(10, 3), global_batch_size=2, seed=0)
+
+
+def test_train_batch_sampler_builds_the_named_kind(breast_labels):
+    plain = train_batch_sampler("plain", breast_labels, 32, seed=1, world_size=2, rank=0)
+    reference = GlobalBatchSampler(len(breast_labels), 32, 1, 2, 0)
+    assert type(plain) is GlobalBatchSampler and list(plain) == list(reference)
+    balanced = train_batch_sampler("balanced", breast_labels, 32, seed=1)
+    assert list(balanced) == list(BalancedBatchSampler(breast_labels, 32, 1))
+    with pytest.raises(UserError, match="unknown --sampler 'weighted'"):
+        train_batch_sampler("weighted", breast_labels, 32, seed=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from riftune.metrics import multilabel_accuracy, multilabel_auc
+from riftune.metrics import multilabel_accuracy, multilabel_auc, task_metrics
 
 
 def _case(seed: int, n: int = 200, labels: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -47,3 +47,16 @@ def test_non_binary_targets_and_mismatched_shapes_are_refused():
         multilabel_auc(torch.zeros(4, 2), torch.full((4, 2), 2))
     with pytest.raises(ValueError, match="one shape"):
         multilabel_accuracy(torch.zeros(4, 2), torch.zeros(4, 3))
+
+
+def test_task_metrics_picks_the_functions_of_the_task():
+    logits, targets = _case(3)
+    got = task_metrics(torch.from_numpy(logits), torch.from_numpy(targets), multilabel=True)
+    probs = 1 / (1 + np.exp(-logits))
+    assert got["auc"] == pytest.approx(roc_auc_score(targets, probs, average="macro"), abs=1e-12)
+    assert got["acc"] == pytest.approx(((probs > 0.5) == targets).mean(), abs=1e-12)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    single = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.0], [0.0, 3.0]])
+    got = task_metrics(single, labels, multilabel=False)
+    assert got["acc"] == pytest.approx(4 / 5)
+    assert got["auc"] == pytest.approx(roc_auc_score(labels, single.softmax(1)[:, 1]))

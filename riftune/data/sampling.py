@@ -250,3 +250,34 @@ class BatchLoader:
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+
+SAMPLERS = ("plain", "balanced")
+
+
+def train_batch_sampler(
+    kind: str,
+    labels: torch.Tensor,
+    global_batch_size: int,
+    seed: int,
+    world_size: int = 1,
+    rank: int = 0,
+) -> GlobalBatchSampler:
+    """The training batch sampler ``--sampler`` names, with ``drop_last``.
+
+    ``plain``: :class:`GlobalBatchSampler` (a seeded permutation per epoch); ``balanced``:
+    :class:`BalancedBatchSampler` (class-balanced draws with replacement).
+
+    Args:
+        kind: ``plain`` or ``balanced``.
+        labels: the training split's labels (their count is the dataset size). Shape: (N,)
+            (multi-label (N, L) only with ``plain``).
+
+    Raises:
+        UserError: an unknown kind, or what the samplers refuse.
+    """
+    if kind == "plain":
+        return GlobalBatchSampler(len(labels), global_batch_size, seed, world_size, rank)
+    if kind == "balanced":
+        return BalancedBatchSampler(labels, global_batch_size, seed, world_size, rank)
+    raise UserError(f"unknown --sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")

@@ -13,6 +13,7 @@ from riftune.metrics.classification import (
     auc,
     multilabel_accuracy,
     multilabel_auc,
+    task_metrics,
 )
 from riftune.metrics.embeddings import Collected, collect, collect_embeddings
 from riftune.metrics.hessian import hessian_top_eigenvalue
@@ -35,4 +36,5 @@ __all__ = [
     "multilabel_accuracy",
     "multilabel_auc",
     "sharpness",
+    "task_metrics",
 ]

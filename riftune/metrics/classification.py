@@ -119,3 +119,15 @@ def multilabel_auc(logits: torch.Tensor, targets: torch.Tensor) -> float:
     if not defined:
         return math.nan
     return float(np.mean([roc_auc_score(y[:, j], probs[:, j]) for j in defined]))
+
+
+def task_metrics(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> dict[str, float]:
+    """``{"acc": ..., "auc": ...}`` of a split: :func:`accuracy` and :func:`auc`, or, for a
+    multi-label task, :func:`multilabel_accuracy` and :func:`multilabel_auc`.
+
+    Shape:
+        logits: (n, k). labels: (n,) class indices, or (n, k) 0/1 targets if ``multilabel``.
+    """
+    if multilabel:
+        return {"acc": multilabel_accuracy(logits, labels), "auc": multilabel_auc(logits, labels)}
+    return {"acc": accuracy(logits, labels), "auc": auc(logits, labels)}
