@@ -4,13 +4,13 @@
 ``riftune.metrics`` has CKA and the evaluation metrics; ``riftune finetune`` is the CLI.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata
 
 from riftune.regularizers.rift import RIFT
 
 try:
-    __version__ = version("riftune")  # the installed distribution's, from pyproject.toml
-except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = importlib.metadata.version("riftune")  # the installed one's (pyproject.toml)
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = ["RIFT"]

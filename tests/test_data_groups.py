@@ -108,3 +108,9 @@ def test_a_given_split_column_that_splits_a_patient_is_refused(tmp_path):
         read_csv_table(file, {"group": "patient"})
     with pytest.raises(UserError, match="no column 'subject'"):
         read_csv_table(file, {"group": "subject"})
+
+
+def test_multilabel_rows_are_held_out_as_one_stratum():
+    targets = (np.arange(150).reshape(50, 3) % 4 == 0).astype(np.int64)
+    kept, held = grouped_holdout(targets, np.arange(50), 0.2, seed=0)
+    assert len(held) == 10 and len(kept) == 40

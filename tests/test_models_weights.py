@@ -104,6 +104,13 @@ def test_missing_and_unexpected_keys_are_reported_in_one_line(tmp_path, backbone
     assert state[dropped[0]].shape == random_init[dropped[0]].shape
 
 
+def test_a_training_checkpoint_dict_with_a_state_dict_entry_loads(tmp_path, backbone_weights):
+    path = tmp_path / "epoch_9.pth.tar"
+    torch.save({"epoch": 9, "state_dict": backbone_weights, "arch": LITE}, path)
+    classifier = build_classifier(LITE, 2, pretrained_file=path)
+    _assert_backbone_is(classifier, backbone_weights)
+
+
 class _Payload:
     """An object a weights-only load must refuse to unpickle."""
 
