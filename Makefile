@@ -17,10 +17,9 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test test-fast lint install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,7 +5,14 @@
 ``riftune finetune`` (the CLI) runs.
 """
 
+import importlib.metadata
+
 from riftune.regularizers.rift import RIFT
+
+try:
+    __version__ = importlib.metadata.version("riftune")  # the installed one's (pyproject.toml)
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def finetune(config) -> dict:
@@ -17,4 +24,3 @@ def finetune(config) -> dict:
 
 
 __all__ = ["RIFT", "finetune"]
-__version__ = "0.1.0"

@@ -67,8 +67,6 @@ def test_pneumoniamnist_path_spec_gets_flag_metadata(medmnist_dir: Path) -> None
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("chestmnist", "multi-label"),
-        ("chestmnist_64", "multi-label"),
         ("organmnist3d", "3D"),
         ("breastmnist_100", "no size 100"),
         ("notamnist", "unknown dataset"),

@@ -120,7 +120,7 @@ def test_image_label_count_mismatch(tmp_path: Path) -> None:
         (np.array([0, 1, 2, 0, 1, 0.5]), "non-integer"),
         (np.array([0, 1, 2, 0, 1, np.nan]), "non-integer"),
         (np.array(["a"] * 6), "dtype"),
-        (np.zeros((6, 3), dtype=np.uint8), "multi-label"),
+        (np.full((6, 3), 2, dtype=np.uint8), "multi-label targets are 0 or 1"),
         (np.zeros((6, 1, 1), dtype=np.uint8), "shape"),
     ],
 )

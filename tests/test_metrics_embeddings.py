@@ -91,3 +91,12 @@ def test_bad_loaders_raise():
         collect(model, [(torch.randn(2, 3, 4, 4), torch.zeros(2))], "cpu")
     with pytest.raises(ValueError, match="no batches"):
         collect(model, [], "cpu")
+
+
+def test_collect_keeps_multilabel_targets_as_rows():
+    model, items = _classifier(), _items(11)
+    targets = (torch.arange(11 * 3).reshape(11, 3) % 4 == 0).long()
+    items = [(image, targets[i], index) for i, (image, _, index) in enumerate(items)]
+    got = collect(model, DataLoader(items, batch_size=4, shuffle=True), "cpu")
+    assert torch.equal(got.labels, targets)
+    torch.testing.assert_close(got.logits, _expected(model, items).logits)

@@ -9,6 +9,7 @@ samplers that make distributed training and resumption exact.
 from riftune.data.dataset import DatasetSplits, ImageTensorDataset
 from riftune.data.load import load_dataset
 from riftune.data.sampling import (
+    BalancedBatchSampler,
     BatchLoader,
     GlobalBatchSampler,
     ShardedEvalSampler,
@@ -16,6 +17,7 @@ from riftune.data.sampling import (
 )
 
 __all__ = [
+    "BalancedBatchSampler",
     "BatchLoader",
     "DatasetSplits",
     "GlobalBatchSampler",

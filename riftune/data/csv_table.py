@@ -13,12 +13,20 @@ Columns are found by name (case-insensitive), or named with options
   i-th name is class i. With no label column, one-hot columns (ISIC 2018/2019 ground truth:
   one 0/1 column per class, exactly one 1 per row) are read; a class column with no 1 at
   all (ISIC 2019's UNK) is dropped.
+- several labels (multi-label, e.g. findings on a chest X-ray): ``label=COL1,COL2,...``
+  names one 0/1 column per label; the targets are then an (N, L) 0/1 table and the column
+  names are the label names.
 - split: the first of ``split, set, subset, partition``, values train/val/test (also
   training, valid, validation, dev, testing; any case). Without a split column, each class
   is split seeded: ``test`` (default 0.2) of its rows for test, then ``val`` (default 0.1)
   of the rest for validation. With a split column but no val rows, ``val`` of each training
   class is held out. The split seed is ``split_seed`` (default 0), independent of the
   training seed.
+- group (only when named, ``group=COL``): rows with the same value (a patient, a lesion)
+  always land in the same split; the hold-outs above then take whole groups
+  (:func:`~riftune.data.splits.grouped_holdout`: stratified by each group's most frequent
+  label, proportions near the fractions). With a split column, a group found in two splits
+  is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import numpy as np
 
 from riftune.data.files import IMAGE_SUFFIXES, FileSplits
 from riftune.data.npz import to_class_indices
-from riftune.data.splits import SPLITS, stratified_holdout
+from riftune.data.splits import SPLITS, grouped_holdout, stratified_holdout
 from riftune.errors import UserError
 
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name", "img",
@@ -40,22 +48,24 @@ LABEL_COLUMNS = ("label", "labels", "diagnosis", "class", "target", "category", 
 SPLIT_COLUMNS = ("split", "set", "subset", "partition")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}  # fmt: skip
-OPTIONS = ("image", "label", "split", "template", "ext", "val", "test", "split_seed")
+OPTIONS = ("image", "label", "split", "group", "template", "ext", "val", "test", "split_seed")
 _INTEGER = re.compile(r"^[+-]?\d+(\.0*)?$")
 
 
 def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSplits:
-    """Read a labels table into image paths and class indices per split.
+    """Read a labels table into image paths and class indices (or 0/1 targets) per split.
 
     Args:
         file: the CSV file.
-        options: any of ``image``, ``label``, ``split`` (column names), ``template`` or
-            ``ext`` (image path format), ``val``, ``test`` (hold-out fractions) and
-            ``split_seed``, as strings.
+        options: any of ``image``, ``label`` (one column, or several comma-separated for
+            multi-label), ``split``, ``group`` (column names), ``template`` or ``ext`` (image
+            path format), ``val``, ``test`` (hold-out fractions) and ``split_seed``, as
+            strings.
 
     Raises:
         UserError: a missing file or column, an unknown option or split value, an empty
-            label, or listed images that do not exist.
+            label or group, a multi-label value other than 0/1, a group in two given splits,
+            or listed images that do not exist.
     """
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTIONS))
@@ -71,15 +81,22 @@ def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSpl
         raise UserError(f"csv file {file} has no data rows")
     image_col = _column(header, options.get("image"), IMAGE_COLUMNS, "image", file)
     split_col = _column(header, options.get("split"), SPLIT_COLUMNS, "split", file, required=False)
-    label_col = _column(header, options.get("label"), LABEL_COLUMNS, "label", file, required=False)
-    if label_col is not None:
+    group_col = _column(header, options["group"], (), "group", file) if "group" in options else None
+    label_option = options.get("label")
+    if label_option is not None and "," in label_option:
+        columns = [_column(header, name, (), "label", file) for name in label_option.split(",")]
+        labels, class_names = _multilabel(rows, columns, file)
+    elif (
+        label_col := _column(header, label_option, LABEL_COLUMNS, "label", file, required=False)
+    ) is not None:
         labels, class_names = _labels(rows, label_col, file)
     else:
         labels, class_names = _one_hot(
-            rows, [c for c in header if c not in (image_col, split_col)], file
+            rows, [c for c in header if c not in (image_col, split_col, group_col)], file
         )
     paths = _image_paths(rows, image_col, file, options)
-    indices = _split_rows(rows, split_col, labels, options, file)
+    groups = _groups(rows, group_col, file) if group_col is not None else None
+    indices = _split_rows(rows, split_col, labels, groups, options, file)
     return FileSplits(
         paths={split: [paths[i] for i in idx] for split, idx in indices.items()},
         labels={split: labels[idx] for split, idx in indices.items()},
@@ -125,6 +142,28 @@ def _labels(rows: list[dict], column: str, file: Path) -> tuple[np.ndarray, list
     return np.array([lookup[v] for v in values], dtype=np.int64), names
 
 
+def _multilabel(rows: list[dict], columns: list[str], file: Path) -> tuple[np.ndarray, list[str]]:
+    targets = np.zeros((len(rows), len(columns)), dtype=np.int64)
+    for line, row in enumerate(rows, start=2):
+        for j, column in enumerate(columns):
+            value = (row[column] or "").strip()
+            if value not in ("0", "1", "0.0", "1.0"):
+                raise UserError(
+                    f"csv {file} line {line}: {column!r} is {value!r}; the label columns of a "
+                    "multi-label table hold 0 or 1"
+                )
+            targets[line - 2, j] = int(float(value))
+    return targets, columns
+
+
+def _groups(rows: list[dict], column: str, file: Path) -> np.ndarray:
+    values = [(row[column] or "").strip() for row in rows]
+    for line, value in enumerate(values, start=2):
+        if not value:
+            raise UserError(f"csv {file} line {line}: empty {column!r}; every row needs a group")
+    return np.array(values)
+
+
 def _one_hot(rows: list[dict], columns: list[str], file: Path) -> tuple[np.ndarray, list[str]]:
     try:
         table = np.array([[float(row[c]) for c in columns] for row in rows])
@@ -168,8 +207,24 @@ def _image_paths(rows: list[dict], column: str, file: Path, options: dict[str, s
     return paths
 
 
+def _holdout(
+    labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class hold-out of rows, or of whole groups when the rows have groups."""
+    if groups is None and labels.ndim == 1:
+        return stratified_holdout(labels, fraction, seed)
+    return grouped_holdout(
+        labels, np.arange(len(labels)) if groups is None else groups, fraction, seed
+    )
+
+
 def _split_rows(
-    rows: list[dict], column: str | None, labels: np.ndarray, options: dict[str, str], file: Path
+    rows: list[dict],
+    column: str | None,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    options: dict[str, str],
+    file: Path,
 ) -> dict[str, np.ndarray]:
     try:
         val_fraction = float(options.get("val", 0.1))
@@ -182,8 +237,10 @@ def _split_rows(
             f"csv options val and test must be fractions in (0, 1); got {val_fraction}, {test_fraction}"
         )
     if column is None:
-        rest, test = stratified_holdout(labels, test_fraction, seed)
-        kept, held = stratified_holdout(labels[rest], val_fraction, seed)
+        rest, test = _holdout(labels, groups, test_fraction, seed)
+        kept, held = _holdout(
+            labels[rest], None if groups is None else groups[rest], val_fraction, seed
+        )
         return {"train": rest[kept], "val": rest[held], "test": test}
     names = []
     for line, row in enumerate(rows, start=2):
@@ -200,7 +257,24 @@ def _split_rows(
             raise UserError(
                 f"csv {file}: no rows with {column} = {split}; every run needs {split} rows"
             )
+    if groups is not None:
+        _check_groups_stay(groups, indices, file)
     if not len(indices["val"]):
-        kept, held = stratified_holdout(labels[indices["train"]], val_fraction, seed)
-        indices["train"], indices["val"] = indices["train"][kept], indices["train"][held]
+        train = indices["train"]
+        kept, held = _holdout(
+            labels[train], None if groups is None else groups[train], val_fraction, seed
+        )
+        indices["train"], indices["val"] = train[kept], train[held]
     return indices
+
+
+def _check_groups_stay(groups: np.ndarray, indices: dict[str, np.ndarray], file: Path) -> None:
+    """Refuse a given split column that puts one group into two splits."""
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        for group in np.unique(groups[indices[split]]).tolist():
+            if seen.setdefault(group, split) != split:
+                raise UserError(
+                    f"csv {file}: group {group!r} has rows in both {seen[group]} and {split}; "
+                    "fix the split column or drop it to split by group"
+                )

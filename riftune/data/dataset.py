@@ -20,7 +20,8 @@ class ImageTensorDataset(Dataset[Item]):
     """Images held resized as uint8 in memory; items are normalized on access.
 
     Each item is ``(image, label, index)``: the image as float32 RGB normalized with
-    ``mean``/``std``, its class index, and its position in this dataset.
+    ``mean``/``std``, its class index (multi-label: its 0/1 targets), and its position in
+    this dataset.
 
     With ``augment`` on (meant for the training split; off by default), each access applies
     :func:`~riftune.data.transforms.flip_and_crop` with randomness drawn from
@@ -31,7 +32,7 @@ class ImageTensorDataset(Dataset[Item]):
 
     Args:
         images: resized pixels. Shape: (N, C, S, S) uint8, C ∈ {1, 3}.
-        labels: class indices. Shape: (N,) int64.
+        labels: class indices (N,), or multi-label 0/1 targets (N, L); stored as int64.
         mean: per-channel RGB mean of the normalization (on the 0..1 scale).
         std: per-channel RGB standard deviation of the normalization.
         augment: apply random resized crop and horizontal flip on access.
@@ -40,7 +41,7 @@ class ImageTensorDataset(Dataset[Item]):
             Shape: (N,) int64. ``None`` when the dataset is the whole split.
 
     Shape:
-        item image: (3, S, S) float32; label and index: () int64.
+        item image: (3, S, S) float32; label () int64 (multi-label: (L,)); index () int64.
     """
 
     def __init__(
@@ -57,8 +58,11 @@ class ImageTensorDataset(Dataset[Item]):
             raise ValueError(
                 f"images must be uint8 (N, 1|3, S, S); got {images.dtype} {tuple(images.shape)}"
             )
-        if labels.shape != (len(images),):
-            raise ValueError(f"labels must have shape ({len(images)},); got {tuple(labels.shape)}")
+        if labels.ndim not in (1, 2) or len(labels) != len(images):
+            raise ValueError(
+                f"labels must have shape ({len(images)},) or ({len(images)}, L); "
+                f"got {tuple(labels.shape)}"
+            )
         self.images = images
         self.labels = labels.to(torch.int64)
         self.normalize = Normalize(mean, std)
@@ -81,8 +85,8 @@ class ImageTensorDataset(Dataset[Item]):
         images live (see :meth:`to`: on the GPU it costs the host nothing).
 
         Shape:
-            output: images (B, 3, S, S) float32; labels and indices (B,) int64; all on the
-            images' device.
+            output: images (B, 3, S, S) float32; labels (B,) int64 (multi-label: (B, L));
+            indices (B,) int64; all on the images' device.
         """
         index = torch.as_tensor(indices, dtype=torch.int64).to(self.images.device)
         if self.augment:
@@ -121,6 +125,11 @@ class ImageTensorDataset(Dataset[Item]):
         self.epoch = epoch
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the labels are multi-label 0/1 targets (N, L) rather than class indices."""
+        return self.labels.ndim == 2
+
+    @property
     def image_size(self) -> int:
         """The side S of the square images."""
         return int(self.images.shape[-1])
@@ -134,9 +143,12 @@ class DatasetSplits:
         train: training split (the few-shot subset when ``shots`` was given).
         val: validation split (model selection).
         test: test split (reported once, for the selected checkpoint).
-        num_classes: number of classes K; labels are 0..K-1.
-        class_names: name of each class index, when the source names them.
-        task: ``"binary"`` for K = 2, ``"multiclass"`` otherwise (ordinal tasks included).
+        num_classes: number of classes K (labels 0..K-1), or of labels L for a multi-label
+            task: the number of logits either way.
+        class_names: name of each class index (multi-label: of each label), when the source
+            names them.
+        task: ``"multilabel"`` for 0/1 targets per label (one sigmoid per logit), else
+            ``"binary"`` for K = 2 and ``"multiclass"`` (ordinal tasks included).
         name: a short name for reports (``breastmnist_64``, a file stem, a folder name).
         source: the file or folder the data was read from.
     """
@@ -146,6 +158,16 @@ class DatasetSplits:
     test: ImageTensorDataset
     num_classes: int
     class_names: list[str] | None
-    task: Literal["binary", "multiclass"]
+    task: Literal["binary", "multiclass", "multilabel"]
     name: str
     source: str
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether each image has 0/1 targets for several labels (per-label BCE, mean AUC)."""
+        return self.task == "multilabel"
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The names of the logits: the class names, or the label names of a multi-label task."""
+        return self.class_names

@@ -32,8 +32,14 @@ def sample_shots(
         The chosen positions, sorted. Shape: (num_classes · K,) int64.
 
     Raises:
-        UserError: ``shots`` < 1, or a class with fewer than ``shots`` items.
+        UserError: multi-label targets, ``shots`` < 1, or a class with fewer than ``shots``
+            items.
     """
+    if labels.ndim != 1:
+        raise UserError(
+            "--shots draws K images per class, and multi-label images have no single class; "
+            "drop --shots"
+        )
     if shots < 1:
         raise UserError(f"--shots must be at least 1; got {shots}")
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ from riftune.data.fewshot import sample_shots
 from riftune.data.files import FileSplits, decode_images
 from riftune.data.imagefolder import scan_imagefolder
 from riftune.data.npz import read_npz
-from riftune.data.splits import SPLITS, check_labels
+from riftune.data.splits import SPLITS, count_outputs
 from riftune.data.transforms import Normalize, resize, to_nchw
 from riftune.errors import UserError
 
@@ -36,6 +36,8 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
     augment: bool = False,
+    group_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
 ) -> DatasetSplits:
     """Load a dataset named by ``spec``, resized once and normalized per item.
 
@@ -43,13 +45,17 @@ def load_dataset(
         - a MedMNIST 2D flag with optional size, ``breastmnist``, ``retinamnist_128``
           (see :mod:`riftune.data.medmnist`: lookup in ``data_root``, ``$RIFTUNE_DATA``,
           ``~/.medmnist``; MD5-checked download when missing; RetinaMNIST's ordinal grades
-          as classes; ChestMNIST refused as multi-label);
+          as classes; ChestMNIST as a multi-label task of 14 findings);
         - a path to a MedMNIST-format ``.npz`` (see :mod:`riftune.data.npz`), relative ones
           also looked for in the MedMNIST search roots; a file named like a flag
           (``breastmnist_64.npz``) gets that flag's class names;
         - ``imagefolder:PATH[?val=0.1&split_seed=0]`` (see :mod:`riftune.data.imagefolder`);
-        - ``csv:FILE[?image=COL&label=COL&split=COL&template=DIR/{}.png&...]``
-          (see :mod:`riftune.data.csv_table`).
+        - ``csv:FILE[?image=COL&label=COL&split=COL&group=COL&template=DIR/{}.png&...]``
+          (see :mod:`riftune.data.csv_table`; ``label=A,B,C`` for a multi-label table).
+
+    Multi-label sources (ChestMNIST's (N, L) 0/1 labels, a CSV with several label columns)
+    give ``task == "multilabel"``, items whose label is the (L,) 0/1 target, and
+    ``class_names`` the label names.
 
     Args:
         spec: what to load, as above.
@@ -63,6 +69,10 @@ def load_dataset(
         download: download a missing MedMNIST file (otherwise say where to put it).
         augment: random resized crop (80-100% of the area) and horizontal flip on the
             training split; off by default.
+        group_column: ``csv:`` only, the column whose rows stay in one split (a patient);
+            the same as the spec option ``group=COL``.
+        label_columns: ``csv:`` only, the 0/1 columns of a multi-label table; the same as
+            the spec option ``label=A,B,C``.
 
     Returns:
         The splits, whose items are ``(image (3, S, S) float32, label, index)``.
@@ -75,6 +85,10 @@ def load_dataset(
         raise UserError(f"--img-size must be positive; got {img_size}")
     Normalize(mean, std)  # check mean and std before any loading
     body, options = _split_options(spec)
+    if not body.startswith("csv:") and (group_column is not None or label_columns is not None):
+        raise UserError(
+            f"--group-column and --label-columns apply to csv: data only; got --data {spec!r}"
+        )
     if body.startswith("imagefolder:"):
         folder = Path(body.removeprefix("imagefolder:")).expanduser()
         table = scan_imagefolder(folder, **_imagefolder_options(options))
@@ -83,7 +97,7 @@ def load_dataset(
         )
     if body.startswith("csv:"):
         file = Path(body.removeprefix("csv:")).expanduser()
-        table = read_csv_table(file, options)
+        table = read_csv_table(file, _csv_options(options, group_column, label_columns))
         return _from_files(table, file.stem, str(file), img_size, mean, std, shots, seed, augment)
     if options:
         raise UserError(
@@ -94,7 +108,7 @@ def load_dataset(
     name = known.name if known else path.stem
     class_names = list(known.info.labels) if known else None
     labels = {split: arrays[split][1] for split in SPLITS}
-    num_classes = check_labels(labels, len(class_names) if class_names else None, name)
+    num_classes = count_outputs(labels, len(class_names) if class_names else None, name)
     images = {split: arrays[split][0] for split in SPLITS}
     chosen = None
     if shots is not None:
@@ -142,6 +156,31 @@ def _split_options(spec: str) -> tuple[str, dict[str, str]]:
         ) from err
 
 
+def _csv_options(
+    options: dict[str, str], group_column: str | None, label_columns: Sequence[str] | None
+) -> dict[str, str]:
+    """The spec's csv options with the group and label columns given as arguments added."""
+    merged = dict(options)
+    for key, value, flag in (
+        ("group", group_column, "--group-column"),
+        ("label", ",".join(label_columns) if label_columns else None, "--label-columns"),
+    ):
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise UserError(
+                f"{flag} {value!r} contradicts the data spec's {key}={options[key]!r}; give one"
+            )
+        merged[key] = value
+    return merged
+
+
+def _task(train_labels: np.ndarray, num_classes: int) -> str:
+    if train_labels.ndim == 2:
+        return "multilabel"
+    return "binary" if num_classes == 2 else "multiclass"
+
+
 def _imagefolder_options(options: dict[str, str]) -> dict:
     unknown = sorted(set(options) - {"val", "split_seed"})
     if unknown:
@@ -175,7 +214,7 @@ def _from_files(
         if not table.paths[split]:
             raise UserError(f"{source}: the {split} split is empty; every split needs images")
     class_names = table.class_names
-    num_classes = check_labels(table.labels, len(class_names) if class_names else None, source)
+    num_classes = count_outputs(table.labels, len(class_names) if class_names else None, source)
     paths, labels = dict(table.paths), dict(table.labels)
     chosen = None
     if shots is not None:
@@ -221,7 +260,7 @@ def _bundle(
         test=make("test"),
         num_classes=num_classes,
         class_names=class_names,
-        task="binary" if num_classes == 2 else "multiclass",
+        task=_task(labels["train"], num_classes),
         name=name,
         source=source,
     )

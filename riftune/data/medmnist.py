@@ -8,7 +8,7 @@ temporary file, checked against its official MD5, and only then renamed into pla
 
 Tasks: binary and multi-class flags load as they are. RetinaMNIST is an ordinal-regression
 task (5 diabetic-retinopathy grades); it is trained and evaluated as 5-class classification.
-ChestMNIST is multi-label and refused (not supported yet).
+ChestMNIST is multi-label (14 findings, each 0/1 per image); it loads as a multi-label task.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def parse_flag(spec: str) -> MedMNISTFile:
     """Parse ``flag`` or ``flag_size`` into the official file it names.
 
     Raises:
-        UserError: unknown flag or size, a 3D flag, or ChestMNIST (multi-label).
+        UserError: unknown flag or size, or a 3D flag.
     """
     match = _FLAG_RE.match(spec.strip().lower())
     flag = match["flag"] if match else spec
@@ -294,11 +294,6 @@ def parse_flag(spec: str) -> MedMNISTFile:
         raise UserError(f"{spec!r} is a 3D MedMNIST dataset; only the 2D ones are supported")
     if not match or flag not in FLAGS:
         raise UserError(f"unknown MedMNIST dataset {spec!r}; choose one of: {', '.join(FLAGS)}")
-    if FLAGS[flag].task.startswith("multi-label"):
-        raise UserError(
-            f"{flag} is a multi-label task, which is not supported yet; choose a binary or "
-            "multi-class dataset"
-        )
     size = int(match["size"]) if match["size"] else 28
     if size not in SIZES:
         raise UserError(

@@ -1,7 +1,8 @@
 """Read and validate a MedMNIST-format ``.npz`` file, never unpickling anything.
 
 The format: keys ``{train,val,test}_images`` (uint8, N×H×W or N×H×W×1 or N×H×W×3) and
-``{train,val,test}_labels`` (integers, shape (N,) or (N, 1)). The file is opened with
+``{train,val,test}_labels`` (integers, shape (N,) or (N, 1); or (N, L) of 0/1, L ≥ 2, for a
+multi-label task such as ChestMNIST's 14 findings). The file is opened with
 ``numpy.load(..., allow_pickle=False)``: an archive holding object arrays (pickled Python
 objects, which could run code when loaded) is refused before anything is unpickled.
 """
@@ -28,12 +29,13 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     Returns:
         split name → (images, labels): images uint8 as stored (N, H, W) or (N, H, W, C) with
-        C in {1, 3}; labels int64, shape (N,), non-negative.
+        C in {1, 3}; labels int64, shape (N,), non-negative, or multi-label 0/1 targets
+        (N, L).
 
     Raises:
         UserError: a missing path, a file that is not an ``.npz``, object arrays, missing
-            keys, wrong image dtype or shape, non-integer, negative or multi-label labels,
-            image/label count mismatch, or an empty split.
+            keys, wrong image dtype or shape, non-integer or negative labels, multi-label
+            targets other than 0/1, image/label count mismatch, or an empty split.
     """
     if not path.exists():
         raise UserError(f"data path {path} does not exist; check the path or --data-root")
@@ -86,14 +88,14 @@ def _check_split(
             f"{path}: {split}_images has shape {images.shape}; expected N×H×W (grayscale) or "
             "N×H×W×3 (RGB)"
         )
-    if labels.ndim == 2 and labels.shape[1] > 1:
+    if labels.ndim not in (1, 2):
         raise UserError(
-            f"{path}: {split}_labels has shape {labels.shape}, a multi-label task, which is not "
-            "supported yet; give one class index per image"
+            f"{path}: {split}_labels has shape {labels.shape}; expected (N,), (N, 1) or, "
+            "multi-label, (N, L)"
         )
-    if not (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1)):
-        raise UserError(f"{path}: {split}_labels has shape {labels.shape}; expected (N,) or (N, 1)")
-    labels = labels.reshape(-1)
+    multilabel = labels.ndim == 2 and labels.shape[1] > 1
+    if not multilabel:
+        labels = labels.reshape(-1)
     if len(images) != len(labels):
         raise UserError(
             f"{path}: {split} has {len(images)} images but {len(labels)} labels; "
@@ -101,7 +103,13 @@ def _check_split(
         )
     if len(images) == 0:
         raise UserError(f"{path}: the {split} split is empty; every split needs images")
-    return images, to_class_indices(labels, f"{path}: {split}_labels")
+    values = to_class_indices(labels, f"{path}: {split}_labels")
+    if multilabel and values.max(initial=0) > 1:
+        raise UserError(
+            f"{path}: {split}_labels has shape {labels.shape} (multi-label) but holds "
+            f"{values.max()}; multi-label targets are 0 or 1"
+        )
+    return images, values
 
 
 def to_class_indices(labels: np.ndarray, what: str) -> np.ndarray:

@@ -3,6 +3,7 @@
 :class:`GlobalBatchSampler` cuts one seeded order per epoch into global batches and gives
 each rank one contiguous, equal part of every global batch, so a step sees the same global
 batch whatever the world size, and a resumed run continues from the exact step it stopped.
+:class:`BalancedBatchSampler` does the same over a class-balanced draw with replacement.
 :class:`ShardedEvalSampler` gives each rank a strided shard of an evaluation set, without
 padding or duplicates. :class:`BatchLoader` turns index batches into tensor batches straight
 from an in-memory dataset; :func:`make_loader` does it through a ``torch`` DataLoader.
@@ -120,6 +121,56 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.steps_per_epoch - self.start_step
 
 
+class BalancedBatchSampler(GlobalBatchSampler):
+    """:class:`GlobalBatchSampler` over a class-balanced draw with replacement per epoch.
+
+    Epoch e draws N = ``len(labels)`` items with replacement, item i with probability
+    pᵢ = 1 / (C · n_{yᵢ}) (C the classes present, n_c their counts), so every class is drawn
+    equally often in expectation; the draw uses a ``torch.Generator`` seeded with
+    ``seed + e``. The draw is cut into global batches and split across ranks exactly as
+    :class:`GlobalBatchSampler` does, so the batches do not depend on the world size and
+    :meth:`set_epoch` / :meth:`set_start_step` resume at the exact step.
+
+    Args:
+        labels: the training split's class indices. Shape: (N,) integers.
+        global_batch_size: items per step over all ranks, B.
+        seed: base seed of the per-epoch draws.
+        world_size: number of ranks.
+        rank: this rank.
+        drop_last: drop the last global batch when shorter than B.
+
+    Raises:
+        UserError: multi-label targets (balanced sampling is defined per class), or the
+            errors of :class:`GlobalBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        global_batch_size: int,
+        seed: int,
+        world_size: int = 1,
+        rank: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1:
+            raise UserError(
+                "--sampler balanced needs one class per image; for multi-label data use "
+                "--sampler plain (and --class-weights balanced)"
+            )
+        super().__init__(len(labels), global_batch_size, seed, world_size, rank, drop_last)
+        _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        self.probabilities = (1.0 / (len(counts) * counts.double()))[inverse]
+
+    def global_order(self) -> torch.Tensor:
+        """The current epoch's class-balanced draw of N items. Shape: (N,) int64."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.multinomial(
+            self.probabilities, self.dataset_size, replacement=True, generator=generator
+        )
+
+
 class ShardedEvalSampler(Sampler[int]):
     """Rank r's strided shard ``r, r + W, r + 2W, ...`` of an evaluation set, in order.
 
@@ -199,3 +250,34 @@ class BatchLoader:
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+
+SAMPLERS = ("plain", "balanced")
+
+
+def train_batch_sampler(
+    kind: str,
+    labels: torch.Tensor,
+    global_batch_size: int,
+    seed: int,
+    world_size: int = 1,
+    rank: int = 0,
+) -> GlobalBatchSampler:
+    """The training batch sampler ``--sampler`` names, with ``drop_last``.
+
+    ``plain``: :class:`GlobalBatchSampler` (a seeded permutation per epoch); ``balanced``:
+    :class:`BalancedBatchSampler` (class-balanced draws with replacement).
+
+    Args:
+        kind: ``plain`` or ``balanced``.
+        labels: the training split's labels (their count is the dataset size). Shape: (N,)
+            (multi-label (N, L) only with ``plain``).
+
+    Raises:
+        UserError: an unknown kind, or what the samplers refuse.
+    """
+    if kind == "plain":
+        return GlobalBatchSampler(len(labels), global_batch_size, seed, world_size, rank)
+    if kind == "balanced":
+        return BalancedBatchSampler(labels, global_batch_size, seed, world_size, rank)
+    raise UserError(f"unknown --sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")

@@ -45,6 +45,50 @@ def check_labels(labels: dict[str, np.ndarray], num_classes: int | None, source:
     return inferred
 
 
+def count_outputs(labels: dict[str, np.ndarray], known: int | None, source: str) -> int:
+    """The number of logits the labels call for: classes K, or labels L if multi-label.
+
+    Class indices (N,) go through :func:`check_labels`, 0/1 targets (N, L) through
+    :func:`check_targets`; ``known`` is the source's class or label count, if it has one.
+
+    Raises:
+        UserError: some splits multi-label and others not, or what those checks refuse.
+    """
+    kinds = {split: split_labels.ndim == 2 for split, split_labels in labels.items()}
+    if len(set(kinds.values())) > 1:
+        multi = [split for split, is_multi in kinds.items() if is_multi]
+        raise UserError(
+            f"{source}: {', '.join(multi)} labels are multi-label (N, L) and the others are "
+            "one class per image; every split needs the same kind of labels"
+        )
+    if any(kinds.values()):
+        return check_targets(labels, known, source)
+    return check_labels(labels, known, source)
+
+
+def check_targets(labels: dict[str, np.ndarray], num_labels: int | None, source: str) -> int:
+    """Check that multi-label targets have one width L in every split and return L.
+
+    Args:
+        labels: split name → 0/1 targets, shape (N, L) (values checked earlier).
+        num_labels: the known label count (a MedMNIST flag's), or ``None``.
+        source: the dataset's name or path, for messages.
+
+    Raises:
+        UserError: splits of different widths, or a width other than ``num_labels``.
+    """
+    widths = {split: int(targets.shape[1]) for split, targets in labels.items()}
+    if len(set(widths.values())) > 1:
+        raise UserError(
+            f"{source}: the splits have different numbers of labels {widths}; every split "
+            "needs the same label columns"
+        )
+    width = next(iter(widths.values()))
+    if num_labels is not None and width != num_labels:
+        raise UserError(f"{source}: {width} label columns, but this dataset has {num_labels}")
+    return width
+
+
 def stratified_holdout(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -71,4 +115,55 @@ def stratified_holdout(
         held.append(rng.choice(members, size=count, replace=False))
     held_out = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     kept = np.setdiff1d(np.arange(len(labels)), held_out)
+    return kept, held_out
+
+
+def grouped_holdout(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into (kept, held out) whole groups at a time, stratified by label.
+
+    Every item of a group (a patient, a lesion) lands on the same side. Each group is given
+    its most frequent label (ties: the smallest; multi-label targets: one stratum for all),
+    and within each such stratum the groups are visited in a seeded random order, each held
+    out when that brings the held-out item count closer to ``fraction`` of the stratum's
+    items. A stratum of two or more groups holds out at least one and never all of them; a
+    stratum of one group keeps it. Proportions are thus near ``fraction`` when groups are
+    small against the strata, and exact only when every group is one item.
+
+    Args:
+        labels: class index of each item (N,), or multi-label 0/1 targets (N, L).
+        groups: the group of each item, any sortable values. Shape: (N,).
+        fraction: the share of items to hold out, in (0, 1).
+        seed: seed of the draw; the split depends only on the labels, groups and seed.
+
+    Returns:
+        Sorted positions kept and held out; together a partition of ``0..N-1``.
+    """
+    names, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    sizes = np.bincount(group_of, minlength=len(names))
+    if labels.ndim == 1:
+        votes = np.zeros((len(names), int(labels.max()) + 1), dtype=np.int64)
+        np.add.at(votes, (group_of, labels), 1)
+        stratum = votes.argmax(1)
+    else:
+        stratum = np.zeros(len(names), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    held_groups: list[int] = []
+    for value in np.unique(stratum):
+        members = rng.permutation(np.flatnonzero(stratum == value))
+        if len(members) < 2:
+            continue
+        target, held, chosen = fraction * sizes[members].sum(), 0, []
+        for group in members:
+            if abs(held + sizes[group] - target) < abs(held - target):
+                held += sizes[group]
+                chosen.append(group)
+        if not chosen:
+            chosen = [members[0]]
+        elif len(chosen) == len(members):
+            chosen.pop()
+        held_groups.extend(chosen)
+    held_out = np.flatnonzero(np.isin(group_of, held_groups))
+    kept = np.setdiff1d(np.arange(len(group_of)), held_out)
     return kept, held_out

@@ -9,7 +9,13 @@ themselves.
 """
 
 from riftune.metrics.calibration import expected_calibration_error
-from riftune.metrics.classification import accuracy, auc
+from riftune.metrics.classification import (
+    accuracy,
+    auc,
+    multilabel_accuracy,
+    multilabel_auc,
+    task_metrics,
+)
 from riftune.metrics.embeddings import Collected, collect, collect_embeddings
 from riftune.metrics.hessian import hessian_top_eigenvalue
 from riftune.metrics.robustness import corrupt, robustness_metrics
@@ -30,6 +36,9 @@ __all__ = [
     "knn_accuracy",
     "linear_cka",
     "linear_probe_accuracy",
+    "multilabel_accuracy",
+    "multilabel_auc",
     "robustness_metrics",
     "sharpness",
+    "task_metrics",
 ]

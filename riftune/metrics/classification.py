@@ -1,4 +1,4 @@
-"""Accuracy and MedMNIST's AUC from logits.
+"""Accuracy and MedMNIST's AUC from logits, single-label (softmax) and multi-label (sigmoid).
 
 Inputs are the whole split (under ``torch.distributed``, gather it first, e.g. with
 :func:`riftune.metrics.collect`); nothing here communicates across ranks.
@@ -70,3 +70,64 @@ def auc(logits: torch.Tensor, labels: torch.Tensor) -> float:
             return math.nan
         scores.append(roc_auc_score(positive, probs[:, c]))
     return float(np.mean(scores))
+
+
+def _check_multilabel(
+    logits: torch.Tensor, targets: torch.Tensor, who: str
+) -> tuple[np.ndarray, np.ndarray]:
+    logits, targets = torch.as_tensor(logits), torch.as_tensor(targets)
+    if logits.ndim != 2 or targets.shape != logits.shape or logits.shape[0] == 0:
+        raise ValueError(
+            f"{who} expects logits and 0/1 targets of one shape (n, L), n ≥ 1; got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    y = targets.detach().cpu().numpy()
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{who}: multi-label targets must be 0 or 1")
+    return torch.sigmoid(logits.detach().double()).cpu().numpy(), y.astype(bool)
+
+
+def multilabel_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over labels of the accuracy of σ(z) > 0.5, as MedMNIST's ``getACC`` for ChestMNIST.
+
+    (1/L) Σₗ (1/n) Σᵢ [[σ(zᵢₗ) > 0.5] = yᵢₗ], i.e. the fraction of the n·L (image, label)
+    decisions that are right; σ(z) > 0.5 is z > 0.
+
+    Shape:
+        logits: (n, L). targets: (n, L) 0/1.
+    """
+    probs, y = _check_multilabel(logits, targets, "multilabel_accuracy")
+    return float(((probs > 0.5) == y).mean(0).mean())
+
+
+def multilabel_auc(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over labels of the ROC AUC of σ(zₗ) against label l, as MedMNIST's ``getAUC``.
+
+    Labels whose targets are all 0 or all 1 on the split (their AUC is undefined; common for
+    rare findings on a small split) are left out of the mean.
+
+    Shape:
+        logits: (n, L). targets: (n, L) 0/1.
+
+    Returns:
+        The mean AUC in [0, 1], or NaN when no label has both a positive and a negative.
+    """
+    from sklearn.metrics import roc_auc_score  # deferred: importing sklearn takes seconds
+
+    probs, y = _check_multilabel(logits, targets, "multilabel_auc")
+    defined = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    if not defined:
+        return math.nan
+    return float(np.mean([roc_auc_score(y[:, j], probs[:, j]) for j in defined]))
+
+
+def task_metrics(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> dict[str, float]:
+    """``{"acc": ..., "auc": ...}`` of a split: :func:`accuracy` and :func:`auc`, or, for a
+    multi-label task, :func:`multilabel_accuracy` and :func:`multilabel_auc`.
+
+    Shape:
+        logits: (n, k). labels: (n,) class indices, or (n, k) 0/1 targets if ``multilabel``.
+    """
+    if multilabel:
+        return {"acc": multilabel_accuracy(logits, labels), "auc": multilabel_auc(logits, labels)}
+    return {"acc": accuracy(logits, labels), "auc": auc(logits, labels)}

@@ -29,7 +29,7 @@ class Collected:
     Attributes:
         embeddings: float32. Shape: (N, d).
         logits: float32, or ``None`` from :func:`collect_embeddings`. Shape: (N, k).
-        labels: int64. Shape: (N,).
+        labels: int64. Shape: (N,); (N, L) 0/1 targets for a multi-label task.
         indices: int64, strictly increasing (each sample once). Shape: (N,).
     """
 
@@ -119,7 +119,7 @@ def _run(
             parts["embeddings"].append(embeddings.float().cpu())
             if logits is not None:
                 parts["logits"].append(logits.float().cpu())
-            parts["labels"].append(torch.as_tensor(labels).reshape(-1).long().cpu())
+            parts["labels"].append(_label_rows(torch.as_tensor(labels)).long().cpu())
             parts["indices"].append(torch.as_tensor(indices).reshape(-1).long().cpu())
     if not parts["embeddings"]:
         raise ValueError("the loader yielded no batches; give collect a non-empty split")
@@ -138,3 +138,10 @@ def _run(
         labels=merged["labels"][keep],
         indices=merged["indices"][keep],
     )
+
+
+def _label_rows(labels: torch.Tensor) -> torch.Tensor:
+    """A batch's labels as (B,) class indices, or as (B, L) multi-label targets (L ≥ 2)."""
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return labels
+    return labels.reshape(-1)

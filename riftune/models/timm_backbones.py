@@ -1,7 +1,9 @@
 """Any timm model as a backbone (``timm:NAME``), pretrained weights from the Hugging Face hub.
 
 ``NAME`` is a timm model name, optionally with a pretrained tag
-(``vit_small_patch14_dinov2.lvd142m``). The backbone is built with ``num_classes=0``, so its
+(``vit_small_patch14_dinov2.lvd142m``), or ``hf-hub:ORG/NAME`` for a model published on the
+Hugging Face hub in timm's format (its ``config.json`` names the architecture; it is fetched
+even without pretrained weights, so such a name needs the hub or its cache). The backbone is built with ``num_classes=0``, so its
 forward returns the pooled embedding (n, d).
 
 Image size: for models that take ``img_size`` (ViTs and relatives) ``img_size`` is passed on, so
@@ -21,9 +23,14 @@ from torch import nn
 from riftune.errors import UserError
 
 PREFIX = "timm:"
+HUB_PREFIX = "hf-hub:"
 
 
 def _check_name(name: str, pretrained: bool) -> None:
+    if name.startswith(HUB_PREFIX):
+        if "/" not in name.removeprefix(HUB_PREFIX):
+            raise UserError(f"timm:{name} must name a hub repository, timm:hf-hub:ORG/NAME")
+        return  # only the hub knows the name: timm reads its config.json from there
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -74,12 +81,19 @@ def _create(name: str, pretrained: bool, img_size: int | None) -> tuple[nn.Modul
                 del kwargs[key]
             continue
         except OSError as err:  # hub / URL download failures (offline, no cache) are OSErrors
-            if not pretrained:
+            if not pretrained and not name.startswith(HUB_PREFIX):
                 raise
             raise UserError(
                 f"could not download the pretrained weights of timm:{name} "
                 f"({type(err).__name__}); this machine looks offline: pass --no-pretrained, "
                 f"or pre-populate the Hugging Face cache (HF_HOME) with these weights"
+            ) from err
+        except RuntimeError as err:  # timm: "Unknown model (...)" from a hub config.json
+            if not name.startswith(HUB_PREFIX) or "Unknown model" not in str(err):
+                raise
+            raise UserError(
+                f"timm:{name} names an architecture this timm {timm.__version__} does not "
+                f"have ({err}); upgrade timm or choose another model"
             ) from err
         return model, set(kwargs)
 
