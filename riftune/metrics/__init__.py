@@ -7,6 +7,7 @@ model-based ones (StreamingCKA, sharpness, hessian_top_eigenvalue) reduce across
 themselves.
 """
 
+from riftune.metrics.bootstrap import bootstrap_ci
 from riftune.metrics.calibration import expected_calibration_error
 from riftune.metrics.classification import accuracy, auc
 from riftune.metrics.embeddings import Collected, collect, collect_embeddings
@@ -20,6 +21,7 @@ __all__ = [
     "StreamingCKA",
     "accuracy",
     "auc",
+    "bootstrap_ci",
     "collect",
     "collect_embeddings",
     "expected_calibration_error",
