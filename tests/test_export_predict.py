@@ -3,6 +3,7 @@ and CSV give the probabilities of the run's own evaluation."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -18,16 +19,18 @@ import timm
 import torch
 from PIL import Image
 
-from riftune.data import load_dataset
+from riftune.data import DatasetSplits, ImageTensorDataset, load_dataset
+from riftune.distributed import DistributedContext
 from riftune.errors import UserError
-from riftune.evaluate_run import load_finished_run
+from riftune.evaluate_run import FinishedRun, load_finished_run
 from riftune.evaluation import eval_loader
-from riftune.export import export_run, info_path, timm_state_dict
+from riftune.export import export_loaded, export_run, info_path, timm_state_dict
 from riftune.metrics import collect
 from riftune.models import build_classifier
 from riftune.predict import predict_loaded, predict_run
 from riftune.report.predictions import read_predictions_csv
-from riftune.tuning import VPT, AdaptFormer
+from riftune.run_dir import RunDir
+from riftune.tuning import VPT, AdaptFormer, Full, LoRA
 
 REPO = Path(__file__).resolve().parents[1]
 IMG = 28  # breastmnist's native size: image files written from it decode to the same pixels
@@ -193,3 +196,44 @@ def test_predict_csv_with_and_without_labels(full_run, tmp_path, medmnist_dir):
     bad.write_text("file,label\nimg/0.png,cyst\n")
     with pytest.raises(UserError, match="'cyst' is not one of the run's classes"):
         predict_loaded(run, bad, tmp_path / "s.csv", 2)
+
+
+@pytest.mark.parametrize("method", [Full(), LoRA(rank=2)])
+def test_export_of_a_vit_keeps_its_image_size(method, tmp_path):
+    """A ViT built for 32 px needs img_size=32 in timm.create_model: the JSON says so."""
+    torch.manual_seed(0)
+    model = build_classifier("timm:vit_tiny_patch16_224", 1, pretrained=False, img_size=32)
+    model.reset_head(3)
+    method.apply(model)
+    with torch.no_grad():  # move every weight (LoRA's B starts at zero) so merging matters
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    split = ImageTensorDataset(pixels, torch.tensor([0, 1, 2, 0]), (0.5,) * 3, (0.5,) * 3)
+    run = FinishedRun(
+        run_dir=RunDir(tmp_path),
+        args=argparse.Namespace(
+            img_size=32, backbone="timm:vit_tiny_patch16_224", method=method.name
+        ),
+        ctx=DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
+        amp_dtype=None,
+        model=model,
+        data=DatasetSplits(split, split, split, 3, ["a", "b", "c"], "multiclass", "toy", "memory"),
+        pretrained=None,
+        method=method,
+    )
+    out = tmp_path / "vit.safetensors"
+    export_loaded(run, out)
+    info = json.loads(info_path(out).read_text())
+    assert info["architecture"] == "vit_tiny_patch16_224" and info["timm_kwargs"] == {
+        "img_size": 32
+    }
+    plain = timm.create_model(
+        info["architecture"], num_classes=3, pretrained=False, **info["timm_kwargs"]
+    )
+    plain.load_state_dict(safetensors.torch.load_file(out))
+    images = split.batch(range(4))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain.eval()(images), model.eval()(images).logits, rtol=1e-5, atol=1e-5
+        )
