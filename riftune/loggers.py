@@ -15,14 +15,19 @@ class TensorBoardLogger:
     ``torch.utils.tensorboard`` is imported when the logger is created, so riftune runs
     without the ``tensorboard`` package unless a logger is asked for.
 
+    Resume-safe: a crashed run may have logged steps after its last checkpoint. Reopen with
+    ``purge_step = G + 1``, G the checkpoint's global step, and TensorBoard drops the events of
+    steps ≥ G + 1 written before the crash, so the replayed steps are not shown twice.
+
     Args:
         log_dir: folder of the event files (created if missing).
+        purge_step: hide earlier events at this step and later (``None``: a new run).
 
     Raises:
         UserError: the ``tensorboard`` package is not installed.
     """
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -30,7 +35,7 @@ class TensorBoardLogger:
                 "TensorBoard logging needs the tensorboard package: pip install riftune[tensorboard]"
             ) from None
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def log_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
         """Log every real number of ``scalars`` at ``step`` (tags as given, e.g. ``train/loss``);

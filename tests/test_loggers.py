@@ -35,3 +35,17 @@ def test_missing_tensorboard_is_a_one_line_hint(tmp_path, monkeypatch):
         TensorBoardLogger(tmp_path / "tb")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path):
+    with TensorBoardLogger(tmp_path / "tb") as logger:
+        for step in range(1, 6):  # crashed after step 5, last checkpoint at step 3
+            logger.log_scalars(step, {"train/loss": float(step)})
+    with TensorBoardLogger(tmp_path / "tb", purge_step=4) as logger:
+        for step in (4, 5, 6):
+            logger.log_scalars(step, {"train/loss": 10.0 * step})
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0),
+    ]  # fmt: skip
