@@ -109,7 +109,7 @@ def read_new_images(
     """Load ``data`` (npz, image folder or CSV) resized to ``img_size`` (see the module docs)."""
     spec = str(data)
     body, options = _split_options(spec)
-    if body.startswith("csv:") or (body.lower().endswith(".csv") and Path(body).is_file()):
+    if body.startswith("csv:") or body.lower().endswith(".csv"):
         return _from_csv(Path(body.removeprefix("csv:")).expanduser(), options, img_size,
                          class_names, num_classes)  # fmt: skip
     if options:

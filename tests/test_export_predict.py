@@ -27,7 +27,7 @@ from riftune.evaluation import eval_loader
 from riftune.export import export_loaded, export_run, info_path, timm_state_dict
 from riftune.metrics import collect
 from riftune.models import build_classifier
-from riftune.predict import predict_loaded, predict_run
+from riftune.predict import predict_loaded, predict_run, read_new_images
 from riftune.report.predictions import read_predictions_csv
 from riftune.run_dir import RunDir
 from riftune.tuning import VPT, AdaptFormer, Full, LoRA
@@ -237,3 +237,22 @@ def test_export_of_a_vit_keeps_its_image_size(method, tmp_path):
         torch.testing.assert_close(
             plain.eval()(images), model.eval()(images).logits, rtol=1e-5, atol=1e-5
         )
+
+
+def test_unreadable_new_data_is_one_line(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_images.npz").write_bytes(b"")
+    np.savez(tmp_path / "labels_only.npz", test_labels=np.zeros(3, dtype=np.int64))
+    cases = {
+        tmp_path / "x.txt": "not a .npz file, an image folder or a .csv file",
+        tmp_path / "missing.csv": "does not exist",
+        tmp_path / "missing.npz": "does not exist",
+        tmp_path / "empty": "holds no images",
+        tmp_path / "no_images.npz": "not a readable .npz",
+        tmp_path / "labels_only.npz": "no \\*_images array",
+    }
+    for data, message in cases.items():
+        with pytest.raises(UserError, match=message) as caught:
+            read_new_images(data, 28, ["a", "b"], 2)
+        assert "\n" not in str(caught.value)
