@@ -46,6 +46,26 @@ class RunDir:
     def embeddings_plot(self) -> Path:
         return self.root / "embeddings.png"
 
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def roc_plot(self) -> Path:
+        return self.root / "roc.png"
+
+    @property
+    def calibration_plot(self) -> Path:
+        return self.root / "calibration.png"
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.root / "confusion.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
     def outputs(self) -> list[Path]:
         """Everything a run writes, so ``--overwrite`` removes exactly that and nothing else."""
         return [
@@ -56,6 +76,11 @@ class RunDir:
             self.checkpoints,
             self.training_plot,
             self.embeddings_plot,
+            self.predictions,
+            self.roc_plot,
+            self.calibration_plot,
+            self.confusion_plot,
+            self.tensorboard,
         ]
 
     def is_finished(self) -> bool:

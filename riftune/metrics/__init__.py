@@ -8,6 +8,7 @@ model-based ones (StreamingCKA, sharpness, hessian_top_eigenvalue) reduce across
 themselves.
 """
 
+from riftune.metrics.bootstrap import bootstrap_ci
 from riftune.metrics.calibration import expected_calibration_error
 from riftune.metrics.classification import (
     accuracy,
@@ -28,6 +29,7 @@ __all__ = [
     "StreamingCKA",
     "accuracy",
     "auc",
+    "bootstrap_ci",
     "collect",
     "collect_embeddings",
     "corrupt",

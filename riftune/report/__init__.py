@@ -9,7 +9,7 @@ from riftune.report.aggregate import (
     select_lambda,
 )
 from riftune.report.figures import pca_2d, plot_embeddings, plot_tradeoff, plot_training
-from riftune.report.history import read_history_csv, write_history_csv
+from riftune.report.history import AppendingCSV, read_history_csv, write_history_csv
 from riftune.report.tables import (
     COMPARE_COLUMNS,
     MetricColumn,
@@ -22,6 +22,7 @@ from riftune.report.tables import (
 __all__ = [
     "COMPARE_COLUMNS",
     "GROUP_KEYS",
+    "AppendingCSV",
     "MetricColumn",
     "aggregate_runs",
     "compare_report_markdown",

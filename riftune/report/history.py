@@ -2,12 +2,15 @@
 
 A history is a list of one dict per epoch (``{"epoch": 1, "train_loss": 0.61, ...}``). The file's
 columns are the union of the keys in first-seen order; a key missing from an epoch is an empty
-cell, and an empty cell is a missing key when read back.
+cell, and an empty cell is a missing key when read back. :class:`AppendingCSV` writes the same
+file row by row while training runs (``history.csv``, ``steps.csv``), resume-safe.
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +38,69 @@ def write_history_csv(history: Sequence[Mapping[str, object]], path: str | Path)
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         for row in history:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+class AppendingCSV:
+    """A history CSV that grows by one row per :meth:`append`, readable at any time.
+
+    The file always holds exactly the rows given so far, in the format of
+    :func:`write_history_csv`: the header once, one line per row, flushed and closed after each
+    append, so another process (or ``tail -f``) sees every finished row. A row with a key the
+    header lacks rewrites the file once with the widened header (atomically, through a
+    temporary file and a rename); otherwise a row is appended, and earlier bytes are never
+    touched.
+
+    Resume-safe: a crashed run may have appended rows after its last checkpoint. Reopen the
+    file with the rows the checkpoint holds, ``AppendingCSV(path, rows=state.history)``, and the
+    file is cut back to exactly those rows (rewritten) before training appends the rest, so no
+    row is duplicated or lost.
+
+    Args:
+        path: the CSV file; its folder must exist.
+        rows: the rows the file must hold now (``()`` for a new run: the file is removed until
+            the first append).
+    """
+
+    def __init__(self, path: str | Path, rows: Sequence[Mapping[str, object]] = ()):
+        self.path = Path(path)
+        self.sync(rows)
+
+    @property
+    def rows(self) -> list[dict[str, object]]:
+        """The rows the file holds (copies)."""
+        return [dict(row) for row in self._rows]
+
+    def sync(self, rows: Sequence[Mapping[str, object]]) -> None:
+        """Make the file hold exactly ``rows`` (rewritten atomically; removed when empty)."""
+        self._rows = [dict(row) for row in rows]
+        self._columns = history_columns(self._rows)
+        if not self._rows:
+            self.path.unlink(missing_ok=True)
+            return
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        os.close(fd)
+        try:
+            write_history_csv(self._rows, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def append(self, row: Mapping[str, object]) -> None:
+        """Add one row at the end of the file (the header first, if the file is new)."""
+        row = dict(row)
+        if any(key not in self._columns for key in row):
+            self.sync([*self._rows, row])
+            return
+        self._rows.append(row)
+        new_file = not self.path.exists()
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self._columns, restval="")
+            if new_file:
+                writer.writeheader()
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
 
 
