@@ -114,7 +114,9 @@ class _Runner:
         reg = variant.build(model.num_features)
         reg.prepare(PretrainedView(model=model, train_embeddings=cache.cpu()))
         reg.to(ctx.device)
-        optimizer = build_optimizer(method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01)
+        optimizer = build_optimizer(
+            method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01, lam=1.0
+        )
         teacher = build_teacher(reg, method, model)
         self.step = TrainStep(
             model,

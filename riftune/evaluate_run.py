@@ -12,6 +12,7 @@ from riftune import distributed
 from riftune.config import RunConfig, read_config
 from riftune.data import DatasetSplits
 from riftune.engine import autocast_dtype, build_model_and_data
+from riftune.engine.outputs import write_evaluation_outputs
 from riftune.errors import UserError
 from riftune.evaluation import PretrainedEmbeddings, final_metrics
 from riftune.models.classifier import Classifier
@@ -54,7 +55,8 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     The result reproduces the ``test`` and ``val`` entries of the run's metrics.json.
     """
     r = load_finished_run(run, device)
-    results, _ = final_metrics(r.model, r.data, r.pretrained, r.config, r.ctx, r.amp_dtype)
+    final = final_metrics(r.model, r.data, r.pretrained, r.config, r.ctx, r.amp_dtype)
     if r.ctx.is_main:
-        write_json_atomic(results, r.run_dir.root / "evaluation.json")
-    return results
+        write_json_atomic(final.metrics, r.run_dir.root / "evaluation.json")
+        write_evaluation_outputs(r.run_dir, final, r.data)
+    return final.metrics

@@ -1,32 +1,34 @@
-"""Evaluation of a finetuned classifier: accuracy, AUC, ECE, CKA to the pretrained embeddings,
-sharpness, the top Hessian eigenvalue, and retained generalizability on another dataset."""
+"""Evaluation of a finetuned classifier: accuracy, AUC (with bootstrap intervals), ECE, CKA to
+the pretrained embeddings, sharpness, the top Hessian eigenvalue, corrupted-data accuracy and
+AUC, and retained generalizability on another dataset."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import BatchSampler
 
 from riftune.config import RunConfig
 from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler, load_dataset
 from riftune.distributed import DistributedContext
+from riftune.losses import task_loss
 from riftune.metrics import (
     Collected,
-    accuracy,
-    auc,
     collect,
     expected_calibration_error,
     hessian_top_eigenvalue,
     knn_accuracy,
     linear_cka,
     linear_probe_accuracy,
+    robustness_metrics,
     sharpness,
+    task_metrics,
 )
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
+from riftune.report.run_outputs import confidence_intervals
 
 
 def eval_loader(
@@ -70,16 +72,22 @@ def pretrained_embeddings(
 
 @dataclass
 class EvalResult:
-    """Metrics of one split; ``collected`` keeps the finetuned embeddings, logits and labels."""
+    """Metrics of one split; ``collected`` keeps the finetuned embeddings, logits and labels.
+
+    ``loss`` is the mean task loss (the training loss without the regularizer); ``ece`` is NaN
+    for multi-label tasks (it is defined for one softmax per image).
+    """
 
     acc: float
     auc: float
     cka: float
     ece: float
+    loss: float
     collected: Collected
 
     def scalars(self) -> dict[str, float]:
-        return {"acc": self.acc, "auc": self.auc, "cka": self.cka, "ece": self.ece}
+        return {"acc": self.acc, "auc": self.auc, "cka": self.cka, "ece": self.ece,
+                "loss": self.loss}  # fmt: skip
 
     def prefixed(self, prefix: str) -> dict[str, float]:
         return {prefix + k: v for k, v in self.scalars().items()}
@@ -91,21 +99,30 @@ def evaluate_split(
     pretrained: Collected,
     ctx: DistributedContext,
     amp_dtype: torch.dtype | None,
+    multilabel: bool = False,
 ) -> EvalResult:
-    """Accuracy, AUC (MedMNIST's), ECE (15 bins) and linear CKA(pretrained, finetuned)."""
+    """Accuracy, AUC (MedMNIST's; multi-label: means over labels), ECE (15 bins), task loss and
+    linear CKA(pretrained, finetuned)."""
     out = collect(model, loader, ctx.device, amp_dtype=amp_dtype)
+    scores = task_metrics(out.logits, out.labels, multilabel)
+    ece = (
+        float("nan")
+        if multilabel
+        else float(expected_calibration_error(out.logits.softmax(-1), out.labels))
+    )
     return EvalResult(
-        acc=float(accuracy(out.logits, out.labels)),
-        auc=float(auc(out.logits, out.labels)),
+        acc=float(scores["acc"]),
+        auc=float(scores["auc"]),
         cka=float(linear_cka(pretrained.embeddings.double(), out.embeddings.double())),
-        ece=float(expected_calibration_error(out.logits.softmax(-1), out.labels)),
+        ece=ece,
+        loss=float(task_loss(out.logits.float(), out.labels, multilabel)),
         collected=out,
     )
 
 
 def _task_loss(model: Classifier, batch) -> torch.Tensor:
     images, labels, _ = batch
-    return F.cross_entropy(model(images).logits.float(), labels)
+    return task_loss(model(images).logits.float(), labels, multilabel=labels.ndim == 2)
 
 
 def landscape_metrics(
@@ -195,6 +212,15 @@ def transfer_metrics(
     }
 
 
+@dataclass
+class FinalEvaluation:
+    """metrics.json's evaluation part and the splits it was computed from."""
+
+    metrics: dict
+    test: EvalResult
+    val: EvalResult
+
+
 def final_metrics(
     model: Classifier,
     data,
@@ -202,17 +228,31 @@ def final_metrics(
     config: RunConfig,
     ctx: DistributedContext,
     amp_dtype: torch.dtype | None,
-) -> tuple[dict, EvalResult]:
-    """metrics.json's evaluation part for the selected checkpoint (also ``riftune evaluate``)."""
-    batch = config.evaluation.eval_batch_size
-    test = evaluate_split(
-        model, eval_loader(data.test, batch, ctx), pretrained.test, ctx, amp_dtype
+) -> FinalEvaluation:
+    """The evaluation of the selected checkpoint (also ``riftune evaluate``): test and
+    validation metrics with their bootstrap 95% intervals, sharpness and the Hessian
+    eigenvalue, and on request corrupted-data (``robust``) and transfer metrics."""
+    ev, batch = config.evaluation, config.evaluation.eval_batch_size
+    multilabel = data.multilabel
+    test, val = (
+        evaluate_split(model, eval_loader(split, batch, ctx), ref, ctx, amp_dtype, multilabel)
+        for split, ref in ((data.test, pretrained.test), (data.val, pretrained.val))
     )
-    val = evaluate_split(model, eval_loader(data.val, batch, ctx), pretrained.val, ctx, amp_dtype)
     metrics = {
         "test": {**test.scalars(), **landscape_metrics(model, data.train, config, ctx)},
         "val": val.scalars(),
     }
-    if config.evaluation.transfer_data:
+    if ev.bootstrap_resamples > 0 and not multilabel:
+        intervals = confidence_intervals(
+            {"test": test.collected, "val": val.collected},
+            seed=config.training.seed,
+            resamples=ev.bootstrap_resamples,
+        )
+        metrics["test"]["ci"], metrics["val"]["ci"] = intervals["test"], intervals["val"]
+    if ev.robustness:
+        metrics["robust"] = robustness_metrics(
+            model, data.test, batch, ctx.device, amp_dtype, seed=config.training.seed
+        )
+    if ev.transfer_data:
         metrics["transfer"] = transfer_metrics(model, config, ctx, amp_dtype)
-    return metrics, test
+    return FinalEvaluation(metrics, test, val)

@@ -1,6 +1,9 @@
 """One training step, shared by ``riftune finetune`` and ``riftune bench``.
 
-    loss = cross_entropy(head(z), y) + lam * regularizer.penalty(z, reference, ...)
+    loss = task_loss(head(z), y) + lam * regularizer.penalty(z, reference, ...)
+
+with the task loss cross-entropy (per-label binary cross-entropy for multi-label data), ``lam``
+fixed or set before each step by a similarity budget,
 
 where z are the finetuned embeddings of the batch and ``reference`` the pretrained embeddings of
 the same images, read from the per-sample cache or computed by a frozen teacher pass, only when
@@ -14,10 +17,10 @@ import copy
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from riftune.distributed import DistributedContext
+from riftune.losses import task_loss
 from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap
 from riftune.modes import eval_mode
@@ -93,6 +96,8 @@ class TrainStep:
         amp_dtype: torch.dtype | None,
         reference_cache: torch.Tensor | None = None,
         teacher: Teacher | None = None,
+        multilabel: bool = False,
+        class_weights: torch.Tensor | None = None,
     ):
         self.model = model
         self.forward_model: nn.Module = model
@@ -106,6 +111,8 @@ class TrainStep:
         self.amp_dtype = amp_dtype
         self.reference_cache = reference_cache
         self.teacher = teacher
+        self.multilabel = multilabel
+        self.class_weights = class_weights
         self._parameters = [p for g in optimizer.param_groups for p in g["params"]]
 
     def __call__(
@@ -133,7 +140,7 @@ class TrainStep:
                 if self.teacher is not None and self.teacher.student_tap
                 else None
             )
-            task_loss = F.cross_entropy(output.logits.float(), labels)
+            task = task_loss(output.logits.float(), labels, self.multilabel, self.class_weights)
             reg_loss = self.regularizer.penalty(
                 StepInputs(
                     embeddings=output.embeddings,
@@ -143,7 +150,7 @@ class TrainStep:
                     model=self.model,
                 )
             ).float()
-            loss = task_loss + self.lam * reg_loss
+            loss = task + self.lam * reg_loss
         if not self.ctx.all_true(bool(torch.isfinite(loss.detach()))):
             raise NonFiniteLossError("loss became non-finite")
         self.optimizer.zero_grad(set_to_none=True)
@@ -154,4 +161,4 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": loss.detach(), "task": task_loss.detach(), "reg": reg_loss.detach()}
+        return {"loss": loss.detach(), "task": task.detach(), "reg": reg_loss.detach()}

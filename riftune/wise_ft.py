@@ -80,7 +80,7 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
             ("test", r.data.test, r.pretrained.test),
         ):
             loader = eval_loader(split, r.config.evaluation.eval_batch_size, ctx)
-            result = evaluate_split(plain, loader, reference, ctx, amp_dtype)
+            result = evaluate_split(plain, loader, reference, ctx, amp_dtype, r.data.multilabel)
             row.update(result.prefixed(f"{name}."))
         rows.append(row)
     if ctx.is_main:

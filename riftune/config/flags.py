@@ -31,6 +31,7 @@ _GROUPS = {
     "model": "backbone",
     "training": "training",
     "evaluation": "evaluation (may change on --resume)",
+    "budget": "similarity budget (instead of a fixed --lam)",
 }
 
 

@@ -26,7 +26,9 @@ from typing import Any
 import yaml
 
 from riftune import regularizers, tuning
+from riftune.budget import budget_for_similarity
 from riftune.config.sections import (
+    BudgetConfig,
     DataConfig,
     EvaluationConfig,
     ModelConfig,
@@ -52,6 +54,7 @@ SECTIONS: dict[str, type[Section]] = {
     "model": ModelConfig,
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
+    "budget": BudgetConfig,
 }
 """The sections that belong to no component, by their key in the YAML form."""
 
@@ -117,9 +120,11 @@ class RunConfig:
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
+        self._check_budget()
         reg = regularizers.get(self.regularizer.name)
         reg_flag = f"--reg {self.regularizer.name}"
         if self.training.batch_size < reg.min_batch_size:
@@ -134,15 +139,48 @@ class RunConfig:
                 "method that trains the backbone"
             )
 
+    def _check_budget(self) -> None:
+        if not self.budget.active:
+            return
+        name, reg = self.regularizer.name, regularizers.get(self.regularizer.name)
+        if name == "none" or not getattr(reg, "has_penalty", True):
+            raise UserError(f"--budget needs a regularizer with a penalty, not --reg {name}")
+        if self.budget.target_similarity is not None:
+            options = self.regularizer.options
+            if name == "rift" and options.match != "paired":
+                raise UserError(
+                    "--target-similarity with --reg rift needs --rift-match paired (the "
+                    "covariance penalty is no similarity); give --budget EPS instead"
+                )
+            assert self.epsilon is not None  # budget_for_similarity refuses other regularizers
+
+    @property
+    def epsilon(self) -> float | None:
+        """The budget ε on the penalty (from --budget or --target-similarity), or None."""
+        if self.budget.target_similarity is not None:
+            return budget_for_similarity(self.regularizer.name, self.budget.target_similarity)
+        return self.budget.budget
+
+    @property
+    def initial_lam(self) -> float:
+        """λ before the first step: --lam, or 0 under an additive budget."""
+        if self.budget.active and self.budget.mode == "additive":
+            return 0.0
+        return self.regularizer.weight
+
     # ------------------------------------------------------------------------- YAML form
     def to_dict(self) -> dict[str, Any]:
-        """The nested YAML form of what the run computes from (no ``output``)."""
-        return {
+        """The nested YAML form of what the run computes from (no ``output``; ``budget`` only
+        when one is set)."""
+        values = {
             FORMAT_KEY: FORMAT,
             **{key: getattr(self, key).to_dict() for key in SECTIONS},
             "method": self.method.to_dict(),
             "regularizer": self.regularizer.to_dict(),
         }
+        if not self.budget.active:
+            del values["budget"]
+        return values
 
     def training_part(self) -> dict[str, Any]:
         """What a resumed run must share with the interrupted one: everything but evaluation,

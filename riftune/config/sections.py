@@ -8,11 +8,18 @@ registered class) and composed in :mod:`riftune.config.run`. Every default lives
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from riftune.errors import UserError
 from riftune.models import DEFAULT_BACKBONE
-from riftune.options import Section, non_negative, option, positive
+from riftune.options import (
+    Section,
+    non_negative,
+    option,
+    positive,
+    positive_finite,
+    unit_interval,
+)
 
 DEFAULT_DATA = "breastmnist"
 
@@ -36,6 +43,22 @@ class DataConfig(Section):
         metavar="K",
     )
     img_size: int = option(128, "square image side", check=positive)
+    group_column: str | None = option(
+        None,
+        "csv: rows with the same value in this column (a patient, a lesion) stay in one split "
+        "when the CSV has no split column",
+        metavar="COL",
+    )
+    label_columns: str | None = option(
+        None,
+        "csv: comma-separated 0/1 columns of a multi-label table (one binary task each)",
+        metavar="A,B,C",
+    )
+
+    def check(self) -> None:
+        for name in ("group_column", "label_columns"):
+            if getattr(self, name) and not self.data.startswith("csv:"):
+                raise UserError(f"--{name.replace('_', '-')} applies to csv:FILE data only")
 
 
 @dataclass
@@ -51,6 +74,16 @@ class ModelConfig(Section):
         "start from the pretrained weights; --no-pretrained starts from random weights "
         "(timm:NAME offline, or tests), and CKA is then to the random initialization",
     )
+    pretrained_file: str | None = option(
+        None,
+        "start the backbone from a local safetensors or torch state dict (a backbone, a timm "
+        "model or a riftune export; the classifier is ignored) instead of its named weights",
+        metavar="PATH",
+    )
+
+    def check(self) -> None:
+        if self.pretrained_file and not self.pretrained:
+            raise UserError("--pretrained-file and --no-pretrained contradict each other")
 
 
 @dataclass
@@ -87,6 +120,17 @@ class TrainingConfig(Section):
         check=non_negative,
         metavar="N",
     )
+    class_weights: Literal["none", "balanced"] = option(
+        "none",
+        "weigh the task loss by class: balanced = N / (C · n_c) (multi-label: each label's "
+        "positives by negatives / positives)",
+    )
+    sampler: Literal["plain", "balanced"] = option(
+        "plain", "balanced: draw every class equally often (with replacement)"
+    )
+    select_on: Literal["auc", "acc", "loss"] = option(
+        "auc", "the validation metric that selects the checkpoint evaluated on test"
+    )
 
 
 @dataclass
@@ -120,6 +164,59 @@ class EvaluationConfig(Section):
         check=positive,
         metavar="K",
     )
+    robustness: bool = option(
+        False,
+        "also evaluate the selected checkpoint on the test split under 6 corruptions x 3 "
+        "severities (MedMNIST-C / ImageNet-C style): the 'robust' block of metrics.json",
+    )
+    bootstrap_resamples: int = option(
+        1000,
+        "bootstrap resamples for the 95% confidence intervals of accuracy and AUC (0 skips)",
+        check=non_negative,
+    )
+
+
+@dataclass
+class BudgetConfig(Section):
+    """A similarity budget: λ found by dual ascent so that the penalty stays within ε."""
+
+    flag_prefix: ClassVar[str] = "budget"
+    budget: float | None = option(
+        None,
+        "keep the running mean of the penalty within EPS instead of weighting it by a fixed "
+        "--lam: λ becomes a Lagrange multiplier updated every step. EPS is the penalty's "
+        "value: for paired rift 2 - 2·similarity, for cka 1 - CKA, for feature-distill the "
+        "mean squared embedding distance",
+        flag="--budget",
+        check=non_negative,
+        metavar="EPS",
+    )
+    target_similarity: float | None = option(
+        None,
+        "the budget as a similarity to keep: rift with --rift-match paired (EPS = 2 - 2·S) or "
+        "cka (EPS = 1 - S)",
+        flag="--target-similarity",
+        check=unit_interval,
+        metavar="S",
+    )
+    lr: float = option(0.5, "the dual step size of λ", check=positive_finite)
+    ema: float = option(
+        0.9,
+        "weight of the past in the running mean of the penalty, in [0, 1)",
+        check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+    )
+    mode: Literal["additive", "geco"] = option(
+        "additive",
+        "additive: λ + lr·(mean − EPS), from 0; geco: λ·exp(lr·(mean − EPS)), from --lam",
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.budget is not None or self.target_similarity is not None
+
+    def check(self) -> None:
+        if self.budget is not None and self.target_similarity is not None:
+            raise UserError("--budget and --target-similarity say the same thing; pass one")
 
 
 @dataclass
@@ -132,6 +229,12 @@ class OutputConfig(Section):
         False, "replace a finished or unfinished run in --out", negatable=False
     )
     quiet: bool = option(False, "no progress output", negatable=False)
+    tensorboard: bool = option(
+        False,
+        "also log losses and metrics to TensorBoard in OUT/tensorboard "
+        "(pip install 'riftune[tensorboard]')",
+        negatable=False,
+    )
     debug: bool = option(False, "show tracebacks", negatable=False)
 
     def check(self) -> None:

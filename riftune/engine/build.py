@@ -14,9 +14,12 @@ import torch
 from riftune import distributed, tuning
 from riftune.config import RunConfig
 from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, load_dataset
+from riftune.data.sampling import train_batch_sampler
 from riftune.evaluation import PretrainedEmbeddings, eval_loader, pretrained_embeddings
+from riftune.losses import class_weights
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
+from riftune.optim.spd import SPDAdamW, spd_anchors, spd_param_groups
 from riftune.regularizers import PretrainedView, Regularizer
 from riftune.schedule import warmup_cosine
 from riftune.step import Teacher, TrainStep
@@ -38,6 +41,7 @@ def build_pretrained_classifier(config: RunConfig, num_classes: int = 1) -> Clas
         num_classes=num_classes,
         pretrained=config.model.pretrained,
         img_size=config.data.img_size,
+        pretrained_file=config.model.pretrained_file,
     )
 
 
@@ -62,6 +66,8 @@ def build_model_and_data(
         shots=config.data.shots,
         seed=seed,
         augment=config.training.augment,
+        group_column=config.data.group_column,
+        label_columns=config.data.label_columns.split(",") if config.data.label_columns else None,
     )
     if ctx.device.type == "cuda":  # images live on the GPU: batches never cross the host
         data = dataclasses.replace(
@@ -100,15 +106,22 @@ def build_optimizer(
     lr: float,
     head_lr: float,
     weight_decay: float,
+    lam: float,
 ) -> torch.optim.AdamW:
-    """AdamW over the method's groups and the regularizer's own parameters (no decay)."""
+    """AdamW over the method's groups and the regularizer's own parameters (no decay); with
+    ``--reg spd`` its Selective Projection Decay variant of strength ``lam``, anchored at the
+    parameters' values now (call it before any update or checkpoint load)."""
     reg_lr = head_lr if reg.param_lr is None else reg.param_lr
-    return torch.optim.AdamW(
-        method.param_groups(model, backbone_lr=lr, head_lr=head_lr)
-        + [{"params": list(reg.parameters()), "lr": reg_lr, "weight_decay": 0.0}],
-        lr=lr,
-        weight_decay=weight_decay,
-    )
+    groups = method.param_groups(model, backbone_lr=lr, head_lr=head_lr) + [
+        {"params": list(reg.parameters()), "lr": reg_lr, "weight_decay": 0.0}
+    ]
+    if reg.optimizer == "spd":
+        anchors = spd_anchors(model, method)
+        return SPDAdamW(
+            spd_param_groups(groups, anchors), anchors, spd_lam=lam, lr=lr,
+            weight_decay=weight_decay,
+        )  # fmt: skip
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
 @dataclass
@@ -158,9 +171,12 @@ def build_training(
     teacher = build_teacher(reg, method, model)
     cache = pretrained.train.embeddings.to(device) if reg.reference == "cache" else None
     distributed.synchronize_batchnorm(model)
-    optimizer = build_optimizer(method, model, reg, train.lr, train.head_lr, train.weight_decay)
-    sampler = GlobalBatchSampler(
-        len(data.train),
+    optimizer = build_optimizer(
+        method, model, reg, train.lr, train.head_lr, train.weight_decay, config.regularizer.weight
+    )
+    sampler = train_batch_sampler(
+        train.sampler,
+        data.train.labels,
         train.batch_size,
         seed=train.seed,
         world_size=ctx.world_size,
@@ -178,11 +194,13 @@ def build_training(
         scheduler,
         scaler,
         ctx,
-        lam=config.regularizer.weight,
+        lam=0.0 if reg.optimizer == "spd" else config.initial_lam,
         grad_clip=train.grad_clip,
         amp_dtype=amp_dtype,
         reference_cache=cache,
         teacher=teacher,
+        multilabel=data.multilabel,
+        class_weights=class_weights(train.class_weights, data.train.labels, data.num_classes),
     )
     return Training(
         reg, optimizer, scheduler, scaler, sampler, BatchLoader(data.train, sampler), step

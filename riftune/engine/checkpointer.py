@@ -28,7 +28,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # optimizer steps done within the current epoch
     global_step: int = 0
-    best_val_auc: float = float("-inf")
+    best_value: float = float("-inf")  # of the --select-on metric at best_epoch
     best_epoch: int = -1
     wall_seconds: float = 0.0  # of the earlier sessions of this run
     history: list[dict] = field(default_factory=list)
@@ -41,6 +41,9 @@ class TrainState:
     def from_meta(cls, meta: dict[str, Any]) -> TrainState:
         """From a checkpoint's ``state``; fields an older checkpoint lacks keep their default."""
         names = {f.name for f in dataclasses.fields(cls)}
+        meta = dict(meta)
+        if "best_val_auc" in meta:  # checkpoints before --select-on selected on AUC
+            meta["best_value"] = meta.pop("best_val_auc")
         return cls(**{k: v for k, v in meta.items() if k in names})
 
 

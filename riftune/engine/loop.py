@@ -19,10 +19,12 @@ from riftune import distributed, report
 from riftune.config import RunConfig, read_config, write_config
 from riftune.engine.build import autocast_dtype, build_model_and_data, build_training
 from riftune.engine.checkpointer import Checkpointer, TrainState
+from riftune.engine.outputs import LiveOutputs, budget_weight, write_evaluation_outputs
 from riftune.errors import UserError
 from riftune.evaluation import EvalResult, eval_loader, evaluate_split, final_metrics
 from riftune.progress import Progress
 from riftune.run_dir import RunDir, claim, write_json_atomic
+from riftune.selection import initial_best, is_better
 from riftune.step import NonFiniteLossError
 
 
@@ -81,6 +83,7 @@ class Finetuner:
             self.amp_dtype,
         )  # fmt: skip
         self.steps_per_epoch = self.training.sampler.steps_per_epoch
+        self.budget = budget_weight(self.config)
         self.val_loader = eval_loader(
             self.data.val, self.config.evaluation.eval_batch_size, self.ctx
         )
@@ -100,9 +103,13 @@ class Finetuner:
             )
         self._trainable_names = names
 
+    def _stateful(self) -> dict:
+        """What a checkpoint holds besides the model (the budget's λ and running mean too)."""
+        return self.training.stateful() | ({"budget": self.budget} if self.budget else {})
+
     def _save(self) -> None:
         wall = self.state.wall_seconds + (time.perf_counter() - self._started)
-        self.checkpointer.save(self.state, wall, self.model, self.training.stateful())
+        self.checkpointer.save(self.state, wall, self.model, self._stateful())
 
     def _train_epoch(self, epoch: int) -> dict:
         s, t = self.state, self.training
@@ -132,7 +139,12 @@ class Finetuner:
             s.step_ms.append((now - tick) * 1000.0)
             s.global_step += 1
             s.step_in_epoch += 1
-            s.steps.append({"step": s.global_step, **losses, "lr": t.scheduler.get_last_lr()[0]})
+            row = {"step": s.global_step, **losses, "lr": t.scheduler.get_last_lr()[0]}
+            if self.budget is not None:  # λ of this step, then the dual step for the next
+                row |= {"lam": t.step.lam, "reg_mean": self.budget.update(losses["reg"])}
+                row["reg_mean"], t.step.lam = self.budget.running, self.budget.value
+            s.steps.append(row)
+            self.outputs.step(row)
             for key in sums:
                 sums[key] += losses[key]
             bar.update(loss=losses["loss"])
@@ -155,21 +167,25 @@ class Finetuner:
 
     def _validate(self) -> EvalResult:
         return evaluate_split(
-            self.model, self.val_loader, self.pretrained.val, self.ctx, self.amp_dtype
-        )
+            self.model, self.val_loader, self.pretrained.val, self.ctx, self.amp_dtype,
+            self.data.multilabel,
+        )  # fmt: skip
 
     def run(self) -> dict:
         self._claim_run_dir()
         self._started = time.perf_counter()
         self._build()
-        self.state = TrainState()
+        self.state = TrainState(best_value=initial_best(self.config.training.select_on))
         if self.config.output.resume:
-            self.state, name = self.checkpointer.restore(self.model, self.training.stateful())
+            self.state, name = self.checkpointer.restore(self.model, self._stateful())
+            if self.budget is not None:
+                self.training.step.lam = self.budget.value
             self.progress.log(
                 f"resumed from {name} at epoch {self.state.epoch + 1}, step "
                 f"{self.state.step_in_epoch}"
             )
         s, epochs = self.state, self.config.training.epochs
+        self.outputs = LiveOutputs(self.run_dir, self.config, self.ctx, s)
         epochs_bar = self.progress.bar(epochs, initial=s.epoch, desc="epochs", leave=True)
         for epoch in range(s.epoch, epochs):
             train_losses = self._train_epoch(epoch)
@@ -183,8 +199,10 @@ class Finetuner:
                 "lr": self.training.scheduler.get_last_lr()[0],
             }
             s.history.append(row)
-            if val.auc > s.best_val_auc:
-                s.best_val_auc, s.best_epoch = val.auc, epoch + 1
+            self.outputs.epoch(row, s.global_step)
+            select_on = self.config.training.select_on
+            if is_better(select_on, getattr(val, select_on), s.best_value):
+                s.best_value, s.best_epoch = getattr(val, select_on), epoch + 1
                 self.checkpointer.save_best(self.model, s.epoch)
             self._save()
             epochs_bar.update(val_auc=val.auc, val_cka=val.cka)
@@ -199,11 +217,13 @@ class Finetuner:
         """Evaluate the best-validation checkpoint on test and write the run's outputs."""
         s = self.state
         self.checkpointer.load_best(self.model)
-        evaluation, test = final_metrics(
+        final = final_metrics(
             self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype
         )
+        test = final.test
         metrics = {
-            **evaluation,
+            **final.metrics,
+            "selected_on": f"val_{self.config.training.select_on}",
             "best_epoch": s.best_epoch,
             "epochs": self.config.training.epochs,
             "wall_seconds": s.wall_seconds + (time.perf_counter() - self._started),
@@ -212,9 +232,9 @@ class Finetuner:
             "device": str(self.ctx.device),
         }
         if self.ctx.is_main:
-            report.write_history_csv(s.history, self.run_dir.history)
-            report.write_history_csv(s.steps, self.run_dir.steps)
+            self.outputs.close(metrics)
             report.plot_training(s.history, self.run_dir.training_plot)
+            write_evaluation_outputs(self.run_dir, final, self.data)
             report.plot_embeddings(
                 self.pretrained.test.embeddings.numpy(),
                 test.collected.embeddings.numpy(),

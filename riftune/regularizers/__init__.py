@@ -6,6 +6,7 @@ from riftune.regularizers import (
     feature_distill,  # noqa: F401  (registers "feature-distill")
     l2sp,  # noqa: F401  (registers "l2sp")
     rift,  # noqa: F401  (registers "rift")
+    spd,  # noqa: F401  (registers "spd")
 )
 from riftune.regularizers.base import (
     PretrainedView,

@@ -85,6 +85,10 @@ class Regularizer(nn.Module):
         penalizes_features_only: whether the penalty depends on nothing but the backbone's
             outputs (embeddings or feature maps), so it is constant when a method cannot
             change them (``linear``); the engine then refuses the combination.
+        has_penalty: ``False`` for a regularizer that acts through the optimizer alone (its
+            penalty is 0, so a similarity budget has nothing to bound).
+        optimizer: ``"adamw"``, or ``"spd"``: the engine steps with
+            :class:`~riftune.optim.spd.SPDAdamW` of strength λ (Selective Projection Decay).
 
     Instance attribute:
         param_lr: the learning rate the engine gives the regularizer's own parameters (RIFT's
@@ -97,6 +101,8 @@ class Regularizer(nn.Module):
     min_batch_size: ClassVar[int] = 1
     default_lam: ClassVar[float] = 1.0
     penalizes_features_only: ClassVar[bool] = False
+    has_penalty: ClassVar[bool] = True
+    optimizer: ClassVar[Literal["adamw", "spd"]] = "adamw"
     param_lr: float | None = None
 
     Options: ClassVar[type[Section]] = NoOptions
