@@ -15,6 +15,7 @@ from riftune.errors import UserError
 from riftune.models import efficientnet_lite, timm_backbones
 from riftune.models.classifier import Classifier, ClassifierOutput
 from riftune.models.efficientnet_lite import load_imagenet_model
+from riftune.registry import Registry
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -29,14 +30,14 @@ def _lite_factory(name: str) -> BackboneFactory:
     return factory
 
 
-_REGISTRY: dict[str, BackboneFactory] = {
-    name: _lite_factory(name) for name in efficientnet_lite.VARIANTS
-}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+for _name in efficientnet_lite.VARIANTS:
+    BACKBONES.add(_name, _lite_factory(_name))
 
 
 def available_backbones() -> list[str]:
     """Names of the registered backbones (``timm:NAME`` is accepted besides these)."""
-    return sorted(_REGISTRY)
+    return BACKBONES.available()
 
 
 def embedding_dim(backbone: nn.Module) -> int:
@@ -79,8 +80,8 @@ def build_classifier(
     if name.startswith(timm_backbones.PREFIX):
         timm_name = name.removeprefix(timm_backbones.PREFIX)
         backbone, cfg = timm_backbones.create_backbone(timm_name, pretrained, img_size)
-    elif name in _REGISTRY:
-        backbone, cfg = _REGISTRY[name](pretrained, img_size)
+    elif name in BACKBONES:
+        backbone, cfg = BACKBONES.get(name)(pretrained, img_size)
     else:
         raise UserError(
             f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())} "

@@ -21,6 +21,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from riftune.registry import Registry
+
 ReferenceSource = Literal["cache", "teacher"]
 
 
@@ -114,32 +116,22 @@ class Regularizer(nn.Module):
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Regularizer]] = {}
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 
 
 def register(cls: type[Regularizer]) -> type[Regularizer]:
     """Class decorator: make ``cls`` available as ``--reg cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a non-empty `name` to be registered")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a regularizer named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return REGULARIZERS.register(cls)
 
 
 def available() -> list[str]:
     """Registered regularizer names, sorted, ``none`` included."""
-    return sorted(_REGISTRY)
+    return REGULARIZERS.available()
 
 
 def get(name: str) -> type[Regularizer]:
     """The regularizer class registered as ``name``; ValueError listing the valid names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown regularizer {name!r}; choose one of: {', '.join(available())}"
-        ) from None
+    return REGULARIZERS.get(name)
 
 
 @register

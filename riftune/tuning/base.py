@@ -67,6 +67,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from riftune.models.classifier import Classifier
 from riftune.modes import eval_mode  # noqa: F401  (re-exported for the methods)
+from riftune.registry import Registry
 
 FrozenMode = Literal["none", "batchnorm", "backbone"]
 """Which parts of the backbone :meth:`FinetuningMethod.configure` puts in eval mode."""
@@ -169,38 +170,28 @@ class FinetuningMethod:
         return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
 
-_REGISTRY: dict[str, type[FinetuningMethod]] = {}
+METHODS: Registry[type[FinetuningMethod]] = Registry("finetuning method")
 
 
 def register(cls: type[FinetuningMethod]) -> type[FinetuningMethod]:
     """Class decorator: make ``cls`` available as ``--method cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a non-empty `name` to be registered")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a finetuning method named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return METHODS.register(cls)
 
 
 def available() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(_REGISTRY)
+    return METHODS.available()
 
 
 def get(name: str) -> type[FinetuningMethod]:
     """The method class registered as ``name``; ValueError listing the valid names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown finetuning method {name!r}; choose one of: {', '.join(available())}"
-        ) from None
+    return METHODS.get(name)
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     """Add the flags of every registered method (``--lora-rank``, ``--vpt-mode``, ...) to ``group``."""
     for name in available():
-        _REGISTRY[name].add_arguments(group)
+        METHODS.get(name).add_arguments(group)
 
 
 def from_args(args: argparse.Namespace) -> FinetuningMethod:
