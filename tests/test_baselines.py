@@ -36,6 +36,8 @@ from riftune.regularizers.delta import (
 )
 from riftune.regularizers.feature_distill import FeatureDistill
 from riftune.regularizers.l2sp import L2SP, squared_distance
+from riftune.tuning import LoRA
+from riftune.tuning.base import BackboneWeight
 
 IMG = 32
 
@@ -273,8 +275,9 @@ def test_l2sp_under_lora_penalizes_the_merged_weight():
     config = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["0"])
     plain.backbone = peft.get_peft_model(plain.backbone, config)
     model = plain
+    weights = LoRA().backbone_weights  # the method hands L2-SP the effective weights
     after_wrap = L2SP(beta_ratio=0.2)
-    after_wrap.prepare(view(model, torch.zeros(1, 5)))  # snapshot of the peft-wrapped backbone
+    after_wrap.prepare(view(model, torch.zeros(1, 5), backbone_weights=weights))  # peft-wrapped
     layer = resolve_layer(model.backbone, "0")
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_()
@@ -284,7 +287,7 @@ def test_l2sp_under_lora_penalizes_the_merged_weight():
     head = sum((p.detach().numpy() ** 2).sum() for p in model.head.parameters())
     expected = (delta**2).sum() + 0.2 * head
 
-    step = StepInputs(torch.zeros(1, 5), model=model)
+    step = StepInputs(torch.zeros(1, 5), model=model, backbone_weights=weights)
     for reg in (before_wrap, after_wrap):
         assert reg.penalty(step).item() == pytest.approx(expected, rel=1e-5)
     after_wrap.penalty(step).backward()
@@ -299,6 +302,30 @@ def test_l2sp_under_lora_penalizes_the_merged_weight():
         assert after_wrap.penalty(step).item() == pytest.approx(0.2 * head, rel=1e-5)
 
 
+def test_l2sp_reads_adapted_weights_from_the_method_hook_alone():
+    """Any method's updates reach L2-SP through backbone_weights: no peft involved."""
+    model = tiny_classifier()
+    reg = L2SP(beta_ratio=0.5)
+    reg.prepare(view(model, torch.zeros(1, 5)))  # the plain snapshot θ⁰
+    first = model.backbone[0].weight
+    update = torch.randn(first.shape, requires_grad=True)  # a method's own update ΔW
+    model.backbone.requires_grad_(False)  # the base weights stay frozen, as under LoRA
+
+    def weights(m):
+        return [
+            BackboneWeight(name, p, (lambda: update) if name == "0.weight" else None)
+            for name, p in m.backbone.named_parameters()
+        ]
+
+    value = reg.penalty(StepInputs(torch.zeros(1, 5), model=model, backbone_weights=weights))
+    head = sum((p.detach() ** 2).sum() for p in model.head.parameters())
+    assert value.item() == pytest.approx((update.detach() ** 2).sum().item() + 0.5 * head.item())
+    value.backward()
+    torch.testing.assert_close(update.grad, 2 * update.detach())
+    plain = reg.penalty(StepInputs(torch.zeros(1, 5), model=model))  # default: no update
+    assert plain.item() == pytest.approx(0.5 * head.item())
+
+
 def test_l2sp_refuses_dora():
     import peft
 
@@ -306,10 +333,11 @@ def test_l2sp_refuses_dora():
     model.backbone = peft.get_peft_model(
         model.backbone, peft.LoraConfig(r=2, target_modules=["0"], use_dora=True)
     )
+    weights = LoRA().backbone_weights
     reg = L2SP()
-    reg.prepare(view(model, torch.zeros(1, 5)))
+    reg.prepare(view(model, torch.zeros(1, 5), backbone_weights=weights))
     with pytest.raises(ValueError, match="DoRA"):
-        reg.penalty(StepInputs(torch.zeros(1, 5), model=model))
+        reg.penalty(StepInputs(torch.zeros(1, 5), model=model, backbone_weights=weights))
 
 
 # ------------------------------------------------------------------------------ delta

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from riftune.registry import Registry
+from riftune.tuning.base import BackboneWeights, plain_backbone_weights
 
 ReferenceSource = Literal["cache", "teacher"]
 
@@ -40,12 +41,17 @@ class PretrainedView:
         train_batches: returns a fresh iterable of this rank's ``(images, labels, indices)``
             training batches, without augmentation (for regularizers that need images, e.g.
             DELTA's channel attention).
+        backbone_weights: the finetuning method's
+            :meth:`~riftune.tuning.base.FinetuningMethod.backbone_weights`: a model's backbone
+            weights as its forward pass uses them, under the plain architecture's names
+            (LoRA: W₀ + ΔW). The default reads every parameter as it is.
     """
 
     model: nn.Module
     train_embeddings: torch.Tensor
     train_labels: torch.Tensor | None = None
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]] | None = None
+    backbone_weights: BackboneWeights = plain_backbone_weights
 
 
 @dataclass
@@ -61,6 +67,8 @@ class StepInputs:
             ``Regularizer.needs_feature_maps``; each (n, c_l, h_l, w_l).
         reference_feature_maps: the teacher's maps at the same layers, without gradient.
         model: the classifier being trained, unwrapped from DDP.
+        backbone_weights: as in :class:`PretrainedView`, the method's hook that reads
+            ``model``'s backbone weights.
     """
 
     embeddings: torch.Tensor
@@ -68,6 +76,7 @@ class StepInputs:
     feature_maps: list[torch.Tensor] | None = None
     reference_feature_maps: list[torch.Tensor] | None = None
     model: nn.Module | None = None
+    backbone_weights: BackboneWeights = plain_backbone_weights
 
 
 class Regularizer(nn.Module):

@@ -3,7 +3,7 @@
 A finetuning method decides *which* parameters of a
 :class:`~riftune.models.classifier.Classifier` learn, and may add new ones (LoRA matrices,
 prompt tokens, adapters). Every method composes with every regularizer: regularizers only see
-embeddings and parameters, never the method.
+embeddings and parameters, and weights through :meth:`FinetuningMethod.backbone_weights`.
 
 How the training engine uses a method (``model`` is always the ``Classifier`` itself, never its
 DDP wrapper)::
@@ -46,6 +46,11 @@ Contract of each step:
   ``model.backbone`` computes the pretrained backbone's function (and is in eval mode), or
   ``None`` when the method cannot switch its changes off (``full``, ``bitfit``, ``lp-ft``).
   Gradients are the caller's business (use ``torch.no_grad()``).
+- :meth:`~FinetuningMethod.backbone_weights` lists the plain architecture's backbone weights
+  as the adapted backbone computes them (:class:`BackboneWeight`: LoRA's as W₀ + ΔW), under
+  the plain architecture's names. It is what a regularizer that anchors weights (L2-SP) is
+  handed, through ``PretrainedView.backbone_weights`` and ``StepInputs.backbone_weights``,
+  so no regularizer inspects a method's internals.
 - :meth:`~FinetuningMethod.merged_backbone_state` returns the finetuned backbone's weights
   under the plain architecture's keys (LoRA merged), copies detached from the model, so WiSE-FT
   can interpolate them with the pretrained weights; methods that add parameters the pretrained
@@ -58,7 +63,9 @@ A new method is one new file: subclass :class:`FinetuningMethod`, decorate it wi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -73,6 +80,42 @@ FrozenMode = Literal["none", "batchnorm", "backbone"]
 """Which parts of the backbone :meth:`FinetuningMethod.configure` puts in eval mode."""
 
 HEAD_PREFIX = "head."
+
+
+@dataclass(frozen=True)
+class BackboneWeight:
+    """One weight of the plain backbone architecture, as the adapted backbone computes it.
+
+    Attributes:
+        name: its name in the plain architecture, which is also its key in a snapshot of the
+            backbone taken before the method changed it (``blocks.0.conv_pw.weight``).
+        parameter: the parameter that stores it (under LoRA, the frozen base weight W₀).
+        delta: ``None`` when the weight is ``parameter`` itself; else returns the update ΔW
+            the forward pass adds to ``parameter`` right now, differentiable in the method's
+            own parameters (``None`` while there is none: adapters merged or disabled).
+    """
+
+    name: str
+    parameter: nn.Parameter
+    delta: Callable[[], torch.Tensor | None] | None = None
+
+    def value(self) -> torch.Tensor:
+        """The weight the forward pass uses now: ``parameter``, or W₀ + ΔW in float32.
+
+        Shape:
+            That of ``parameter``.
+        """
+        update = None if self.delta is None else self.delta()
+        return self.parameter if update is None else self.parameter.float() + update.float()
+
+
+BackboneWeights = Callable[[Classifier], list[BackboneWeight]]
+"""What a regularizer is handed to read a model's backbone weights (a method's hook)."""
+
+
+def plain_backbone_weights(model: Classifier) -> list[BackboneWeight]:
+    """Every backbone parameter as it is, under its own name: a method that adds no update."""
+    return [BackboneWeight(name, param) for name, param in model.backbone.named_parameters()]
 
 
 class FinetuningMethod:
@@ -160,6 +203,15 @@ class FinetuningMethod:
             for group, params in groups.items()
             if params
         ]
+
+    def backbone_weights(self, model: Classifier) -> list[BackboneWeight]:
+        """The backbone's weights as the forward pass uses them, in ``named_parameters`` order.
+
+        By default every backbone parameter as it is (prompts and adapters included, under
+        their own names); methods that add an update to a pretrained weight (LoRA) return that
+        weight with its update and leave out the update's own factors.
+        """
+        return plain_backbone_weights(model)
 
     def merged_backbone_state(self, model: Classifier) -> dict[str, torch.Tensor]:
         """The backbone's weights and buffers under the plain architecture's keys (copies).
