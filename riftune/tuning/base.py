@@ -11,11 +11,12 @@ DDP wrapper)::
     method = tuning.get(args.method).from_args(args)      # flags from tuning.add_arguments
     method.apply(model)                                    # once, before DDP wrapping
     optimizer = AdamW(method.param_groups(model, backbone_lr, head_lr), ...)
+    reg.prepare(PretrainedView(model, ..., backbone_weights=method.backbone_weights))
     for epoch in range(start_epoch, epochs):               # also right after a resume
         model.train()
         method.configure(model, epoch, epochs)             # requires_grad + frozen parts' modes
         # re-wrap DDP when method.phase(epoch, epochs) differs from the last epoch's phase
-        ...
+        reg.penalty(StepInputs(z, ..., model=model, backbone_weights=method.backbone_weights))
     teacher = method.pretrained_forward(model)             # None: keep a frozen copy instead
     with torch.no_grad(), teacher:                         # when not None
         z_pre = model.backbone(images)
