@@ -112,7 +112,11 @@ class _Runner:
     def __init__(self, variant, model, method, images, labels, cache, ctx, amp_dtype, lr):
         self.variant = variant
         reg = variant.build(model.num_features)
-        reg.prepare(PretrainedView(model=model, train_embeddings=cache.cpu()))
+        reg.prepare(
+            PretrainedView(
+                model=model, train_embeddings=cache.cpu(), backbone_weights=method.backbone_weights
+            )
+        )
         reg.to(ctx.device)
         optimizer = build_optimizer(
             method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01, lam=1.0
@@ -130,6 +134,7 @@ class _Runner:
             amp_dtype=amp_dtype,
             reference_cache=cache if reg.reference == "cache" else None,
             teacher=teacher,
+            backbone_weights=method.backbone_weights,
         )
         self.images, self.labels = images, labels
         self.indices = torch.arange(len(images))

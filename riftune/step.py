@@ -25,6 +25,7 @@ from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap
 from riftune.modes import eval_mode
 from riftune.regularizers import Regularizer, StepInputs
+from riftune.tuning.base import BackboneWeights, plain_backbone_weights
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,6 +82,10 @@ class TrainStep:
         reference_cache: pretrained embeddings of the training split in dataset order,
             on the device. Shape: (N, d).
         teacher: per-batch pretrained pass, when the regularizer needs one.
+        multilabel: per-label binary cross-entropy instead of cross-entropy.
+        class_weights: the task loss's class (or positive-label) weights, or None.
+        backbone_weights: the finetuning method's hook that reads the backbone's effective
+            weights (L2-SP), see :meth:`~riftune.tuning.base.FinetuningMethod.backbone_weights`.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class TrainStep:
         teacher: Teacher | None = None,
         multilabel: bool = False,
         class_weights: torch.Tensor | None = None,
+        backbone_weights: BackboneWeights = plain_backbone_weights,
     ):
         self.model = model
         self.forward_model: nn.Module = model
@@ -113,6 +119,7 @@ class TrainStep:
         self.teacher = teacher
         self.multilabel = multilabel
         self.class_weights = class_weights
+        self.backbone_weights = backbone_weights
         self._parameters = [p for g in optimizer.param_groups for p in g["params"]]
 
     def __call__(
@@ -148,6 +155,7 @@ class TrainStep:
                     feature_maps=maps,
                     reference_feature_maps=teacher_maps,
                     model=self.model,
+                    backbone_weights=self.backbone_weights,
                 )
             ).float()
             loss = task + self.lam * reg_loss

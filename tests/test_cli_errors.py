@@ -125,6 +125,7 @@ def test_batch_too_small_for_rift(tmp_path, capsys, medmnist_dir):
         ("--reg delta --delta-attention-images 0", "--delta-attention-images"),
         ("--reg rift --rift-momentum 0", "momentum"),
         ("--reg rift --rift-q learned --rift-q-rank 3", "rank"),
+        ("--reg rift --rift-q optimal --rift-q-rank 64", "--rift-q-rank"),
         ("--reg rift --rift-q optimal --rift-q-lr 1e-4", "--rift-q-lr"),
         ("--reg rift --rift-match paired --rift-stats ema", "ema"),
     ],

@@ -23,7 +23,8 @@ FLAGS = ["--data", "breastmnist", "--img-size", "64", "--shots", "24", "--batch-
 # move in steps of one image or one pair, within a few steps; sharpness and the Hessian
 # eigenvalue, maxima and power iterations over nonconvex losses, within 5%. RIFT's variant is
 # fixed here, not the CLI default: optimal Q amplifies the same rounding a little more (0.44%
-# on the penalty by step 5); tests/test_rift_distributed.py shows every variant exact in float64.
+# on the penalty by step 5); tests/regularizers/test_rift_distributed.py shows every variant
+# exact in float64.
 LOSS_TOLERANCE = 3e-3
 TOLERANCE = 1e-3
 LANDSCAPE_TOLERANCE = 0.05

@@ -1,7 +1,7 @@
 """StreamingMoments and gather_global_batch against NumPy, in one process.
 
 The 2-process checks (all-reduce of moments, differentiable gather under DDP) live in
-tests/test_rift_distributed.py.
+tests/regularizers/test_rift_distributed.py.
 """
 
 from __future__ import annotations

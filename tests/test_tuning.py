@@ -421,6 +421,44 @@ def test_merged_adapter_weights_load_into_the_plain_architecture(pristine, arch,
     torch.testing.assert_close(merged, adapted, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["cnn", "vit"])
+def test_lora_backbone_weights_are_the_merged_weights_under_the_plain_names(pristine, arch):
+    """What L2-SP is handed: W₀ + ΔW equals peft's own merge, name for name."""
+    model = _fresh(pristine, arch)
+    method = tuning.LoRA()
+    method.apply(model)
+    _train(model, method, steps=1, lr=1e-2)  # B moves off zero: the update B A is non-zero
+    weights = method.backbone_weights(model)
+    plain_names = [name for name, _ in pristine[arch].backbone.named_parameters()]
+    assert [w.name for w in weights] == plain_names  # no LoRA factor, plain order
+    merged = method.merged_backbone_state(model)
+    adapted = [w for w in weights if w.delta is not None]
+    assert {w.name for w in adapted} == {
+        t + ".weight" for t in tuning.lora.lora_targets(pristine[arch].backbone)
+    }
+    for weight in weights:
+        torch.testing.assert_close(weight.value().detach(), merged[weight.name], rtol=0, atol=1e-6)
+    weight = adapted[0]
+    weight.value().square().sum().backward()  # differentiable in the factors, not in W₀
+    layer = dict(model.backbone.named_modules())[
+        "base_model.model." + weight.name.removesuffix(".weight")
+    ]
+    assert layer.lora_B["default"].weight.grad.abs().sum() > 0
+    assert weight.parameter.grad is None
+    with model.backbone.disable_adapter():  # no update while the adapters are off
+        assert weight.delta() is None and weight.value() is weight.parameter
+
+
+def test_other_methods_hand_over_every_backbone_parameter_as_it_is(pristine):
+    model = _fresh(pristine, "vit")
+    method = tuning.VPT(tokens=2)
+    method.apply(model)
+    weights = method.backbone_weights(model)
+    expected = list(model.backbone.named_parameters())  # the prompts included
+    assert [(w.name, w.parameter) for w in weights] == expected
+    assert all(w.delta is None and w.value() is w.parameter for w in weights)
+
+
 def test_merged_state_of_other_methods_is_a_detached_copy(pristine):
     model = _fresh(pristine, "cnn")
     state = tuning.Full().merged_backbone_state(model)

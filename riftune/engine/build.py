@@ -165,6 +165,7 @@ def build_training(
             train_embeddings=pretrained.train.embeddings,
             train_labels=pretrained.train.labels,
             train_batches=lambda: eval_loader(data.train, batch, ctx),
+            backbone_weights=method.backbone_weights,
         )
     )
     reg.to(device)
@@ -201,6 +202,7 @@ def build_training(
         teacher=teacher,
         multilabel=data.multilabel,
         class_weights=class_weights(train.class_weights, data.train.labels, data.num_classes),
+        backbone_weights=method.backbone_weights,
     )
     return Training(
         reg, optimizer, scheduler, scaler, sampler, BatchLoader(data.train, sampler), step

@@ -19,6 +19,7 @@ from riftune.models import efficientnet_lite, timm_backbones
 from riftune.models.classifier import Classifier, ClassifierOutput
 from riftune.models.efficientnet_lite import load_imagenet_model
 from riftune.models.weights_file import LoadReport, load_backbone_weights
+from riftune.registry import Registry
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -33,14 +34,14 @@ def _lite_factory(name: str) -> BackboneFactory:
     return factory
 
 
-_REGISTRY: dict[str, BackboneFactory] = {
-    name: _lite_factory(name) for name in efficientnet_lite.VARIANTS
-}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+for _name in efficientnet_lite.VARIANTS:
+    BACKBONES.add(_name, _lite_factory(_name))
 
 
 def available_backbones() -> list[str]:
     """Names of the registered backbones (``timm:NAME`` is accepted besides these)."""
-    return sorted(_REGISTRY)
+    return BACKBONES.available()
 
 
 def embedding_dim(backbone: nn.Module) -> int:
@@ -94,8 +95,8 @@ def build_classifier(
     if name.startswith(timm_backbones.PREFIX):
         timm_name = name.removeprefix(timm_backbones.PREFIX)
         backbone, cfg = timm_backbones.create_backbone(timm_name, from_hub, img_size)
-    elif name in _REGISTRY:
-        backbone, cfg = _REGISTRY[name](from_hub, img_size)
+    elif name in BACKBONES:
+        backbone, cfg = BACKBONES.get(name)(from_hub, img_size)
     else:
         raise UserError(
             f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}, "

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from riftune.options import NoOptions, Section
+from riftune.registry import Registry
+from riftune.tuning.base import BackboneWeights, plain_backbone_weights
 
 ReferenceSource = Literal["cache", "teacher"]
 
@@ -40,12 +42,17 @@ class PretrainedView:
         train_batches: returns a fresh iterable of this rank's ``(images, labels, indices)``
             training batches, without augmentation (for regularizers that need images, e.g.
             DELTA's channel attention).
+        backbone_weights: the finetuning method's
+            :meth:`~riftune.tuning.base.FinetuningMethod.backbone_weights`: a model's backbone
+            weights as its forward pass uses them, under the plain architecture's names
+            (LoRA: W₀ + ΔW). The default reads every parameter as it is.
     """
 
     model: nn.Module
     train_embeddings: torch.Tensor
     train_labels: torch.Tensor | None = None
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]] | None = None
+    backbone_weights: BackboneWeights = plain_backbone_weights
 
 
 @dataclass
@@ -61,6 +68,8 @@ class StepInputs:
             ``Regularizer.needs_feature_maps``; each (n, c_l, h_l, w_l).
         reference_feature_maps: the teacher's maps at the same layers, without gradient.
         model: the classifier being trained, unwrapped from DDP.
+        backbone_weights: as in :class:`PretrainedView`, the method's hook that reads
+            ``model``'s backbone weights.
     """
 
     embeddings: torch.Tensor
@@ -68,6 +77,7 @@ class StepInputs:
     feature_maps: list[torch.Tensor] | None = None
     reference_feature_maps: list[torch.Tensor] | None = None
     model: nn.Module | None = None
+    backbone_weights: BackboneWeights = plain_backbone_weights
 
 
 class Regularizer(nn.Module):
@@ -122,32 +132,22 @@ class Regularizer(nn.Module):
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Regularizer]] = {}
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 
 
 def register(cls: type[Regularizer]) -> type[Regularizer]:
     """Class decorator: make ``cls`` available as ``--reg cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a non-empty `name` to be registered")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a regularizer named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return REGULARIZERS.register(cls)
 
 
 def available() -> list[str]:
     """Registered regularizer names, sorted, ``none`` included."""
-    return sorted(_REGISTRY)
+    return REGULARIZERS.available()
 
 
 def get(name: str) -> type[Regularizer]:
     """The regularizer class registered as ``name``; ValueError listing the valid names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown regularizer {name!r}; choose one of: {', '.join(available())}"
-        ) from None
+    return REGULARIZERS.get(name)
 
 
 @register

@@ -21,13 +21,15 @@ What is penalized:
   before any update), stored as buffers so a checkpoint restores it. Each step sums over the
   backbone parameters that currently require a gradient (a frozen parameter has not moved, and
   methods such as LP-FT unfreeze the backbone later, so the snapshot covers all of it).
-  Parameters are matched by name, with peft's ``base_model.model.`` prefix and ``.base_layer``
-  segments removed, so a peft-wrapped backbone matches its plain snapshot.
-- LoRA (peft): the base weights stay frozen, so L2-SP applies to the *effective* weight,
-  ‖W₀ + ΔW − θ⁰‖² with ΔW = s·BA the adapter update (peft's ``get_delta_weight``; a merged
-  adapter is already inside W₀). The factors A and B are not penalized on their own. This is
-  the starting-point distance of the function actually computed; DoRA is refused, its effective
-  weight is not W₀ + ΔW.
+  The weights, and their names, come from the finetuning method
+  (``PretrainedView.backbone_weights`` and ``StepInputs.backbone_weights``: the method's
+  :meth:`~riftune.tuning.base.FinetuningMethod.backbone_weights`), under the plain
+  architecture's names, so an adapted backbone matches its plain snapshot.
+- An adapted weight (LoRA): the base weight stays frozen, so L2-SP applies to the *effective*
+  weight the method reports, ‖W₀ + ΔW − θ⁰‖² (LoRA: ΔW = s·BA, a merged adapter already inside
+  W₀; the factors A and B are not penalized on their own). This is the starting-point distance
+  of the function actually computed; the method refuses DoRA, whose effective weight is not
+  W₀ + ΔW.
 - θ_h: every trainable head parameter (weight and bias), the paper's new layers.
 - θ_new: trainable backbone parameters with no snapshot (added after :meth:`L2SP.prepare`),
   also new layers in the paper's sense. Prompts or adapters that already exist at
@@ -41,18 +43,15 @@ several kernels per tensor, which is what a launch-bound GPU step pays for.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from riftune.options import Section, non_negative, option
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
-
-if TYPE_CHECKING:
-    from peft.tuners.lora import LoraLayer
+from riftune.tuning.base import BackboneWeight, BackboneWeights
 
 
 class BufferDict(nn.Module):
@@ -84,52 +83,6 @@ class BufferDict(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-
-def canonical_name(name: str) -> str:
-    """A parameter name without peft's wrapping (``base_model.model.`` and ``.base_layer``)."""
-    parts = [part for part in name.split(".") if part != "base_layer"]
-    return ".".join(parts).removeprefix("base_model.model.")
-
-
-def _lora_layers(backbone: nn.Module) -> dict[str, LoraLayer]:
-    """peft LoRA layers by the canonical name of the base weight they update.
-
-    peft is not imported here (it is slow to import): a model holding LoRA layers means peft
-    is already loaded, so its ``LoraLayer`` class is looked up among the loaded modules.
-    """
-    lora_layer = getattr(sys.modules.get("peft.tuners.lora"), "LoraLayer", None)
-    if lora_layer is None:
-        return {}
-    return {
-        canonical_name(name) + ".weight": module
-        for name, module in backbone.named_modules()
-        if isinstance(module, lora_layer)
-    }
-
-
-def _factor_ids(layers: dict[str, LoraLayer]) -> set[int]:
-    """ids of the LoRA factor parameters (everything in a LoRA layer but its base layer)."""
-    ids = {id(p) for layer in layers.values() for p in layer.parameters()}
-    return ids - {id(p) for layer in layers.values() for p in layer.get_base_layer().parameters()}
-
-
-def adapter_delta(layer: LoraLayer) -> torch.Tensor | None:
-    """ΔW of the active, unmerged LoRA adapters of ``layer`` (``None`` when there is none).
-
-    Shape:
-        That of the base layer's weight.
-
-    Raises:
-        ValueError: an active adapter uses DoRA.
-    """
-    if layer.merged or layer.disable_adapters:
-        return None
-    active = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
-    if any(layer.use_dora.get(a, False) for a in active):
-        raise ValueError("--reg l2sp supports plain LoRA, not DoRA; drop use_dora or the l2sp reg")
-    deltas = [layer.get_delta_weight(a) for a in active]
-    return torch.stack(deltas).sum(0) if deltas else None
 
 
 class _SquaredDistance(torch.autograd.Function):
@@ -172,14 +125,14 @@ class _Terms:
 
     Attributes:
         anchored: backbone parameters with a snapshot, ‖θ − θ⁰‖², and their snapshots' keys.
-        lora: (key, base weight, layer) of each LoRA layer, ‖W₀ + ΔW − θ⁰‖² (ΔW read each step:
-            adapters can be merged or disabled in between).
+        adapted: weights with an update (LoRA), ‖W₀ + ΔW − θ⁰‖² (ΔW read each step: adapters
+            can be merged or disabled in between).
         new: head parameters and backbone parameters without a snapshot, ‖θ‖².
     """
 
     anchored: list[nn.Parameter]
     anchor_keys: list[str]
-    lora: list[tuple[str, nn.Parameter, LoraLayer]]
+    adapted: list[BackboneWeight]
     new: list[nn.Parameter]
 
 
@@ -216,63 +169,56 @@ class L2SP(Regularizer):
         )
 
     def prepare(self, pretrained: PretrainedView) -> None:
-        """Snapshot θ_b⁰: every floating-point backbone parameter but LoRA factors."""
-        backbone = pretrained.model.backbone
-        factors = _factor_ids(_lora_layers(backbone))
-        for name, param in backbone.named_parameters():
-            if param.is_floating_point() and id(param) not in factors:
-                self.anchor[canonical_name(name)] = param.detach().clone()
+        """Snapshot θ_b⁰: every floating-point backbone weight the method reports."""
+        for weight in pretrained.backbone_weights(pretrained.model):
+            if weight.parameter.is_floating_point():
+                self.anchor[weight.name] = weight.parameter.detach().clone()
         _forget_terms(self)
 
-    def _terms(self, model: nn.Module) -> _Terms:
+    def _terms(self, model: nn.Module, weights_of: BackboneWeights) -> _Terms:
         """``model``'s parameters sorted into Ω's terms, reused while the trainable set stays."""
-        signature = tuple((id(p), p.requires_grad) for p in model.parameters())
+        signature = (weights_of, tuple((id(p), p.requires_grad) for p in model.parameters()))
         if self._terms_cache is None or self._terms_cache[0] != signature:
-            self._terms_cache = (signature, self._sort_terms(model))
+            self._terms_cache = (signature, self._sort_terms(model, weights_of))
         return self._terms_cache[1]
 
-    def _sort_terms(self, model: nn.Module) -> _Terms:
-        backbone = model.backbone
-        lora = _lora_layers(backbone)
-        factors = _factor_ids(lora)
+    def _sort_terms(self, model: nn.Module, weights_of: BackboneWeights) -> _Terms:
         terms = _Terms([], [], [], [p for p in model.head.parameters() if p.requires_grad])
-        for name, param in backbone.named_parameters():
-            key = canonical_name(name)
-            if id(param) in factors or not (param.requires_grad or key in lora):
-                continue
-            if key in lora:
-                if key not in self.anchor:
+        for weight in weights_of(model):
+            if weight.delta is not None:
+                if weight.name not in self.anchor:
                     raise ValueError(
-                        f"LoRA layer {key} has no L2-SP snapshot; prepare() must see the "
-                        "same backbone that is trained"
+                        f"the adapted weight {weight.name} has no L2-SP snapshot; prepare() "
+                        "must see the same backbone that is trained"
                     )
-                terms.lora.append((key, param, lora[key]))
-            elif key in self.anchor:
-                terms.anchored.append(param)
-                terms.anchor_keys.append(key)
+                terms.adapted.append(weight)
+            elif not weight.parameter.requires_grad:
+                continue
+            elif weight.name in self.anchor:
+                terms.anchored.append(weight.parameter)
+                terms.anchor_keys.append(weight.name)
             else:
-                terms.new.append(param)
+                terms.new.append(weight.parameter)
         return terms
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
         """Ω(θ) of ``step.model`` (float32); gradients flow to its parameters.
 
         Raises:
-            ValueError: no model in ``step``, no snapshot yet, or a LoRA layer whose base
-                weight was not snapshotted.
+            ValueError: no model in ``step``, no snapshot yet, or an adapted weight that was
+                not snapshotted.
         """
         if step.model is None:
             raise ValueError("--reg l2sp needs the model in StepInputs.model")
         if not len(self.anchor):
             raise ValueError("L2SP.prepare() must run (or a state dict be loaded) before penalty()")
-        terms = self._terms(step.model)
+        terms = self._terms(step.model, step.backbone_weights)
         with torch.autocast(device_type=step.embeddings.device.type, enabled=False):
             zero = step.embeddings.new_zeros((), dtype=torch.float32)
             weights, anchors = list(terms.anchored), [self.anchor[k] for k in terms.anchor_keys]
-            for key, param, layer in terms.lora:  # the effective weight W₀ + ΔW
-                delta = adapter_delta(layer)
-                weights.append(param if delta is None else param.float() + delta.float())
-                anchors.append(self.anchor[key])
+            for weight in terms.adapted:  # the effective weight W₀ + ΔW
+                weights.append(weight.value())
+                anchors.append(self.anchor[weight.name])
             sp = squared_distance(weights, anchors) if weights else zero
             new = squared_distance(terms.new) if terms.new else zero
             return sp + self.beta_ratio * new

@@ -3,7 +3,7 @@
 A finetuning method decides *which* parameters of a
 :class:`~riftune.models.classifier.Classifier` learn, and may add new ones (LoRA matrices,
 prompt tokens, adapters). Every method composes with every regularizer: regularizers only see
-embeddings and parameters, never the method.
+embeddings and parameters, and weights through :meth:`FinetuningMethod.backbone_weights`.
 
 How the training engine uses a method (``model`` is always the ``Classifier`` itself, never its
 DDP wrapper)::
@@ -11,11 +11,12 @@ DDP wrapper)::
     method = tuning.get(name).from_options(options)       # options: its Options dataclass
     method.apply(model)                                    # once, before DDP wrapping
     optimizer = AdamW(method.param_groups(model, backbone_lr, head_lr), ...)
+    reg.prepare(PretrainedView(model, ..., backbone_weights=method.backbone_weights))
     for epoch in range(start_epoch, epochs):               # also right after a resume
         model.train()
         method.configure(model, epoch, epochs)             # requires_grad + frozen parts' modes
         # re-wrap DDP when method.phase(epoch, epochs) differs from the last epoch's phase
-        ...
+        reg.penalty(StepInputs(z, ..., model=model, backbone_weights=method.backbone_weights))
     teacher = method.pretrained_forward(model)             # None: keep a frozen copy instead
     with torch.no_grad(), teacher:                         # when not None
         z_pre = model.backbone(images)
@@ -46,6 +47,11 @@ Contract of each step:
   ``model.backbone`` computes the pretrained backbone's function (and is in eval mode), or
   ``None`` when the method cannot switch its changes off (``full``, ``bitfit``, ``lp-ft``).
   Gradients are the caller's business (use ``torch.no_grad()``).
+- :meth:`~FinetuningMethod.backbone_weights` lists the plain architecture's backbone weights
+  as the adapted backbone computes them (:class:`BackboneWeight`: LoRA's as W₀ + ΔW), under
+  the plain architecture's names. It is what a regularizer that anchors weights (L2-SP) is
+  handed, through ``PretrainedView.backbone_weights`` and ``StepInputs.backbone_weights``,
+  so no regularizer inspects a method's internals.
 - :meth:`~FinetuningMethod.merged_backbone_state` returns the finetuned backbone's weights
   under the plain architecture's keys (LoRA merged), copies detached from the model, so WiSE-FT
   can interpolate them with the pretrained weights; methods that add parameters the pretrained
@@ -57,7 +63,9 @@ A new method is one new file: subclass :class:`FinetuningMethod`, declare its ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -67,11 +75,48 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from riftune.models.classifier import Classifier
 from riftune.modes import eval_mode  # noqa: F401  (re-exported for the methods)
 from riftune.options import NoOptions, Section
+from riftune.registry import Registry
 
 FrozenMode = Literal["none", "batchnorm", "backbone"]
 """Which parts of the backbone :meth:`FinetuningMethod.configure` puts in eval mode."""
 
 HEAD_PREFIX = "head."
+
+
+@dataclass(frozen=True)
+class BackboneWeight:
+    """One weight of the plain backbone architecture, as the adapted backbone computes it.
+
+    Attributes:
+        name: its name in the plain architecture, which is also its key in a snapshot of the
+            backbone taken before the method changed it (``blocks.0.conv_pw.weight``).
+        parameter: the parameter that stores it (under LoRA, the frozen base weight W₀).
+        delta: ``None`` when the weight is ``parameter`` itself; else returns the update ΔW
+            the forward pass adds to ``parameter`` right now, differentiable in the method's
+            own parameters (``None`` while there is none: adapters merged or disabled).
+    """
+
+    name: str
+    parameter: nn.Parameter
+    delta: Callable[[], torch.Tensor | None] | None = None
+
+    def value(self) -> torch.Tensor:
+        """The weight the forward pass uses now: ``parameter``, or W₀ + ΔW in float32.
+
+        Shape:
+            That of ``parameter``.
+        """
+        update = None if self.delta is None else self.delta()
+        return self.parameter if update is None else self.parameter.float() + update.float()
+
+
+BackboneWeights = Callable[[Classifier], list[BackboneWeight]]
+"""What a regularizer is handed to read a model's backbone weights (a method's hook)."""
+
+
+def plain_backbone_weights(model: Classifier) -> list[BackboneWeight]:
+    """Every backbone parameter as it is, under its own name: a method that adds no update."""
+    return [BackboneWeight(name, param) for name, param in model.backbone.named_parameters()]
 
 
 class FinetuningMethod:
@@ -168,6 +213,15 @@ class FinetuningMethod:
             if params
         ]
 
+    def backbone_weights(self, model: Classifier) -> list[BackboneWeight]:
+        """The backbone's weights as the forward pass uses them, in ``named_parameters`` order.
+
+        By default every backbone parameter as it is (prompts and adapters included, under
+        their own names); methods that add an update to a pretrained weight (LoRA) return that
+        weight with its update and leave out the update's own factors.
+        """
+        return plain_backbone_weights(model)
+
     def merged_backbone_state(self, model: Classifier) -> dict[str, torch.Tensor]:
         """The backbone's weights and buffers under the plain architecture's keys (copies).
 
@@ -177,32 +231,22 @@ class FinetuningMethod:
         return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
 
-_REGISTRY: dict[str, type[FinetuningMethod]] = {}
+METHODS: Registry[type[FinetuningMethod]] = Registry("finetuning method")
 
 
 def register(cls: type[FinetuningMethod]) -> type[FinetuningMethod]:
     """Class decorator: make ``cls`` available as ``--method cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a non-empty `name` to be registered")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a finetuning method named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return METHODS.register(cls)
 
 
 def available() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(_REGISTRY)
+    return METHODS.available()
 
 
 def get(name: str) -> type[FinetuningMethod]:
     """The method class registered as ``name``; ValueError listing the valid names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown finetuning method {name!r}; choose one of: {', '.join(available())}"
-        ) from None
+    return METHODS.get(name)
 
 
 def is_head(name: str) -> bool:

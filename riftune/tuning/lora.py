@@ -6,7 +6,8 @@ import copy
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from functools import partial
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -14,7 +15,10 @@ from torch import nn
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.options import Section, option, positive
-from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
+from riftune.tuning.base import BackboneWeight, FinetuningMethod, eval_mode, is_head, register
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
 
 LORA_MARKER = ".lora_"
 """Every parameter peft adds has a ``lora_`` component (``lora_A``, ``lora_B``) in its name."""
@@ -111,6 +115,37 @@ class LoRA(FinetuningMethod):
     def pretrained_forward(self, model: Classifier) -> AbstractContextManager[None]:
         return _adapters_disabled(model.backbone)
 
+    def backbone_weights(self, model: Classifier) -> list[BackboneWeight]:
+        """The plain architecture's weights; each adapted layer's as W₀ + ΔW.
+
+        Names lose peft's ``base_model.model.`` prefix and ``.base_layer`` segments
+        (:func:`canonical_name`), so they match a snapshot of the backbone before
+        :meth:`apply`. The factors A and B are left out: they enter through ΔW = s·BA of the
+        active, unmerged adapters (:func:`adapter_delta`, read at each call of ``delta``;
+        a merged adapter is already inside W₀). A DoRA adapter's ``delta`` raises ValueError:
+        its effective weight is not W₀ + ΔW.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        backbone = model.backbone
+        layers = {
+            canonical_name(name) + ".weight": module
+            for name, module in backbone.named_modules()
+            if isinstance(module, LoraLayer)
+        }
+        factors = {id(p) for layer in layers.values() for p in layer.parameters()}
+        factors -= {id(p) for layer in layers.values() for p in layer.get_base_layer().parameters()}
+        weights = []
+        for name, param in backbone.named_parameters():
+            if id(param) in factors:
+                continue
+            key = canonical_name(name)
+            layer = layers.get(key)
+            weights.append(
+                BackboneWeight(key, param, None if layer is None else partial(adapter_delta, layer))
+            )
+        return weights
+
     def merged_backbone_state(self, model: Classifier) -> dict[str, torch.Tensor]:
         """The backbone's weights with ``(alpha / r) B A`` merged in, under the plain keys."""
         with torch.no_grad():
@@ -122,3 +157,30 @@ class LoRA(FinetuningMethod):
 def _adapters_disabled(backbone: nn.Module) -> Iterator[None]:
     with eval_mode(backbone), backbone.disable_adapter():
         yield
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without peft's wrapping (``base_model.model.`` and ``.base_layer``)."""
+    parts = [part for part in name.split(".") if part != "base_layer"]
+    return ".".join(parts).removeprefix("base_model.model.")
+
+
+def adapter_delta(layer: LoraLayer) -> torch.Tensor | None:
+    """ΔW of the active, unmerged LoRA adapters of ``layer`` (``None`` when there is none).
+
+    Shape:
+        That of the base layer's weight.
+
+    Raises:
+        ValueError: an active adapter uses DoRA.
+    """
+    if layer.merged or layer.disable_adapters:
+        return None
+    active = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
+    if any(layer.use_dora.get(a, False) for a in active):
+        raise ValueError(
+            "a DoRA adapter's effective weight is not W₀ + ΔW; --reg l2sp supports plain LoRA, "
+            "not DoRA: drop use_dora or the l2sp reg"
+        )
+    deltas = [layer.get_delta_weight(a) for a in active]
+    return torch.stack(deltas).sum(0) if deltas else None

@@ -1,8 +1,7 @@
-"""Baseline regularizers (cka, feature-distill, l2sp, delta) and the feature-map tap.
+"""Baseline regularizers (cka, feature-distill, l2sp, delta).
 
-Every penalty is checked against an independent NumPy computation; the tap against running
-the backbone's submodules by hand (timm models with random weights, plain and under peft
-LoRA); the distributed parts in a real 2-process gloo group.
+Every penalty is checked against an independent NumPy computation; the distributed parts in a
+real 2-process gloo group (the feature-map tap itself: tests/test_feature_maps.py).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from torch import nn
 from riftune import checkpoint as ckpt
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
-from riftune.models.feature_maps import FeatureMapTap, default_layers, resolve_layer
+from riftune.models.feature_maps import FeatureMapTap, resolve_layer
 from riftune.regularizers.base import PretrainedView, StepInputs
 from riftune.regularizers.cka import CKAPenalty
 from riftune.regularizers.delta import (
@@ -36,8 +35,8 @@ from riftune.regularizers.delta import (
 )
 from riftune.regularizers.feature_distill import FeatureDistill
 from riftune.regularizers.l2sp import L2SP, squared_distance
-
-IMG = 32
+from riftune.tuning import LoRA
+from riftune.tuning.base import BackboneWeight
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -276,8 +275,9 @@ def test_l2sp_under_lora_penalizes_the_merged_weight():
     config = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["0"])
     plain.backbone = peft.get_peft_model(plain.backbone, config)
     model = plain
+    weights = LoRA().backbone_weights  # the method hands L2-SP the effective weights
     after_wrap = L2SP(beta_ratio=0.2)
-    after_wrap.prepare(view(model, torch.zeros(1, 5)))  # snapshot of the peft-wrapped backbone
+    after_wrap.prepare(view(model, torch.zeros(1, 5), backbone_weights=weights))  # peft-wrapped
     layer = resolve_layer(model.backbone, "0")
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_()
@@ -287,7 +287,7 @@ def test_l2sp_under_lora_penalizes_the_merged_weight():
     head = sum((p.detach().numpy() ** 2).sum() for p in model.head.parameters())
     expected = (delta**2).sum() + 0.2 * head
 
-    step = StepInputs(torch.zeros(1, 5), model=model)
+    step = StepInputs(torch.zeros(1, 5), model=model, backbone_weights=weights)
     for reg in (before_wrap, after_wrap):
         assert reg.penalty(step).item() == pytest.approx(expected, rel=1e-5)
     after_wrap.penalty(step).backward()
@@ -302,6 +302,30 @@ def test_l2sp_under_lora_penalizes_the_merged_weight():
         assert after_wrap.penalty(step).item() == pytest.approx(0.2 * head, rel=1e-5)
 
 
+def test_l2sp_reads_adapted_weights_from_the_method_hook_alone():
+    """Any method's updates reach L2-SP through backbone_weights: no peft involved."""
+    model = tiny_classifier()
+    reg = L2SP(beta_ratio=0.5)
+    reg.prepare(view(model, torch.zeros(1, 5)))  # the plain snapshot θ⁰
+    first = model.backbone[0].weight
+    update = torch.randn(first.shape, requires_grad=True)  # a method's own update ΔW
+    model.backbone.requires_grad_(False)  # the base weights stay frozen, as under LoRA
+
+    def weights(m):
+        return [
+            BackboneWeight(name, p, (lambda: update) if name == "0.weight" else None)
+            for name, p in m.backbone.named_parameters()
+        ]
+
+    value = reg.penalty(StepInputs(torch.zeros(1, 5), model=model, backbone_weights=weights))
+    head = sum((p.detach() ** 2).sum() for p in model.head.parameters())
+    assert value.item() == pytest.approx((update.detach() ** 2).sum().item() + 0.5 * head.item())
+    value.backward()
+    torch.testing.assert_close(update.grad, 2 * update.detach())
+    plain = reg.penalty(StepInputs(torch.zeros(1, 5), model=model))  # default: no update
+    assert plain.item() == pytest.approx(0.5 * head.item())
+
+
 def test_l2sp_refuses_dora():
     import peft
 
@@ -309,10 +333,11 @@ def test_l2sp_refuses_dora():
     model.backbone = peft.get_peft_model(
         model.backbone, peft.LoraConfig(r=2, target_modules=["0"], use_dora=True)
     )
+    weights = LoRA().backbone_weights
     reg = L2SP()
-    reg.prepare(view(model, torch.zeros(1, 5)))
+    reg.prepare(view(model, torch.zeros(1, 5), backbone_weights=weights))
     with pytest.raises(ValueError, match="DoRA"):
-        reg.penalty(StepInputs(torch.zeros(1, 5), model=model))
+        reg.penalty(StepInputs(torch.zeros(1, 5), model=model, backbone_weights=weights))
 
 
 # ------------------------------------------------------------------------------ delta
@@ -455,108 +480,7 @@ def test_delta_prepare_computes_normalized_attention_and_round_trips(tmp_path):
     assert torch.equal(fresh.attention["1"], weights[1])
 
 
-# ------------------------------------------------------------------------ feature maps
-def _efficientnet():
-    return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-
-
-def _vit():
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=IMG)
-
-
-def _by_hand_efficientnet(model, x):
-    out = {}
-    h = model.bn1(model.conv_stem(x))
-    for i, stage in enumerate(model.blocks):
-        h = stage(h)
-        out[f"blocks.{i}"] = h
-    return out
-
-
-def _by_hand_vit(model, x):
-    out = {}
-    h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
-    for i, block in enumerate(model.blocks):
-        h = block(h)
-        out[f"blocks.{i}"] = h.transpose(1, 2)  # (n, tokens, d) -> (n, d, tokens)
-    return out
-
-
-def test_default_layers():
-    assert default_layers(_efficientnet()) == [
-        "blocks.0",
-        "blocks.1",
-        "blocks.2",
-        "blocks.4",
-        "blocks.6",
-    ]
-    assert default_layers(_vit()) == ["blocks.2", "blocks.5", "blocks.8", "blocks.11"]
-    with pytest.raises(ValueError, match="--delta-layers"):
-        default_layers(tiny_cnn())
-
-
-@pytest.mark.parametrize(
-    ("make", "by_hand", "targets"),
-    [
-        (_efficientnet, _by_hand_efficientnet, ["conv_pw", "conv_pwl"]),
-        (_vit, _by_hand_vit, ["qkv", "fc1"]),
-    ],
-    ids=["efficientnet_lite0", "vit_tiny"],
-)
-def test_tap_returns_the_maps_of_the_submodules(make, by_hand, targets):
-    import peft
-
-    model = make().eval()
-    x = torch.randn(2, 3, IMG, IMG)
-    layers = default_layers(model)
-    with torch.no_grad(), FeatureMapTap(model, layers) as tap:
-        embeddings = model(x)
-        maps = tap.pop()
-        with pytest.raises(RuntimeError, match="no output"):
-            tap.pop()
-        expected = by_hand(model, x)
-        for name, fm in zip(layers, maps, strict=True):
-            torch.testing.assert_close(fm, expected[name])
-        assert embeddings.shape[0] == 2
-
-        # Under peft LoRA (names gain a prefix), with a non-zero adapter.
-        wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=targets))
-        for name, param in wrapped.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.1)
-        lora_tap = FeatureMapTap(wrapped, layers)
-        wrapped(x)
-        adapted = lora_tap.pop()
-        by_hand_adapted = by_hand(wrapped.base_model.model, x)
-        for name, fm in zip(layers, adapted, strict=True):
-            torch.testing.assert_close(fm, by_hand_adapted[name])
-        assert not torch.allclose(adapted[-1], maps[-1])
-        with wrapped.disable_adapter():  # the engine's teacher pass
-            wrapped(x)
-            for fm, base in zip(lora_tap.pop(), maps, strict=True):
-                torch.testing.assert_close(fm, base)
-        lora_tap.close()
-        wrapped(x)
-        with pytest.raises(RuntimeError):
-            lora_tap.pop()
-
-
-def test_tap_keeps_gradients_and_resolves_names():
-    model = Classifier(_efficientnet(), 1280, 2, {})
-    tap = FeatureMapTap(model.backbone, ["blocks.2"])
-    model(torch.randn(2, 3, IMG, IMG))
-    (fm,) = tap.pop()
-    fm.square().sum().backward()
-    assert model.backbone.conv_stem.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="no module named"):
-        FeatureMapTap(model.backbone, ["blocks.99"])
-    with pytest.raises(ValueError, match="ambiguous"):
-        resolve_layer(
-            nn.ModuleDict({"a": nn.Sequential(nn.ReLU()), "b": nn.Sequential(nn.ReLU())}), "0"
-        )
-    tap.close()
-
-
+# ------------------------------------------------------------------------ delta on a ViT
 def test_delta_on_a_timm_vit_token_maps_and_default_layers():
     vit = timm.create_model(  # a narrow, shallow vit_tiny keeps the ablations cheap
         "vit_tiny_patch16_224",

@@ -1,0 +1,239 @@
+r"""RIFT's covariance matching: the batch covariance against the pretrained Σ₀ (the paper's loss).
+
+Notation as in :class:`~riftune.regularizers.rift.RIFT`; λᵢ↓(·) are eigenvalues in descending
+order. With the statistics Σ̄, μ̄ below,
+
+.. math::
+    L = \|Σ̄ − QᵀΣ₀Q\|²_F / c_Σ + w\,\|μ̄ − Qᵀμ₀\|² / c_μ
+
+- ``q="identity"``: Q = I, so L = ‖Σ̄ − Σ₀‖²_F/c_Σ + w‖μ̄ − μ₀‖²/c_μ.
+- ``q="learned"``: Q = ``learned_rotation``, trained with the model.
+- ``q="optimal"``: each term at its own minimum over orthogonal Q:
+  L = Σᵢ (λᵢ↓(Σ̄) − λᵢ↓(Σ₀))²/c_Σ + w(‖μ̄‖ − ‖μ₀‖)²/c_μ, over all d eigenvalues
+  (min_Q ‖A − QᵀBQ‖²_F for symmetric A, B; the sum is a lower bound of the joint
+  minimum when w > 0). No Q is stored.
+- ``normalize=True``: c_Σ = ‖Σ₀‖²_F and c_μ = tr(Σ₀), which makes each term invariant to a
+  rescaling of the embeddings, so λ means the same across backbones; else c_Σ = c_μ = 1.
+- ``stats="batch"``: Σ̄ = Σ(z), μ̄ = μ(z). ``stats="ema"``: Σ̄ = (1 − m)·R + m·Σ(z) and
+  μ̄ = (1 − m)·r + m·μ(z), where R, r are running estimates (buffers, not differentiated, so
+  the gradient flows through the current batch only; m = ``momentum``). They start at
+  Σ₀, μ₀ when the reference is fitted (the model starts pretrained) and, in training
+  mode, are replaced by Σ̄, μ̄ after each call. Two variants keep the per-call cost at
+  that of the batch (no d×d rotation or decomposition every call):
+
+  - with ``q="learned"`` the running estimates live in Q's frame: R ← (1 − m)·R +
+    m·QΣ(z)Qᵀ, r ← (1 − m)·r + m·Qμ(z), and L = ‖R − Σ₀‖²_F/c_Σ + w‖r − μ₀‖²/c_μ after
+    the update. While Q is fixed this equals the formula above (Σ̄ rotated by Q); as Q
+    learns, earlier batches keep the rotation of their own step, and Q's gradient, like
+    z's, comes from the current batch.
+  - with ``q="optimal"`` the cov term is ‖Σ̄ − T‖²_F/c_Σ with T = V diag(λ↓(Σ₀)) Vᵀ, V the
+    eigenvectors of Σ̄ (ordered by descending eigenvalue), recomputed every
+    ``eigh_every`` training calls (and kept as a buffer in between). On a call that
+    recomputes V it equals Σᵢ (λᵢ↓(Σ̄) − λᵢ↓(Σ₀))², value and gradient; between them it
+    is an upper bound (T is a rotation of Σ₀'s spectrum, so ‖Σ̄ − T‖ ≥ the minimum).
+    ``eigh_every=1`` is exact on every call.
+
+Cost per call (n rows, d features; under ``torch.distributed`` n is the global batch):
+
+- identity: one d×n by n×d product into a d×d matrix, O(n·d²) time and O(d²) memory (the
+  difference Σ(z) − Σ₀ is formed once, which avoids cancellation); the gradient is one n×d by
+  d×d product (:func:`~riftune.regularizers.rift.functional.squared_gram_gap`).
+- learned: plus the rotation of n (+1) rows, O(n·d²) with d/b sequential blocks of b ≤ 512
+  reflections on a GPU (≤ 32 elsewhere); no d×d factorization or d×d product. With
+  ``q_rank=k``: O(n·k·d) and k/b blocks.
+- optimal: an n×n Gram matrix, O(n²·d), and its eigenvalues (in float64), since it shares
+  Σ(z)'s non-zero spectrum (n > d: the d×d covariance); Σ₀'s eigenvalues are computed once
+  by ``fit_reference``. On a GPU the eigensolver waits for the device (an error check), so
+  this variant synchronizes once per call.
+- ``stats="ema"``: the d×d estimate costs O(n·d²) as above; with ``learned`` plus the
+  rotation of n (+1) rows; with ``optimal`` a d×d eigendecomposition and product, O(d³),
+  once every ``eigh_every`` calls.
+
+The statistics of the pretrained embeddings (Σ₀, μ₀, ‖Σ₀‖²_F, tr Σ₀ and the optional buffers
+of :meth:`CovarianceMatching.buffers`) are buffers of the RIFT module, which every method here
+receives as ``owner``; this class holds only the options.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from riftune.regularizers.rift.functional import (
+    batch_covariance_eigvals,
+    norm_gap,
+    spectral_distance,
+    squared_gram_gap,
+    symmetric_eigvecs,
+)
+from riftune.regularizers.rift.householder import HouseholderRotation
+
+
+def rotated_batch(
+    rotation: HouseholderRotation, zc: Tensor, mean: Tensor, with_mean: bool = True
+) -> tuple[Tensor, Tensor]:
+    """(Z_cQᵀ, Qμ): the centered rows, and with ``with_mean`` the mean, in Q's frame.
+
+    Σ(Z_cQᵀ) = QΣ(z)Qᵀ, so rotating the n rows (and the mean, as one more row) costs what the
+    batch does: no d×d product. Without ``with_mean`` the mean comes back unrotated.
+
+    Shape:
+        - zc: (n, d); mean: (d,).
+        - output: (n, d) and (d,).
+    """
+    if not with_mean:
+        return rotation.rotate_rows(zc), mean
+    rows = rotation.rotate_rows(torch.cat([zc, mean[None]]))
+    return rows[:-1], rows[-1]
+
+
+class CovarianceMatching:
+    """``match="covariance"``: the loss above, from the RIFT module's fitted statistics.
+
+    Args:
+        q: ``"identity"``, ``"learned"`` (Q = ``owner.learned_rotation``) or ``"optimal"``.
+        stats: ``"batch"`` or ``"ema"``.
+        normalize: c_Σ = ‖Σ₀‖²_F and c_μ = tr Σ₀ (else 1).
+        mean_weight: w ≥ 0.
+        momentum: m ∈ (0, 1], the current batch's weight in the running estimates.
+        eigh_every: ``ema`` with ``optimal``: training calls between eigenbasis refreshes.
+    """
+
+    reference = None  # fitted statistics, no per-sample reference
+    dropped_state_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        q: str,
+        stats: str,
+        normalize: bool,
+        mean_weight: float,
+        momentum: float,
+        eigh_every: int,
+    ):
+        self.q, self.stats = q, stats
+        self.normalize, self.mean_weight = normalize, mean_weight
+        self.momentum, self.eigh_every = momentum, eigh_every
+        self.training_calls = 0  # since fit; mirrors the spectral_age buffer without a sync
+
+    # ------------------------------------------------------------------------------ state
+    def buffers(self, dim: int) -> dict[str, Tensor]:
+        """The buffers this matching adds to the module's (name: initial value)."""
+        extra = {"ref_cov": torch.zeros(dim, dim)}
+        if self.q == "optimal":
+            extra["ref_eigvals"] = torch.zeros(dim)
+        if self.stats == "ema":
+            extra["running_cov"] = torch.zeros(dim, dim)
+            extra["running_mean"] = torch.zeros(dim)
+        if self.q == "optimal" and self.stats == "ema":
+            extra["spectral_target"] = torch.zeros(dim, dim)
+            extra["spectral_age"] = torch.zeros((), dtype=torch.long)
+        return extra
+
+    def check_fit(self, cov: Tensor) -> None:
+        """ValueError when ``normalize`` would divide by a zero ‖Σ₀‖²_F."""
+        if self.normalize and cov.square().sum() == 0:
+            raise ValueError(
+                "the reference features have zero variance, so normalize=True would divide "
+                "by zero; check the features or pass normalize=False"
+            )
+
+    @torch.no_grad()
+    def fit(self, owner: nn.Module, cov: Tensor, mean: Tensor) -> None:
+        """Store Σ₀ (and its eigenvalues) and start the running estimates at Σ₀, μ₀."""
+        owner.ref_cov.copy_(cov)
+        if self.q == "optimal":
+            owner.ref_eigvals.copy_(torch.linalg.eigvalsh(cov).flip(0).clamp_min(0))
+        if self.stats == "ema":
+            owner.running_cov.copy_(cov)
+            owner.running_mean.copy_(mean)
+        if self.q == "optimal" and self.stats == "ema":
+            owner.spectral_age.zero_()
+        self.training_calls = 0
+
+    def after_load(self, owner: nn.Module) -> None:
+        """Mirror the loaded refresh counter (``ema`` with ``optimal``)."""
+        if self.q == "optimal" and self.stats == "ema":
+            self.training_calls = int(owner.spectral_age.item())
+
+    def check_inputs(self, owner: nn.Module, z: Tensor, reference: Tensor | None) -> None:
+        """ValueError for a per-sample reference, or before :meth:`fit`."""
+        if reference is not None:
+            raise ValueError(
+                "match='covariance' takes no per-sample reference; call forward(z), or "
+                "build RIFT(match='paired')"
+            )
+        if not owner.fitted:
+            raise ValueError(
+                "RIFT(match='covariance') has no reference statistics; call "
+                "fit_reference(pretrained_embeddings) before forward"
+            )
+
+    # ------------------------------------------------------------------------------- loss
+    def loss(self, owner: nn.Module, z: Tensor, reference: Tensor | None = None) -> Tensor:
+        """L of the (global) batch ``z`` (n, d), already in the compute dtype."""
+        dtype, n = z.dtype, z.shape[0]
+        mean = z.mean(0)
+        zc = z - mean
+        with_mean = self.mean_weight > 0
+        rotation = owner.learned_rotation if self.q == "learned" else None
+        if rotation is not None:  # the running estimates, too, live in Q's frame
+            zc, mean = rotated_batch(rotation, zc, mean, with_mean or self.stats == "ema")
+        if self.stats == "ema":
+            cov_term, mean = self._running_cov_term(owner, zc, mean)
+        elif self.q == "optimal":
+            cov_term = spectral_distance(batch_covariance_eigvals(zc), owner.ref_eigvals.to(dtype))
+        else:
+            with torch.no_grad():
+                diff = torch.addmm(owner.ref_cov.to(dtype), zc.T, zc, beta=-1, alpha=1 / (n - 1))
+            cov_term = squared_gram_gap(zc, diff, 1 / (n - 1))
+        if self.normalize:
+            cov_term = cov_term / owner.ref_cov_sq_norm.to(dtype)
+        if not with_mean:
+            return cov_term
+        mu0 = owner.ref_mean.to(dtype)
+        mean_term = norm_gap(mean, mu0) if self.q == "optimal" else (mean - mu0).square().sum()
+        if self.normalize:
+            mean_term = mean_term / owner.ref_trace.to(dtype)
+        return cov_term + self.mean_weight * mean_term
+
+    def _running_cov_term(
+        self, owner: nn.Module, zc: Tensor, mean: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """‖Σ̄ − T‖²_F and μ̄ with Σ̄ = (1 − m)·R + m·Σ(z), μ̄ = (1 − m)·r + m·μ(z).
+
+        T is Σ₀ (identity, learned) or Σ₀'s spectrum in Σ̄'s eigenbasis (optimal). In training
+        mode R, r are replaced by Σ̄, μ̄.
+        """
+        dtype, n, m = zc.dtype, zc.shape[0], self.momentum
+        with torch.no_grad():  # one kernel each; gradients flow through this batch only
+            sigma = torch.addmm(
+                owner.running_cov.to(dtype), zc.T, zc, beta=1 - m, alpha=m / (n - 1)
+            )
+        mean = torch.lerp(owner.running_mean.to(dtype), mean, m)
+        if self.q == "optimal":
+            target = self._spectral_target(owner, sigma)
+        else:
+            target = owner.ref_cov.to(dtype)
+        if owner.training:
+            with torch.no_grad():
+                owner.running_cov.copy_(sigma)
+                owner.running_mean.copy_(mean)
+        return squared_gram_gap(zc, sigma - target, m / (n - 1)), mean
+
+    def _spectral_target(self, owner: nn.Module, sigma: Tensor) -> Tensor:
+        """T = V diag(λ↓(Σ₀)) Vᵀ for the running Σ̄ (d, d): recomputed from Σ̄'s eigenvectors V
+        when the training-call count is a multiple of ``eigh_every``, else the stored one."""
+        if self.training_calls % self.eigh_every == 0:
+            with torch.no_grad():
+                vectors = symmetric_eigvecs(sigma)
+                ascending = owner.ref_eigvals.flip(0).to(vectors.dtype)
+                target = ((vectors * ascending) @ vectors.T).to(sigma.dtype)
+            if owner.training:
+                owner.spectral_target.copy_(target)
+        else:
+            target = owner.spectral_target.to(sigma.dtype)
+        if owner.training:
+            self.training_calls += 1
+            owner.spectral_age.fill_(self.training_calls)
+        return target

@@ -1,0 +1,67 @@
+"""A small real training run: the shipped EfficientNet-Lite0 ImageNet weights on BreastMNIST.
+
+Plain finetuning and paired RIFT with q = identity and q = optimal, the same seed and `--reg
+rift`'s default λ (0.1, ``flags.CLI_DEFAULT_LAM``): paired matching must keep the test-set
+linear CKA to the pretrained embeddings higher than plain finetuning does, and plain
+finetuning must move the representation at all (else the comparison says nothing).
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from riftune.config import finetune_parser
+from riftune.engine import finetune
+from riftune.regularizers.rift import flags
+
+# 546 training images at 64 px, batch 32: 3 epochs = 51 steps per run.
+BUDGET = ["--data", "breastmnist", "--img-size", "64", "--batch-size", "32", "--epochs", "3",
+          "--seed", "0", "--landscape-images", "0", "--quiet"]  # fmt: skip
+# One worker runs the module-scoped training runs once for all tests here (pytest -n --dist
+# loadgroup); the runs together take longer than the suite's per-test timeout.
+pytestmark = [pytest.mark.xdist_group("rift_training"), pytest.mark.timeout(1800)]
+
+VARIANTS = {
+    "plain": ["--reg", "none"],
+    **{
+        f"paired/{q}": ["--reg", "rift", "--rift-match", "paired", "--rift-q", q]
+        for q in ("identity", "optimal")
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, medmnist_dir) -> dict[str, dict]:
+    """Per variant: the test-set CKA and the run's config.yaml."""
+    root = tmp_path_factory.mktemp("rift-training")
+    results = {}
+    for name, flag_list in VARIANTS.items():
+        out = root / name.replace("/", "-")
+        args = finetune_parser().parse_args(
+            BUDGET + flag_list + ["--data-root", str(medmnist_dir), "--out", str(out)]
+        )
+        cka = finetune(args)["test"]["cka"]
+        results[name] = {"cka": cka, "config": yaml.safe_load((out / "config.yaml").read_text())}
+    print("\ntest-set linear CKA to the pretrained embeddings (BreastMNIST, seed 0):")
+    for name, result in results.items():
+        print(f"  {name:22s} {result['cka']:.4f}")
+    return results
+
+
+@pytest.mark.slow
+def test_rift_runs_use_the_default_lambda_and_plain_finetuning_moves_the_representation(runs):
+    for q in ("identity", "optimal"):
+        config = runs[f"paired/{q}"]["config"]
+        assert (config["lam"], config["rift_match"], config["rift_q"]) == (
+            flags.CLI_DEFAULT_LAM,
+            "paired",
+            q,
+        )
+    assert runs["plain"]["cka"] < 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("q", ["identity", "optimal"])
+def test_paired_rift_keeps_cka_higher_than_plain_finetuning(runs, q):
+    assert runs[f"paired/{q}"]["cka"] > runs["plain"]["cka"]
