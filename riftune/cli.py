@@ -1,4 +1,4 @@
-"""``riftune``: finetune, evaluate and demo from the command line.
+"""``riftune``: finetune, evaluate, wise-ft, compare, export, predict, bench and demo.
 
 Problems the user can fix (bad flags, bad files, a run folder in the wrong state) end with
 ``error: <one line>`` and exit status 2; ``--debug`` shows the traceback instead.
@@ -66,6 +66,18 @@ def _wise_ft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from riftune.export import export_command
+
+    return export_command(args.run, args.out, args.device)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from riftune.predict import predict_command
+
+    return predict_command(args.run, args.data, args.out, args.batch_size, args.device)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from riftune.bench import run_bench
 
@@ -83,10 +95,19 @@ def _runtime_failure(error: Exception) -> str | None:
         return str(error)
     if isinstance(error, torch.OutOfMemoryError):
         return (
-            "out of GPU memory; lower --batch-size (or --img-size, --eval-batch-size), "
-            "then rerun with --resume"
+            "out of GPU memory; if it ran out in training, start again with a smaller "
+            "--batch-size (or --img-size) and --overwrite; if in evaluation, rerun with --resume "
+            "and a smaller --eval-batch-size, or --landscape-images 0 to skip sharpness and "
+            "the Hessian (evaluation options may change on --resume)"
         )
     return None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +178,41 @@ def build_parser() -> argparse.ArgumentParser:
     wise.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     wise.add_argument("--debug", action="store_true", help="show tracebacks")
     wise.set_defaults(handler=_wise_ft)
+
+    export = commands.add_parser(
+        "export",
+        help="write a finished run's model as plain timm weights (adapters merged)",
+        description="Write the best checkpoint of --run as a plain timm state dict (safetensors, "
+        "LoRA and other adapters merged into the weights) and a JSON file beside it with the "
+        "architecture, classes, image size and normalization; timm.create_model(name, "
+        "num_classes=k) loads it and gives the run's logits.",
+    )
+    export.add_argument("--run", required=True, help="a finished run folder")
+    export.add_argument(
+        "--out", required=True, help="the .safetensors file to write (its .json goes beside it)"
+    )
+    export.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    export.set_defaults(handler=_export)
+
+    predict = commands.add_parser(
+        "predict",
+        help="class probabilities of a finished run's model on new images",
+        description="Preprocess new images as the run's own (size, normalization), classify "
+        "them with its best checkpoint and write one row per image to --out.",
+    )
+    predict.add_argument("--run", required=True, help="a finished run folder")
+    predict.add_argument(
+        "--data",
+        required=True,
+        help="new images: a MedMNIST-format .npz, an image folder (optionally with class "
+        "subfolders), or a CSV with an image path column (csv:FILE?image=COL&label=COL)",
+    )
+    predict.add_argument("--out", required=True, help="the predictions CSV to write")
+    predict.add_argument("--batch-size", type=_positive_int, default=128)
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.add_argument("--debug", action="store_true", help="show tracebacks")
+    predict.set_defaults(handler=_predict)
 
     bench = commands.add_parser(
         "bench",

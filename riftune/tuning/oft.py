@@ -14,12 +14,15 @@ import copy
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
+from riftune.options import Section, option, positive_finite
 from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
 from riftune.tuning.lora import lora_targets
 
@@ -65,6 +68,28 @@ class OFT(FinetuningMethod):
 
     name = "oft"
 
+    @dataclass
+    class Options(Section):
+        """``--oft-*``."""
+
+        flag_prefix: ClassVar[str] = "oft"
+        block_size: int = option(
+            32,
+            "oft: side of each orthogonal block; a layer whose input size is no multiple gets "
+            "the nearest divisor",
+            check=lambda v: None if v >= 2 else "must be >= 2",
+        )
+        module_dropout: float = option(
+            0.0,
+            "oft: chance of replacing a block by the identity while training",
+            flag="--oft-dropout",
+            check=lambda v: None if 0.0 <= v < 1.0 else "must be in [0, 1)",
+        )
+        coft: bool = option(
+            False, "oft: constrained OFT, keep each rotation within --oft-coft-eps of I"
+        )
+        coft_eps: float = option(6e-5, "oft: the radius of that constraint", check=positive_finite)
+
     def __init__(
         self,
         block_size: int = 32,
@@ -72,12 +97,7 @@ class OFT(FinetuningMethod):
         coft: bool = False,
         coft_eps: float = 6e-5,
     ):
-        if block_size < 2:
-            raise UserError(f"--oft-block-size must be an integer >= 2, got {block_size}")
-        if not 0.0 <= module_dropout < 1.0:
-            raise UserError(f"--oft-dropout must be in [0, 1), got {module_dropout}")
-        if not coft_eps > 0:
-            raise UserError(f"--oft-coft-eps must be positive, got {coft_eps}")
+        self.Options(block_size, module_dropout, coft, coft_eps)  # checks the values
         self.block_size = block_size
         self.module_dropout = module_dropout
         self.coft = coft
