@@ -10,10 +10,13 @@
   tensors, returned as ordinary tensors.
 - :func:`maybe_compile`: ``torch.compile`` of the backbone in place (``nn.Module.compile``, so
   parameter names, state dicts and forward hooks stay as they are), or nothing.
+- :func:`thread_report`: the intra- and inter-op thread counts against the CPUs this process
+  may use, for ``metrics.json`` (a run with more threads than CPUs is slower, not faster).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Literal
 
@@ -94,3 +97,13 @@ def maybe_compile(model: Classifier, mode: CompileMode = "off") -> Classifier:
     if mode != "off":
         model.backbone.compile(mode=None if mode == "default" else mode)
     return model
+
+
+def thread_report() -> dict[str, int]:
+    """``torch_threads`` and ``interop_threads`` (PyTorch's pools) and ``usable_cpus`` (the
+    CPUs in this process's affinity mask, which ``OMP_NUM_THREADS`` does not change)."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+    }

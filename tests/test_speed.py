@@ -4,6 +4,10 @@ real BreastMNIST images at 28 px; compilation at 64 px)."""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +18,13 @@ from riftune.data import load_dataset
 from riftune.errors import UserError
 from riftune.metrics.embeddings import collect
 from riftune.models import build_classifier
-from riftune.speed import channels_last_input, collect_inference, maybe_compile, to_channels_last
+from riftune.speed import (
+    channels_last_input,
+    collect_inference,
+    maybe_compile,
+    thread_report,
+    to_channels_last,
+)
 
 CHANNELS_LAST = torch.channels_last
 
@@ -129,3 +139,17 @@ def test_compiled_backbone_gives_the_eager_logits_and_gradients(lite0):
         compiled_logits, compiled_grads = train_step_outputs(compiled, images, labels)
     assert_relative_close(compiled_logits, logits, 1e-4)
     assert_relative_close(flat(compiled_grads), flat(grads), 1e-3)
+
+
+def test_thread_report_reads_the_settings_of_a_real_process():
+    """A child process with OMP_NUM_THREADS=1 pinned to one CPU reports 1, 1."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    code = (
+        f"import os, json; os.sched_setaffinity(0, {{{cpu}}}); "
+        "from riftune.speed import thread_report; print(json.dumps(thread_report()))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert report["torch_threads"] == 1 and report["usable_cpus"] == 1
+    assert thread_report()["usable_cpus"] == len(os.sched_getaffinity(0))
