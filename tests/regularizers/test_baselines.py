@@ -446,7 +446,7 @@ def test_ablation_scores_match_zeroing_the_conv_channels():
     backbone.train()
     backbone[1].train()
     batches = _batches([6, 4])
-    got = ablation_scores(backbone, ["0", "3"], head, batches, max_images=12)  # 2 channels/pass
+    got = ablation_scores(backbone, ["0", "3"], head, batches, max_images=12)  # several passes
     assert backbone.training and backbone[1].training  # modes restored
     expected = _brute_force_scores(copy.deepcopy(backbone), head, ["0", "3"], batches)
     for g, e in zip(got, expected, strict=True):

@@ -1,0 +1,134 @@
+"""DELTA's channel attention, batched: equal to the implementation it replaced.
+
+The reference below is ``ablation_scores`` as it was at commit 1a9f34c (every ablation ran the
+whole backbone on repeated images); the current one runs only the layers after the ablated
+one, channels last. Both run on the shipped EfficientNet-Lite0 weights and real BreastMNIST
+images at 28 px.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from riftune.data import load_dataset
+from riftune.metrics.embeddings import collect_embeddings
+from riftune.models import build_classifier
+from riftune.models.feature_maps import FeatureMapTap, channel_axis, default_layers, resolve_layer
+from riftune.modes import eval_mode
+from riftune.regularizers.delta import ablation_scores, fit_linear_probe
+
+
+def _zero_channels_before(module, inputs, output, mask, nhwc):
+    axis = channel_axis(output, nhwc)
+    shape = [mask.shape[0], 1] + [1] * (output.ndim - 1)
+    shape[axis if axis < 0 else axis + 1] = mask.shape[1]
+    replicas = output.unflatten(0, (mask.shape[0], -1))
+    return (replicas * mask.view(shape).to(output.dtype)).flatten(0, 1)
+
+
+def ablation_scores_before(
+    backbone: nn.Module,
+    layers: Sequence[str],
+    head: nn.Module,
+    batches: Iterable[Sequence[torch.Tensor]],
+    max_images: int = 256,
+) -> list[torch.Tensor]:
+    """``riftune.regularizers.delta.ablation_scores`` at 1a9f34c (single process)."""
+    modules = [resolve_layer(backbone, name) for name in layers]
+    sums, count = None, 0
+    with torch.no_grad(), eval_mode(backbone), eval_mode(head):
+        for batch in batches:
+            images, labels = batch[0], batch[1]
+            n = images.shape[0]
+            with FeatureMapTap(backbone, layers) as tap:
+                base = F.cross_entropy(head(backbone(images)).float(), labels, reduction="sum")
+                channels = [fm.shape[1] for fm in tap.pop()]
+            if sums is None:
+                sums = [torch.zeros(c, dtype=torch.float64) for c in channels]
+            per_pass = max(1, max_images // n)
+            for module, c, total in zip(modules, channels, sums, strict=True):
+                for first in range(0, c, per_pass):
+                    picked = torch.arange(first, min(first + per_pass, c))
+                    mask = torch.ones(len(picked), c)
+                    mask[torch.arange(len(picked)), picked] = 0.0
+                    hook = functools.partial(_zero_channels_before, mask=mask, nhwc=False)
+                    handle = module.register_forward_hook(hook)
+                    try:
+                        logits = head(backbone(images.repeat(len(picked), 1, 1, 1)))
+                    finally:
+                        handle.remove()
+                    losses = F.cross_entropy(
+                        logits.float(), labels.repeat(len(picked)), reduction="none"
+                    )
+                    total[picked] += losses.view(len(picked), n).double().sum(1) - base
+            count += n
+    return [s / count for s in sums]
+
+
+@pytest.fixture(scope="module")
+def lite0_breast():
+    """Shipped EfficientNet-Lite0, a probe on 40 real training images, two batches (2 + 1),
+    and the reference scores on them."""
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", num_classes=2)
+    cfg = model.pretrained_cfg
+    data = load_dataset("breastmnist", img_size=28, mean=cfg["mean"], std=cfg["std"])
+    train = Subset(data.train, range(40))
+    probe_data = collect_embeddings(model.embed, DataLoader(train, batch_size=40), "cpu")
+    probe = fit_linear_probe(probe_data.embeddings, probe_data.labels)
+    batches = [b[:2] for b in DataLoader(Subset(data.train, range(3)), batch_size=2)]
+    layers = default_layers(model.backbone)
+    expected = ablation_scores_before(model.backbone, layers, probe, batches)
+    return model, probe, batches, expected
+
+
+@pytest.mark.parametrize("max_images", [256, 8])
+def test_ablation_scores_equal_the_previous_implementation(lite0_breast, max_images):
+    model, probe, batches, expected = lite0_breast
+    layers = default_layers(model.backbone)
+    got = ablation_scores(model.backbone, layers, probe, batches, max_images=max_images)
+    assert [g.shape[0] for g in got] == [16, 24, 40, 112, 320]
+    for g, e in zip(got, expected, strict=True):
+        assert e.abs().max() > 1e-4  # the ablations do change the loss
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=2e-6)
+
+
+def test_layers_before_the_ablated_one_run_once_per_pass_on_the_batch(lite0_breast):
+    """The stem sees n rows per pass; the last stage takes its 320 channels in few passes."""
+    model, probe, batches, _ = lite0_breast
+    rows: list[int] = []
+    handle = model.backbone.conv_stem.register_forward_hook(
+        lambda module, inputs, output: rows.append(output.shape[0])
+    )
+    try:
+        ablation_scores(model.backbone, ["blocks.6"], probe, batches[:1], max_images=256)
+    finally:
+        handle.remove()
+    # One plain pass, then passes of m ablations each: m·2·peak_after <= 256·peak.
+    assert set(rows) == {2}
+    assert 2 <= len(rows) <= 3  # the old code: 1 + ⌈320 / ⌊256 / 2⌋⌉ = 4 passes, 256 rows each
+
+
+class _SkipOverLayer(nn.Module):
+    """out = pool(b(a(x)) + x): ``a``'s output is not a cut point (x bypasses it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 1)
+        self.b = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.b(self.a(x)) + x).mean((2, 3))
+
+
+def test_a_layer_that_is_not_a_cut_point_is_refused():
+    batch = (torch.randn(4, 3, 5, 5), torch.randint(0, 2, (4,)))
+    with pytest.raises(ValueError, match="not to be a cut point"):
+        ablation_scores(_SkipOverLayer(), ["a"], nn.Linear(3, 2), [batch])
