@@ -29,6 +29,7 @@ from riftune.metrics import (
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
 from riftune.report.run_outputs import confidence_intervals
+from riftune.timing import PhaseTimer
 
 
 def eval_loader(
@@ -126,7 +127,11 @@ def _task_loss(model: Classifier, batch) -> torch.Tensor:
 
 
 def landscape_metrics(
-    model: Classifier, train: ImageTensorDataset, config: RunConfig, ctx: DistributedContext
+    model: Classifier,
+    train: ImageTensorDataset,
+    config: RunConfig,
+    ctx: DistributedContext,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, float]:
     """Sharpness and top Hessian eigenvalue of the task loss (cross-entropy, no regularizer).
 
@@ -152,15 +157,17 @@ def landscape_metrics(
     device = ctx.device
     mine = [tuple(t.to(device) for t in b) for b in batches[ctx.rank :: ctx.world_size]]
     out = {}
+    timer = timer or PhaseTimer()
     if ev.sharpness_rho > 0:
-        out["sharpness"] = sharpness(
-            model, _task_loss, mine, rho=ev.sharpness_rho, steps=ev.sharpness_steps,
-            adaptive=True, seed=seed,
-        )  # fmt: skip
+        with timer.phase("sharpness"):
+            out["sharpness"] = sharpness(
+                model, _task_loss, mine, rho=ev.sharpness_rho, steps=ev.sharpness_steps,
+                adaptive=True, seed=seed,
+            )  # fmt: skip
     if ev.hessian_iters > 0:
         # Hessian-vector products need a double backward, which only the math kernel of
         # scaled-dot-product attention has on every device
-        with sdpa_kernel(SDPBackend.MATH):
+        with timer.phase("hessian"), sdpa_kernel(SDPBackend.MATH):
             out["hessian_top_eig"] = hessian_top_eigenvalue(
                 model, _task_loss, mine, iters=ev.hessian_iters, seed=seed
             )
@@ -228,31 +235,35 @@ def final_metrics(
     config: RunConfig,
     ctx: DistributedContext,
     amp_dtype: torch.dtype | None,
+    timer: PhaseTimer | None = None,
 ) -> FinalEvaluation:
     """The evaluation of the selected checkpoint (also ``riftune evaluate``): test and
     validation metrics with their bootstrap 95% intervals, sharpness and the Hessian
-    eigenvalue, and on request corrupted-data (``robust``) and transfer metrics."""
+    eigenvalue, and on request corrupted-data (``robust``) and transfer metrics. ``timer``
+    gets each part's wall time."""
+    timer = timer or PhaseTimer()
     ev, batch = config.evaluation, config.evaluation.eval_batch_size
     multilabel = data.multilabel
-    test, val = (
-        evaluate_split(model, eval_loader(split, batch, ctx), ref, ctx, amp_dtype, multilabel)
-        for split, ref in ((data.test, pretrained.test), (data.val, pretrained.val))
-    )
-    metrics = {
-        "test": {**test.scalars(), **landscape_metrics(model, data.train, config, ctx)},
-        "val": val.scalars(),
-    }
-    if ev.bootstrap_resamples > 0 and not multilabel:
-        intervals = confidence_intervals(
-            {"test": test.collected, "val": val.collected},
-            seed=config.training.seed,
-            resamples=ev.bootstrap_resamples,
+    with timer.phase("test_eval"):
+        test, val = (
+            evaluate_split(model, eval_loader(split, batch, ctx), ref, ctx, amp_dtype, multilabel)
+            for split, ref in ((data.test, pretrained.test), (data.val, pretrained.val))
         )
-        metrics["test"]["ci"], metrics["val"]["ci"] = intervals["test"], intervals["val"]
+        metrics = {"test": test.scalars(), "val": val.scalars()}
+        if ev.bootstrap_resamples > 0 and not multilabel:
+            intervals = confidence_intervals(
+                {"test": test.collected, "val": val.collected},
+                seed=config.training.seed,
+                resamples=ev.bootstrap_resamples,
+            )
+            metrics["test"]["ci"], metrics["val"]["ci"] = intervals["test"], intervals["val"]
+    metrics["test"] |= landscape_metrics(model, data.train, config, ctx, timer)
     if ev.robustness:
-        metrics["robust"] = robustness_metrics(
-            model, data.test, batch, ctx.device, amp_dtype, seed=config.training.seed
-        )
+        with timer.phase("robustness"):
+            metrics["robust"] = robustness_metrics(
+                model, data.test, batch, ctx.device, amp_dtype, seed=config.training.seed
+            )
     if ev.transfer_data:
-        metrics["transfer"] = transfer_metrics(model, config, ctx, amp_dtype)
+        with timer.phase("transfer"):
+            metrics["transfer"] = transfer_metrics(model, config, ctx, amp_dtype)
     return FinalEvaluation(metrics, test, val)

@@ -27,6 +27,7 @@ PHASES = (
     "test_eval",
     "sharpness",
     "hessian",
+    "robustness",
     "transfer",
     "figures",
     "checkpointing",

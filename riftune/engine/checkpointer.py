@@ -78,9 +78,12 @@ class Checkpointer:
         meta["epoch"] = epoch
         ckpt.save_checkpoint(self.directory, ckpt.BEST, tensors, meta)
 
-    def restore(self, model, stateful: dict) -> tuple[TrainState, str]:
+    def restore(
+        self, model, stateful: dict, optional: tuple[str, ...] = ()
+    ) -> tuple[TrainState, str]:
         """Load the newest valid progress checkpoint into ``model`` and ``stateful``; returns
-        its state and its file name."""
+        its state and its file name. Keys in ``optional`` may be missing from checkpoints of
+        older versions (their objects keep their fresh state)."""
         path = ckpt.latest_valid_checkpoint(self.directory)
         if path is None:
             raise UserError(
@@ -91,7 +94,8 @@ class Checkpointer:
         state = ckpt.unflatten_state(tensors, meta)
         model.load_state_dict(state["model"])
         for key, obj in stateful.items():
-            obj.load_state_dict(state[key])
+            if key in state or key not in optional:
+                obj.load_state_dict(state[key])
         rng.restore_rng_state(state["rng"])
         return TrainState.from_meta(state["state"]), path.name
 

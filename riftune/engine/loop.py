@@ -25,7 +25,9 @@ from riftune.evaluation import EvalResult, eval_loader, evaluate_split, final_me
 from riftune.progress import Progress
 from riftune.run_dir import RunDir, claim, write_json_atomic
 from riftune.selection import initial_best, is_better
+from riftune.speed import thread_report
 from riftune.step import NonFiniteLossError
+from riftune.timing import PhaseTimer
 
 
 class Finetuner:
@@ -38,6 +40,7 @@ class Finetuner:
         self.progress = Progress(enabled=ctx.is_main and not config.output.quiet)
         self.amp_dtype = autocast_dtype(config.training.amp, ctx.device)
         self.checkpointer = Checkpointer(self.run_dir, ctx)
+        self.timer = PhaseTimer()
         self._trainable_names: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------------------- set-up
@@ -75,13 +78,14 @@ class Finetuner:
             )
 
     def _build(self) -> None:
-        self.model, self.data, self.pretrained, self.method = build_model_and_data(
-            self.config, self.ctx, self.amp_dtype
-        )
-        self.training = build_training(
-            self.config, self.ctx, self.model, self.data, self.pretrained, self.method,
-            self.amp_dtype,
-        )  # fmt: skip
+        with self.timer.phase("reference_pass"):  # pretrained embeddings, regularizer's fit
+            self.model, self.data, self.pretrained, self.method = build_model_and_data(
+                self.config, self.ctx, self.amp_dtype
+            )
+            self.training = build_training(
+                self.config, self.ctx, self.model, self.data, self.pretrained, self.method,
+                self.amp_dtype,
+            )  # fmt: skip
         self.steps_per_epoch = self.training.sampler.steps_per_epoch
         self.budget = budget_weight(self.config)
         self.val_loader = eval_loader(
@@ -105,11 +109,13 @@ class Finetuner:
 
     def _stateful(self) -> dict:
         """What a checkpoint holds besides the model (the budget's λ and running mean too)."""
-        return self.training.stateful() | ({"budget": self.budget} if self.budget else {})
+        budget = {"budget": self.budget} if self.budget else {}
+        return self.training.stateful() | budget | {"timing": self.timer}
 
     def _save(self) -> None:
-        wall = self.state.wall_seconds + (time.perf_counter() - self._started)
-        self.checkpointer.save(self.state, wall, self.model, self._stateful())
+        with self.timer.phase("checkpointing"):
+            wall = self.state.wall_seconds + (time.perf_counter() - self._started)
+            self.checkpointer.save(self.state, wall, self.model, self._stateful())
 
     def _train_epoch(self, epoch: int) -> dict:
         s, t = self.state, self.training
@@ -124,7 +130,7 @@ class Finetuner:
             self.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {epoch + 1}"
         )
         every = self.config.training.checkpoint_every
-        tick = time.perf_counter()
+        tick = start = time.perf_counter()
         for images, labels, indices in t.loader:
             s.data_ms.append((time.perf_counter() - tick) * 1000.0)
             try:
@@ -149,8 +155,11 @@ class Finetuner:
                 sums[key] += losses[key]
             bar.update(loss=losses["loss"])
             if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
+                self.timer.add("train_steps", time.perf_counter() - start)
                 self._save()
+                start = time.perf_counter()
             tick = time.perf_counter()
+        self.timer.add("train_steps", time.perf_counter() - start)
         bar.close()
         return {
             f"train_{k if k == 'loss' else k + '_loss'}": v / max(s.step_in_epoch, 1)
@@ -166,10 +175,11 @@ class Finetuner:
         return dict(zip(sorted(losses), stacked.tolist(), strict=True))
 
     def _validate(self) -> EvalResult:
-        return evaluate_split(
-            self.model, self.val_loader, self.pretrained.val, self.ctx, self.amp_dtype,
-            self.data.multilabel,
-        )  # fmt: skip
+        with self.timer.phase("validation"):
+            return evaluate_split(
+                self.model, self.val_loader, self.pretrained.val, self.ctx, self.amp_dtype,
+                self.data.multilabel,
+            )  # fmt: skip
 
     def run(self) -> dict:
         self._claim_run_dir()
@@ -177,7 +187,9 @@ class Finetuner:
         self._build()
         self.state = TrainState(best_value=initial_best(self.config.training.select_on))
         if self.config.output.resume:
-            self.state, name = self.checkpointer.restore(self.model, self._stateful())
+            self.state, name = self.checkpointer.restore(
+                self.model, self._stateful(), optional=("timing",)
+            )
             if self.budget is not None:
                 self.training.step.lam = self.budget.value
             self.progress.log(
@@ -203,7 +215,8 @@ class Finetuner:
             select_on = self.config.training.select_on
             if is_better(select_on, getattr(val, select_on), s.best_value):
                 s.best_value, s.best_epoch = getattr(val, select_on), epoch + 1
-                self.checkpointer.save_best(self.model, s.epoch)
+                with self.timer.phase("checkpointing"):
+                    self.checkpointer.save_best(self.model, s.epoch)
             self._save()
             epochs_bar.update(val_auc=val.auc, val_cka=val.cka)
             self.progress.log(
@@ -218,32 +231,39 @@ class Finetuner:
         s = self.state
         self.checkpointer.load_best(self.model)
         final = final_metrics(
-            self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype
-        )
+            self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype,
+            self.timer,
+        )  # fmt: skip
         test = final.test
+        if self.ctx.is_main:
+            with self.timer.phase("figures"):
+                self.outputs.close(final.metrics)
+                report.plot_training(s.history, self.run_dir.training_plot)
+                write_evaluation_outputs(self.run_dir, final, self.data)
+                report.plot_embeddings(
+                    self.pretrained.test.embeddings.numpy(),
+                    test.collected.embeddings.numpy(),
+                    test.collected.labels.numpy(),
+                    self.run_dir.embeddings_plot,
+                    class_names=self.data.class_names,
+                    cka=test.cka,
+                )
+        wall = s.wall_seconds + (time.perf_counter() - self._started)
         metrics = {
             **final.metrics,
             "selected_on": f"val_{self.config.training.select_on}",
             "best_epoch": s.best_epoch,
             "epochs": self.config.training.epochs,
-            "wall_seconds": s.wall_seconds + (time.perf_counter() - self._started),
+            "wall_seconds": wall,
+            "timing": self.timer.as_dict(),
+            "threads": thread_report(),
             **_throughput(s, self.config.training.batch_size),
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
         }
         if self.ctx.is_main:
-            self.outputs.close(metrics)
-            report.plot_training(s.history, self.run_dir.training_plot)
-            write_evaluation_outputs(self.run_dir, final, self.data)
-            report.plot_embeddings(
-                self.pretrained.test.embeddings.numpy(),
-                test.collected.embeddings.numpy(),
-                test.collected.labels.numpy(),
-                self.run_dir.embeddings_plot,
-                class_names=self.data.class_names,
-                cka=test.cka,
-            )
             write_json_atomic(metrics, self.run_dir.metrics)
+            self.progress.log(self.timer.summary(total=wall))
             self.progress.log(
                 f"test acc {test.acc:.4f} auc {test.auc:.4f} cka {test.cka:.4f} "
                 f"(best epoch {s.best_epoch}); results in {self.run_dir.root}"
