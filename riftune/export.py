@@ -92,7 +92,7 @@ def timm_state_dict(run: FinishedRun, classifier: str) -> dict[str, torch.Tensor
         backbone = run.method.merged_backbone_state(run.model)
     except UserError:
         raise UserError(
-            f"cannot export a --method {run.args.method} run as a plain timm model: the "
+            f"cannot export a --method {run.config.method.name} run as a plain timm model: the "
             "parameters it adds have no place in the timm architecture; export runs of full, "
             "linear, bitfit, lora or lp-ft"
         ) from None
@@ -107,17 +107,17 @@ def export_info(run: FinishedRun) -> dict:
     return {
         "format": FORMAT,
         "architecture": architecture,
-        "timm_kwargs": _size_kwargs(architecture, run.args.img_size),
+        "timm_kwargs": _size_kwargs(architecture, run.config.data.img_size),
         "num_classes": run.data.num_classes,
         "class_names": run.data.class_names or [str(i) for i in range(run.data.num_classes)],
-        "image_size": run.args.img_size,
+        "image_size": run.config.data.img_size,
         "mean": [float(v) for v in cfg["mean"]],
         "std": [float(v) for v in cfg["std"]],
         "preprocessing": PREPROCESSING,
         "source": {
             "run": str(run.run_dir.root.resolve()),
-            "backbone": run.args.backbone,
-            "method": run.args.method,
+            "backbone": run.config.model.backbone,
+            "method": run.config.method.name,
             "data": run.data.name,
             "weights": cfg.get("weights"),
         },

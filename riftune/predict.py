@@ -89,7 +89,7 @@ def predict_run(
 def predict_loaded(run: FinishedRun, data: str | Path, out_csv: Path, batch_size: int) -> Path:
     """:func:`predict_run` with the run already rebuilt (:func:`load_finished_run`)."""
     class_names = run.data.class_names
-    images = read_new_images(data, run.args.img_size, class_names, run.data.num_classes)
+    images = read_new_images(data, run.config.data.img_size, class_names, run.data.num_classes)
     cfg = run.model.pretrained_cfg
     labels = images.labels if images.labels is not None else np.zeros(len(images.pixels))
     dataset = ImageTensorDataset(

@@ -3,7 +3,6 @@ and CSV give the probabilities of the run's own evaluation."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -19,6 +18,7 @@ import timm
 import torch
 from PIL import Image
 
+from riftune.config import RunConfig
 from riftune.data import DatasetSplits, ImageTensorDataset, load_dataset
 from riftune.distributed import DistributedContext
 from riftune.errors import UserError
@@ -102,7 +102,9 @@ def test_export_refuses_methods_a_plain_timm_model_cannot_hold():
         model = build_classifier("timm:vit_tiny_patch16_224", 2, pretrained=False, img_size=32)
         method.apply(model)
         run = types.SimpleNamespace(
-            model=model, method=method, args=types.SimpleNamespace(method=method.name)
+            model=model,
+            method=method,
+            config=RunConfig.from_dict({"method": {"name": method.name}}),
         )
         with pytest.raises(
             UserError, match=f"cannot export a --method {method.name} run"
@@ -212,8 +214,12 @@ def test_export_of_a_vit_keeps_its_image_size(method, tmp_path):
     split = ImageTensorDataset(pixels, torch.tensor([0, 1, 2, 0]), (0.5,) * 3, (0.5,) * 3)
     run = FinishedRun(
         run_dir=RunDir(tmp_path),
-        args=argparse.Namespace(
-            img_size=32, backbone="timm:vit_tiny_patch16_224", method=method.name
+        config=RunConfig.from_dict(
+            {
+                "data": {"img_size": 32},
+                "model": {"backbone": "timm:vit_tiny_patch16_224"},
+                "method": {"name": method.name},
+            }
         ),
         ctx=DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
         amp_dtype=None,

@@ -7,7 +7,6 @@ code paths (no Gram-matrix tricks, no QR, no Cayley solver).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 
@@ -649,10 +648,13 @@ def test_bad_options(kwargs, message):
 # --------------------------------------------------------------------- riftune protocol
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    RIFT.add_arguments(parser.add_argument_group("rift"))
-    return parser
+def _rift(argv: str | list[str], dim: int = 7) -> RIFT:
+    """RIFT as ``riftune finetune --reg rift ARGV`` builds it for embeddings of size ``dim``."""
+    from riftune.config import finetune_parser, run_config_from_args
+
+    argv = argv.split() if isinstance(argv, str) else argv
+    config = run_config_from_args(finetune_parser().parse_args(["--reg", "rift", *argv]))
+    return config.regularizer.build(dim)
 
 
 def test_registered_with_protocol_attributes():
@@ -677,53 +679,42 @@ def test_prepare_and_penalty():
         paired.penalty(StepInputs(embeddings=zt))
 
 
-def test_cli_flags_defaults_and_from_args(monkeypatch):
-    args = _parser().parse_args([])
-    reg = RIFT.from_args(args, dim=7)
+def test_cli_flags_defaults_and_options():
+    reg = _rift([])
     assert (reg.match, reg.q) == (flags.CLI_DEFAULT_MATCH, flags.CLI_DEFAULT_Q)
     assert (reg.stats, reg.momentum, reg.mean_weight, reg.normalize) == ("batch", 0.1, 0.0, True)
-    monkeypatch.setattr(flags, "CLI_DEFAULT_MATCH", "covariance")
-    monkeypatch.setattr(flags, "CLI_DEFAULT_Q", "optimal")
-    reg = RIFT.from_args(_parser().parse_args([]), dim=7)
-    assert (reg.match, reg.q, reg.reference) == ("covariance", "optimal", None)
+    assert reg.reference == "cache"  # paired matching reads the cache unless told otherwise
+    assert _rift("--rift-match covariance").reference is None
     argv = "--rift-match covariance --rift-q learned --rift-stats ema --rift-momentum 0.2 "
     argv += "--rift-mean-weight 0.5 --no-rift-normalize"
-    reg = RIFT.from_args(_parser().parse_args(argv.split()), dim=7)
+    reg = _rift(argv)
     assert (reg.match, reg.q, reg.stats, reg.momentum) == ("covariance", "learned", "ema", 0.2)
     assert (reg.mean_weight, reg.normalize) == (0.5, False)
     assert reg.learned_rotation.rank is None  # the default rank 64 is all of d = 7
-    assert RIFT.from_args(_parser().parse_args(argv.split()), dim=100).learned_rotation.rank == 64
-    reg = RIFT.from_args(_parser().parse_args((argv + " --rift-q-rank 4").split()), dim=7)
-    assert reg.learned_rotation.reflectors.shape == (7, 4)
-    reg = RIFT.from_args(_parser().parse_args((argv + " --rift-q-rank all").split()), dim=100)
+    assert _rift(argv, dim=100).learned_rotation.rank == 64
+    assert _rift(argv + " --rift-q-rank 4").learned_rotation.reflectors.shape == (7, 4)
+    reg = _rift(argv + " --rift-q-rank all", dim=100)
     assert reg.learned_rotation.reflectors.shape == (100, 100)
     assert reg.param_lr is None  # the engine gives learned Q the head's learning rate
-    reg = RIFT.from_args(_parser().parse_args((argv + " --rift-q-lr 2e-5").split()), dim=7)
-    assert reg.param_lr == 2e-5
-    reg = RIFT.from_args(
-        _parser().parse_args("--rift-match paired --rift-reference teacher".split()), dim=7
-    )
-    assert reg.reference == "teacher"
+    assert _rift(argv + " --rift-q-lr 2e-5").param_lr == 2e-5
+    assert _rift("--rift-match paired --rift-reference teacher").reference == "teacher"
     for bad, message in (
-        ("--rift-q optimal --rift-q-lr 1e-4", "--rift-q learned only"),
-        ("--rift-q learned --rift-q-lr 0", "positive number"),
-        ("--rift-q learned --rift-q-lr nan", "positive number"),
+        ("--rift-q optimal --rift-q-lr 1e-4", "--rift-q-lr applies to --rift-q learned only"),
+        ("--rift-q learned --rift-q-lr 0", "--rift-q-lr 0.0: must be a finite number > 0"),
+        ("--rift-q learned --rift-q-lr nan", "--rift-q-lr nan: must be a finite number > 0"),
+        ("--rift-match paired --rift-stats ema", "--rift-stats ema applies to"),
+        ("--rift-momentum 0", "--rift-momentum 0.0: must be in (0, 1]"),
+        ("--rift-q learned --rift-q-rank 3", "--rift-q-rank 3: must be even"),
+        ("--rift-q optimal --rift-q-rank 4", "--rift-q-rank applies to --rift-q learned only"),
+        ("--rift-match covariance --rift-reference teacher", "applies to --rift-match paired"),
     ):
-        with pytest.raises(UserError, match=message):
-            RIFT.from_args(_parser().parse_args(bad.split()), dim=7)
-    for bad in (
-        "--rift-match paired --rift-stats ema",
-        "--rift-momentum 0",
-        "--rift-q learned --rift-q-rank 3",
-        "--rift-q optimal --rift-q-rank 4",
-    ):
-        with pytest.raises(UserError, match="--reg rift"):
-            RIFT.from_args(_parser().parse_args(bad.split()), dim=7)
-    with pytest.raises(UserError, match="paired' only"):
-        RIFT.from_args(
-            _parser().parse_args("--rift-match covariance --rift-reference teacher".split()), 7
-        )
-    help_text = _parser().format_help()
+        with pytest.raises(UserError) as error:
+            _rift(bad)
+        assert str(error.value).startswith("--reg rift: "), str(error.value)
+        assert message in str(error.value), str(error.value)
+    from riftune.config import finetune_parser
+
+    help_text = finetune_parser().format_help()
     for flag in ("--rift-q", "--rift-stats", "--rift-momentum", "--no-rift-normalize"):
         assert flag in help_text
 
@@ -732,39 +723,38 @@ def test_cli_flags_defaults_and_from_args(monkeypatch):
 @pytest.mark.parametrize("rank", ["64", "32", "all"])
 def test_an_explicit_q_rank_needs_learned_q_whatever_its_value(q, rank):
     with pytest.raises(UserError, match="--rift-q-rank applies to --rift-q learned only"):
-        RIFT.from_args(_parser().parse_args(["--rift-q", q, "--rift-q-rank", rank]), dim=7)
-    args = _parser().parse_args(["--rift-q", q])  # the default rank goes with any Q
-    assert RIFT.from_args(args, dim=7).q == q
-    learned = RIFT.from_args(
-        _parser().parse_args(["--rift-q", "learned", "--rift-q-rank", rank]), 100
-    )
+        _rift(["--rift-q", q, "--rift-q-rank", rank])
+    assert _rift(["--rift-q", q]).q == q  # unset, the rank goes with any Q
+    learned = _rift(["--rift-q", "learned", "--rift-q-rank", rank], dim=100)
     assert learned.learned_rotation.reflectors.shape == (100, 100 if rank == "all" else int(rank))
 
 
-def test_the_default_q_rank_is_the_plain_number_in_a_run_config():
-    """config.yaml (and --resume's comparison with it) sees 64, as before the flag check."""
-    import yaml
+def test_the_q_rank_in_a_run_config_is_there_with_learned_q_only():
+    """config.yaml holds the rank (its default resolved) only for learned Q; old flat files,
+    which stored 64 for every run, still load."""
+    from riftune.config import RunConfig
 
-    args = _parser().parse_args([])
-    assert args.rift_q_rank == DEFAULT_Q_RANK
-    assert yaml.safe_dump({"rift_q_rank": args.rift_q_rank}) == "rift_q_rank: 64\n"
-    assert yaml.safe_load(yaml.safe_dump(vars(args))) == vars(args)
+    learned = RunConfig.from_dict({"regularizer": {"name": "rift", "q": "learned"}})
+    assert learned.to_dict()["regularizer"]["q_rank"] == DEFAULT_Q_RANK
+    optimal = RunConfig.from_dict({"regularizer": {"name": "rift", "q": "optimal"}})
+    assert "q_rank" not in optimal.to_dict()["regularizer"]
+    old = RunConfig.from_dict({"reg": "rift", "rift_q": "optimal", "rift_q_rank": 64})
+    assert old.to_dict() == optimal.to_dict()
     # the constructor's own default is unchanged: RIFT(q=...) with q_rank=64 is accepted
     assert RIFT(8, q="optimal", q_rank=DEFAULT_Q_RANK).q == "optimal"
 
 
 def test_lam_defaults_to_the_regularizers_own():
-    from riftune.config import finetune_parser, validate
+    from riftune.config import finetune_parser, run_config_from_args
 
     for argv, expected in (
         (["--reg", "rift"], flags.CLI_DEFAULT_LAM),
         (["--reg", "rift", "--lam", "0.3"], 0.3),
         (["--reg", "l2sp"], 1.0),
+        (["--reg", "none", "--lam", "3"], None),
     ):
-        args = finetune_parser().parse_args(argv)
-        assert args.lam is None or "--lam" in argv
-        validate(args)
-        assert args.lam == expected
+        config = run_config_from_args(finetune_parser().parse_args(argv))
+        assert config.regularizer.lam == expected
 
 
 # ------------------------------------------------------------------ learned Q of limited rank
