@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import torch
@@ -47,14 +48,24 @@ class GracefulStop:
     Handlers can only be installed from the main thread; elsewhere the block installs nothing
     and the flag stays down (the caller's signals behave as before).
 
+    Args:
+        signals: The signals to catch.
+        on_signal: Called with the signal number on every signal caught, before anything else
+            (a launcher forwards it to its workers).
+
     Attributes:
         received: The number of the first stop signal this process got, 0 while none.
         agreed: The signal all ranks agreed to stop on at the last :meth:`should_stop`, 0 while
             none (the largest signal number any rank had received).
     """
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+    def __init__(
+        self,
+        signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+        on_signal: Callable[[int], None] | None = None,
+    ) -> None:
         self.signals = signals
+        self.on_signal = on_signal
         self.received = 0
         self.agreed = 0
         self._previous: dict[int, object] = {}
@@ -82,6 +93,8 @@ class GracefulStop:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.on_signal is not None:
+            self.on_signal(signum)
         if signum == self.received:  # the same signal again: do what it did before the block
             previous = self._previous.pop(signum)
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
