@@ -14,8 +14,10 @@ launcher ran them.
   own sessions, so a Ctrl-C in the terminal reaches them only through the launcher, once.
 - :class:`SlurmLauncher` submits the jobs as one SLURM job array through submitit
   (``pip install riftune[slurm]``) and waits for them. Each array task runs the job as a
-  child process; the child ignores submitit's pre-timeout signal (SIGUSR2) and gets SLURM's
-  SIGTERM at the time limit or on preemption, which makes it checkpoint and stop.
+  child process (which ignores SIGUSR2). When submitit signals the task that its time is
+  nearly up or that it is preempted (SIGUSR2, ``signal_delay_s`` = 90 s before the limit by
+  default), the task sends SIGTERM to the child, waits up to ``stop_grace_s`` for it to
+  checkpoint and exit, and has submitit requeue it; the requeued task resumes the run.
 
 Ray was considered instead of submitit: it needs a Ray cluster started on the machines
 first, while submitit talks to the SLURM controller most clusters already run and needs
@@ -28,6 +30,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,20 +106,57 @@ def _describe(result: JobResult) -> str:
     return f"{result.status}{code}: {result.job.folder}"
 
 
-def run_job(job: GridJob, ignore: Sequence[int] = ()) -> JobResult:
-    """Run one job to its end in this process's place, idempotently (see :func:`again_flags`).
-
-    Args:
-        job: The job.
-        ignore: Signals the child process ignores (SLURM tasks: submitit's SIGUSR2).
+def run_job(job: GridJob) -> JobResult:
+    """Run one job to its end, idempotently (see :func:`again_flags`).
 
     Returns:
         Its result; a finished run is ``skipped`` without starting anything.
     """
-    process = _start(job, ignore=ignore)
+    process = _start(job)
     if process is None:
         return JobResult(job, "skipped")
     return JobResult(job, _status(process.wait()), process.returncode)
+
+
+class SlurmTask:
+    """What each SLURM array task runs: one job, stopped and requeued when SLURM needs the node.
+
+    submitit calls :meth:`checkpoint` (from its SIGUSR2 handler, in the task's main thread)
+    before the time limit or on preemption; the returned submission is requeued.
+
+    Args:
+        stop_grace_s: How long :meth:`checkpoint` waits for the run to checkpoint and exit
+            after its SIGTERM (keep it below submitit's ``signal_delay_s``).
+    """
+
+    def __init__(self, stop_grace_s: float = 80.0) -> None:
+        self.stop_grace_s = stop_grace_s
+        self._process: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {"stop_grace_s": self.stop_grace_s, "_process": None}
+
+    def __call__(self, job: GridJob) -> JobResult:
+        process = _start(job, ignore=(int(signal.SIGUSR2),))  # SLURM sends it to the child too
+        if process is None:
+            return JobResult(job, "skipped")
+        self._process = process
+        # poll rather than wait(): checkpoint() must be able to reap the child from the handler
+        while process.poll() is None:
+            time.sleep(0.2)
+        return JobResult(job, _status(process.returncode), process.returncode)
+
+    def checkpoint(self, job: GridJob) -> Any:
+        """Stop the run at its next step (SIGTERM), wait for it, and ask to be requeued."""
+        from submitit.helpers import DelayedSubmission
+
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_grace_s
+            while process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return DelayedSubmission(SlurmTask(self.stop_grace_s), job)
 
 
 def _start(
@@ -202,6 +242,8 @@ class SlurmLauncher:
         gpus_per_job: GPUs of each task (``--gpus-per-node``).
         cpus_per_task: CPU cores of each task (``--cpus-per-task``).
         array_parallelism: At most this many tasks of the array run at once (``--array=...%N``).
+        stop_grace_s: How long a task waits for its run to checkpoint after submitit's
+            pre-timeout or preemption signal (see :class:`SlurmTask`).
         extra: Further submitit parameters, e.g. ``{"slurm_mem_gb": 32}``.
         executor: A ready submitit executor (tests: ``submitit.AutoExecutor(folder,
             cluster="local")``); by default ``submitit.AutoExecutor(folder)``, which is SLURM
@@ -214,6 +256,7 @@ class SlurmLauncher:
     gpus_per_job: int = 1
     cpus_per_task: int = 4
     array_parallelism: int = 16
+    stop_grace_s: float = 80.0
     extra: dict[str, Any] = field(default_factory=dict)
     executor: Any = None
 
@@ -246,9 +289,8 @@ class SlurmLauncher:
             return []
         executor = self.executor or _auto_executor(self.folder)
         executor.update_parameters(**self.parameters())
-        ignore = (int(signal.SIGUSR2),)  # submitit's pre-timeout signal would kill the child
-        tasks = executor.map_array(run_job, [jobs[i] for i in pending], [ignore] * len(pending))
-        return list(zip(pending, tasks, strict=True))
+        task = SlurmTask(self.stop_grace_s)
+        return list(zip(pending, executor.map_array(task, [jobs[i] for i in pending]), strict=True))
 
     def run(self, jobs: Sequence[GridJob], log: Callable[[str], None]) -> LaunchOutcome:
         """Submit the unfinished jobs as one array, wait for every task, report each job."""

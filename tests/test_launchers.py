@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from riftune.launchers import GridJob, LocalLauncher, SlurmLauncher, again_flags
+from riftune.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
 from riftune.run_dir import RunDir
 from riftune.signals import PREEMPTED_EXIT
 
@@ -179,8 +179,8 @@ def test_slurm_launcher_submits_one_array_with_the_parameters(tmp_path, monkeypa
         assert f"#SBATCH {line}" in script, script
     for (i, task), folder in zip(submitted, (folders[0], *folders[2:]), strict=True):
         delayed = submitit.core.utils.DelayedSubmission.load(task.paths.submitted_pickle)
-        assert delayed.function.__name__ == "run_job"
-        assert delayed.args == (_jobs(folders)[i], (int(signal.SIGUSR2),))
+        assert isinstance(delayed.function, SlurmTask) and delayed.function.stop_grace_s == 80
+        assert delayed.args == (_jobs(folders)[i],)
         assert delayed.args[0].folder == folder
 
 
@@ -199,3 +199,28 @@ def test_a_tiny_real_finetune_through_submitit_local(tmp_path, medmnist_dir, mon
     assert metrics["epochs"] == 1 and 0 <= metrics["test"]["auc"] <= 1
     again = launcher.run([GridJob(argv, folder)], log=lambda message: None)
     assert again.results[0].status == "skipped"
+
+
+@pytest.mark.slow
+def test_a_task_told_its_time_is_up_stops_its_run_and_is_requeued_to_resume(tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    monkeypatch.setenv("RELEASE", str(release))
+    folder = tmp_path / "run"
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "submitit"), cluster="local")
+    # submitit's local SIGUSR2 then comes 60 - 20 = 40 s into the task (the local executor's
+    # own parameter, which AutoExecutor does not pass on)
+    executor._executor.update_parameters(signal_delay_s=20)
+    launcher = SlurmLauncher(
+        tmp_path / "submitit", time_minutes=1, gpus_per_job=0, stop_grace_s=15, executor=executor
+    )
+    [(_, task)] = launcher.submit(_jobs([folder]))
+    deadline = time.monotonic() + 240
+    while not (folder / "signals").exists():  # the run got SIGTERM from its task and stopped
+        assert time.monotonic() < deadline and not task.done(), task.stderr()
+        time.sleep(0.2)
+    release.touch()  # the requeued task can now finish the run
+    result = task.result()
+    assert result.status == "done", task.stderr()
+    assert (folder / "signals").read_text() == str(int(signal.SIGTERM))  # SIGUSR2 was ignored
+    assert _calls(folder) == ["", "--resume"]
+    assert (folder / "metrics.json").is_file()
