@@ -106,18 +106,6 @@ def _describe(result: JobResult) -> str:
     return f"{result.status}{code}: {result.job.folder}"
 
 
-def run_job(job: GridJob) -> JobResult:
-    """Run one job to its end, idempotently (see :func:`again_flags`).
-
-    Returns:
-        Its result; a finished run is ``skipped`` without starting anything.
-    """
-    process = _start(job)
-    if process is None:
-        return JobResult(job, "skipped")
-    return JobResult(job, _status(process.wait()), process.returncode)
-
-
 class SlurmTask:
     """What each SLURM array task runs: one job, stopped and requeued when SLURM needs the node.
 
