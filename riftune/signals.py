@@ -42,6 +42,18 @@ def stop_message(signal_name: str, step: int, checkpoint: os.PathLike | str) -> 
     )
 
 
+class Preempted(Exception):
+    """Raised by a run that stopped on a signal after writing its checkpoint.
+
+    ``str()`` is :func:`stop_message`; a command line prints it and exits with
+    :data:`PREEMPTED_EXIT`.
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint: os.PathLike | str) -> None:
+        super().__init__(stop_message(signal_name, step, checkpoint))
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
 class GracefulStop:
     """Turn SIGTERM and SIGINT into a flag for the ``with`` block; restore the old handlers after.
 

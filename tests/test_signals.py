@@ -25,18 +25,25 @@ LOOP = textwrap.dedent(
     f"""
     import sys, time
     from riftune import distributed
-    from riftune.signals import PREEMPTED_EXIT, GracefulStop, stop_message
+    from riftune.signals import PREEMPTED_EXIT, GracefulStop, Preempted
+
+    def train(ctx):
+        with GracefulStop() as stop:
+            for step in range(1, {MAX_STEPS} + 1):
+                time.sleep(0.02)  # the "training step"
+                print(f"step {{step}}", flush=True)
+                if stop.should_stop(ctx):  # here the run writes its checkpoint
+                    print(f"rank {{ctx.rank}} received {{stop.received}}", flush=True)
+                    raise Preempted(stop.signal_name, step, "ckpt")
 
     ctx = distributed.setup("cpu")
-    with GracefulStop() as stop:
-        for step in range(1, {MAX_STEPS} + 1):
-            time.sleep(0.02)  # the "training step"
-            print(f"step {{step}}", flush=True)
-            if stop.should_stop(ctx):
-                print(f"rank {{ctx.rank}} received {{stop.received}}", flush=True)
-                print(stop_message(stop.signal_name, step, "ckpt"), file=sys.stderr, flush=True)
-                distributed.teardown()
-                raise SystemExit(PREEMPTED_EXIT)
+    try:
+        train(ctx)
+    except Preempted as stopped:  # what the command line does
+        print(stopped, file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT)
+    finally:
+        distributed.teardown()
     raise SystemExit(1)
     """
 )
