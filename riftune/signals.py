@@ -3,9 +3,10 @@
 SLURM, Kubernetes and spot machines send SIGTERM some seconds before they kill; Ctrl-C sends
 SIGINT. Inside :class:`GracefulStop` either signal only sets a flag; the training loop asks
 :meth:`GracefulStop.should_stop` at each step boundary, writes a checkpoint and exits with
-:data:`PREEMPTED_EXIT`. A second signal of the same kind acts as it would without the
-handler (SIGINT raises KeyboardInterrupt, SIGTERM ends the process), for a user who does not
-want to wait for the step.
+:data:`PREEMPTED_EXIT`. A second SIGINT acts as it would without the handler (it raises
+KeyboardInterrupt), for a user at a terminal who does not want to wait for the step. Further
+SIGTERMs change nothing: a cluster may deliver the same stop several times (SLURM signals
+every process of a job, and a launcher forwards it too); SIGKILL is the way to stop at once.
 
 Under torchrun the signal may reach one rank only, or the ranks at different steps; the
 flag is all-reduced with MAX in :meth:`GracefulStop.should_stop`, so every rank stops after
@@ -107,7 +108,7 @@ class GracefulStop:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.on_signal is not None:
             self.on_signal(signum)
-        if signum == self.received:  # the same signal again: do what it did before the block
+        if signum == signal.SIGINT == self.received:  # Ctrl-C again: interrupt at once
             previous = self._previous.pop(signum)
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
             signal.raise_signal(signum)

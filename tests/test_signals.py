@@ -130,6 +130,14 @@ def test_the_previous_handlers_come_back_and_a_signal_only_sets_the_flag():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_more_sigterms_change_nothing():
+    with GracefulStop() as stop:
+        for _ in range(3):  # e.g. from SLURM and, forwarded, from a launcher
+            signal.raise_signal(signal.SIGTERM)
+        assert stop.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_a_second_sigint_interrupts_at_once():
     with pytest.raises(KeyboardInterrupt), GracefulStop() as stop:
         signal.raise_signal(signal.SIGINT)
