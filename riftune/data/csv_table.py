@@ -4,8 +4,9 @@ Columns are found by name (case-insensitive), or named with options
 ``csv:FILE?image=COL&label=COL&split=COL``:
 
 - image: the first of ``image, image_path, path, file, filename, file_name, img, id_code,
-  image_id, image_name, isic_id``. Values are paths relative to the CSV's folder, formatted
-  through ``template`` (default ``{}``; APTOS2019: ``template=train_images/{}.png``) or given
+  image_id, image_name, isic_id``. Values are paths relative to the CSV's folder, put in
+  place of the ``{}`` of ``template`` (default ``{}``; APTOS2019: ``template=train_images/{}.png``;
+  nothing else in it is interpreted) or given
   an extension with ``ext=.png``. A value with no extension that names no file is also tried
   with the common image extensions.
 - label: the first of ``label, labels, diagnosis, class, target, category, level, dx``. All
@@ -73,10 +74,17 @@ def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSpl
         raise UserError(f"unknown csv option(s) {unknown}; valid: {', '.join(OPTIONS)}")
     if not file.is_file():
         raise UserError(f"csv file {file} does not exist; check the path")
-    with file.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        header = [name for name in reader.fieldnames or [] if name is not None]
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = [name for name in reader.fieldnames or [] if name is not None]
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"csv file {file} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
+        ) from err
+    except csv.Error as err:
+        raise UserError(f"csv file {file} cannot be parsed ({err}); check the file") from err
     if not rows:
         raise UserError(f"csv file {file} has no data rows")
     image_col = _column(header, options.get("image"), IMAGE_COLUMNS, "image", file)
@@ -192,11 +200,11 @@ def _image_paths(rows: list[dict], column: str, file: Path, options: dict[str, s
     paths, missing = [], []
     for row in rows:
         value = (row[column] or "").strip()
-        path = file.parent / template.format(value)
-        if not path.is_file() and not path.suffix and "template" not in options:
+        path = file.parent / template.replace("{}", value)
+        if not _is_file(path) and not path.suffix and "template" not in options:
             path = next((path.with_name(path.name + s) for s in sorted(IMAGE_SUFFIXES)
-                         if path.with_name(path.name + s).is_file()), path)  # fmt: skip
-        if not value or not path.is_file():
+                         if _is_file(path.with_name(path.name + s))), path)  # fmt: skip
+        if not value or not _is_file(path):
             missing.append(path)
         paths.append(path)
     if missing:
@@ -216,6 +224,14 @@ def _holdout(
     return grouped_holdout(
         labels, np.arange(len(labels)) if groups is None else groups, fraction, seed
     )
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False also for names the system refuses (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _split_rows(

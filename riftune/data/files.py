@@ -9,6 +9,7 @@ decoding and resizing); JPEGs are decoded at a reduced scale when that is still 
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from PIL import Image
 from riftune.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+# what PIL raises on a damaged file: OSError (truncated, unidentified), ValueError (a bad
+# chunk or size), SyntaxError, EOFError, struct.error (short headers), and a bomb refusal
+_CORRUPT = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
@@ -69,7 +73,9 @@ def _decode(path: Path, size: int) -> np.ndarray:
             image.draft(image.mode, (size, size))
             image = _to_8bit(image, path)
             return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
-    except (OSError, Image.DecompressionBombError, SyntaxError) as err:
+    except UserError:
+        raise
+    except _CORRUPT as err:
         raise UserError(f"cannot read image {path} ({err}); remove or replace the file") from err
 
 

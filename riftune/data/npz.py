@@ -9,6 +9,7 @@ objects, which could run code when loaded) is refused before anything is unpickl
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from riftune.data.splits import SPLITS
 from riftune.errors import UserError
 
+_LARGEST_LABEL = 2**53  # larger floats are not exact integers; larger ints are no class count
 KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
@@ -63,8 +65,13 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    _check_declared_size(archive, key, path)
     try:
         return archive[key]
+    except MemoryError as err:
+        raise UserError(
+            f"{path}: {key} does not fit in memory; use a smaller image size variant of the file"
+        ) from err
     except ValueError as err:
         if "allow_pickle" in str(err) or "Object arrays" in str(err):
             raise UserError(
@@ -74,6 +81,38 @@ def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarr
         raise UserError(f"{path}: {key} cannot be read ({err}); re-create the file") from err
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise UserError(f"{path}: {key} is corrupted ({type(err).__name__}); re-create it") from err
+
+
+def _check_declared_size(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> None:
+    """Refuse a member whose header declares more data than the member holds, before NumPy
+    allocates the declared shape (a corrupted header can ask for terabytes).
+
+    The bytes declared are ``prod(shape) · itemsize``; the bytes held are the member's
+    uncompressed size in the zip directory minus its header. (A size the directory itself
+    overstates fails later, when decompression ends early.)
+    """
+    member = f"{key}.npy"
+    try:
+        info = archive.zip.getinfo(member)
+        with archive.zip.open(member) as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle)
+            held = info.file_size - handle.tell()
+    except KeyError:  # stored without the .npy suffix: NumPy reads it as a raw array
+        return
+    except (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, zlib.error) as err:
+        raise UserError(f"{path}: {key} has an unreadable header ({err}); re-create it") from err
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > held:
+        raise UserError(
+            f"{path}: {key} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+            f"{max(held, 0)} bytes; the file is truncated or corrupted, re-create it"
+        )
 
 
 def _check_split(
@@ -88,6 +127,8 @@ def _check_split(
             f"{path}: {split}_images has shape {images.shape}; expected N×H×W (grayscale) or "
             "N×H×W×3 (RGB)"
         )
+    if 0 in images.shape[1:]:
+        raise UserError(f"{path}: {split}_images has shape {images.shape}; an image needs pixels")
     if labels.ndim not in (1, 2):
         raise UserError(
             f"{path}: {split}_labels has shape {labels.shape}; expected (N,), (N, 1) or, "
@@ -119,10 +160,16 @@ def to_class_indices(labels: np.ndarray, what: str) -> np.ndarray:
         UserError: a label that is not a non-negative integer.
     """
     if labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer):
+        if labels.dtype == np.uint64 and labels.size and labels.max() > _LARGEST_LABEL:
+            raise UserError(f"{what} holds values too large for class indices ({labels.max()})")
         values = labels.astype(np.int64)
     elif np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise UserError(f"{what} holds non-integer values; labels must be class indices")
+        if labels.size and np.abs(labels).max() > _LARGEST_LABEL:
+            raise UserError(
+                f"{what} holds values too large for class indices ({np.abs(labels).max():g})"
+            )
         values = labels.astype(np.int64)
     else:
         raise UserError(f"{what} has dtype {labels.dtype}; labels must be integer class indices")

@@ -36,10 +36,13 @@ def check_labels(labels: dict[str, np.ndarray], num_classes: int | None, source:
         return num_classes
     if inferred < 2:
         raise UserError(f"{source}: all labels are 0; a classifier needs at least two classes")
-    missing = sorted(set(range(inferred)) - set(np.unique(labels["train"]).tolist()))
-    if missing:
+    present = np.unique(labels["train"])
+    if len(present) < inferred:  # some class in 0..K-1 is missing; name the first few
+        missing = np.setdiff1d(np.arange(min(inferred, len(present) + 10)), present).tolist()
+        count = inferred - len(present)
+        listed = f"{missing}" if count == len(missing) else f"{missing[:10]} and more ({count})"
         raise UserError(
-            f"{source}: classes {missing} occur in no training image (labels must be 0..K-1, "
+            f"{source}: classes {listed} occur in no training image (labels must be 0..K-1, "
             "each present in train); fix the labels"
         )
     return inferred
