@@ -89,6 +89,8 @@ def save_checkpoint(
 
     Raises:
         ValueError: On a bad name, a non-tensor value or metadata that is not JSON-serializable.
+        UserError: The file could not be written (e.g. the disk is full); no partial file is
+            left and earlier checkpoints are untouched.
     """
     if not _NAME.fullmatch(name):
         raise ValueError(f"bad checkpoint name {name!r}; use letters, digits, '.', '_' and '-'")
@@ -115,8 +117,8 @@ def save_checkpoint(
 
     final = directory / f"{name}{SUFFIX}"
     tmp = _temp_path(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             for chunk in (payload[:start], digest, payload[end:]):
                 _write_all(fd, memoryview(chunk))
@@ -124,11 +126,18 @@ def save_checkpoint(
         finally:
             os.close(fd)
         os.replace(tmp, final)
+        _fsync_directory(directory)
+    except OSError as err:  # a full disk, a quota, a vanished folder: the old files stay
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise UserError(
+            f"cannot write checkpoint {final} ({err.strerror or err}); the previous checkpoints "
+            "are unchanged; free space, then rerun with --resume"
+        ) from err
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_directory(directory)
     return final
 
 
@@ -393,7 +402,7 @@ def _header(data: bytes | memoryview) -> dict[str, Any]:
         raise ValueError(f"header length {size} does not fit in a file of {len(data)} bytes")
     try:
         header = json.loads(bytes(data[8 : 8 + size]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"unreadable header ({err})") from err
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or metadata.get(_FORMAT_KEY) != FORMAT:

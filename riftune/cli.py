@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from riftune import __version__
 from riftune.config import add_finetune_flags
 from riftune.errors import ArgumentParser, UserError
+from riftune.signals import PREEMPTED_EXIT, Preempted
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -244,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
+    except Preempted as stopped:  # a signal stopped the run after its checkpoint
+        print(f"error: {stopped}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except UserError as error:
         if getattr(args, "debug", False):
             raise

@@ -101,13 +101,15 @@ class RunDir:
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
 
-def claim(run: RunDir, resume: bool, overwrite: bool) -> None:
-    """Check that a run may start in ``run`` and prepare the folder (rank 0 only).
+def check_claim(run: RunDir, resume: bool, overwrite: bool) -> None:
+    """Whether a run may start in ``run``, without touching it (UserError if not).
 
     A finished run is never replaced without ``--overwrite``; an unfinished one needs
-    ``--resume`` or ``--overwrite``; ``--resume`` needs a checkpoint. ``--overwrite`` removes
-    only the files a run writes.
+    ``--resume`` or ``--overwrite``; ``--resume`` needs a checkpoint; ``--out`` must not be a
+    file.
     """
+    if run.root.exists() and not run.root.is_dir():
+        raise UserError(f"--out {run.root} is a file, not a run folder; choose another --out")
     if resume:
         if run.is_finished():
             raise UserError(
@@ -119,6 +121,24 @@ def claim(run: RunDir, resume: bool, overwrite: bool) -> None:
                 f"--resume given but {run.checkpoints} holds no checkpoint; "
                 "drop --resume to start a new run there"
             )
+    elif not overwrite:
+        if run.is_finished():
+            raise UserError(
+                f"{run.root} already holds a finished run; pass --overwrite to replace it "
+                "or choose another --out"
+            )
+        if run.has_checkpoints() or run.config.exists():
+            raise UserError(
+                f"{run.root} holds an unfinished run; pass --resume to continue it "
+                "or --overwrite to start again"
+            )
+
+
+def claim(run: RunDir, resume: bool, overwrite: bool) -> None:
+    """:func:`check_claim`, then prepare the folder (rank 0 only, holding :func:`run_lock`):
+    ``--overwrite`` removes only the files a run writes."""
+    check_claim(run, resume, overwrite)
+    if resume:
         return
     if overwrite:
         for path in run.outputs():
@@ -126,16 +146,6 @@ def claim(run: RunDir, resume: bool, overwrite: bool) -> None:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    elif run.is_finished():
-        raise UserError(
-            f"{run.root} already holds a finished run; pass --overwrite to replace it "
-            "or choose another --out"
-        )
-    elif run.has_checkpoints() or run.config.exists():
-        raise UserError(
-            f"{run.root} holds an unfinished run; pass --resume to continue it "
-            "or --overwrite to start again"
-        )
     run.checkpoints.mkdir(parents=True, exist_ok=True)
 
 

@@ -21,7 +21,7 @@ from riftune.engine.build import build_pretrained_classifier
 from riftune.errors import UserError
 from riftune.evaluate_run import load_finished_run
 from riftune.evaluation import eval_loader, evaluate_split
-from riftune.run_dir import write_json_atomic
+from riftune.run_dir import run_lock, write_json_atomic
 
 
 def interpolate(
@@ -84,5 +84,6 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
             row.update(result.prefixed(f"{name}."))
         rows.append(row)
     if ctx.is_main:
-        write_json_atomic({"alphas": rows}, r.run_dir.root / "wise_ft.json")
+        with run_lock(r.run_dir):  # one writer per run folder
+            write_json_atomic({"alphas": rows}, r.run_dir.root / "wise_ft.json")
     return rows

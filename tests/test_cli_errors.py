@@ -228,3 +228,44 @@ def test_device_cuda_without_a_gpu(tmp_path, capsys, command):
         argv = ["bench", "--skip", "reference,scaling"]
     _fails(capsys, [*argv, "--device", "cuda"], "--device cuda", "--device cpu")
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--data", "missing/nothing.npz"],
+        ["--data", "CORRUPT"],
+        ["--backbone", "no_such_backbone"],
+        ["--data", "csv:missing.csv"],
+    ],
+    ids=["missing-data", "corrupt-npz", "unknown-backbone", "missing-csv"],
+)
+def test_bad_input_found_before_training_leaves_no_run_folder(tmp_path, capsys, medmnist_dir, bad):
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip file")
+    bad = [str(corrupt) if arg == "CORRUPT" else arg for arg in bad]
+    out = tmp_path / "o"
+    argv = ["finetune", "--data-root", str(medmnist_dir), *TINY, "--out", str(out)]
+    _fails(capsys, argv + bad)
+    assert not out.exists()
+    # the corrected command runs into the same --out without --overwrite
+    assert main(argv) == 0
+    assert (out / "metrics.json").is_file()
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, capsys, medmnist_dir):
+    file = tmp_path / "results.txt"
+    file.write_text("keep me")
+    argv = ["finetune", "--data-root", str(medmnist_dir), *TINY, "--out", str(file)]
+    _fails(capsys, argv, "is a file, not a run folder")
+    assert file.read_text() == "keep me"
+
+
+def test_argparse_errors_are_one_line_without_the_usage(capsys):
+    for argv, needle in (
+        (["finetune", "--lam", "x"], "argument --lam: invalid float value: 'x'"),
+        (["finetune", "--amp", "fp8"], "argument --amp: invalid choice: 'fp8'"),
+        (["finetune", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        ([], "the following arguments are required: COMMAND"),
+    ):
+        _fails(capsys, argv, needle)

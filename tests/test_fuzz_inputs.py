@@ -408,12 +408,6 @@ def test_checkpoints_with_re_signed_wrong_headers(field, value):
         _clean_or_user_error(lambda: ckpt.latest_valid_checkpoint(folder), folder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="checkpoint._header lets json's RecursionError through (load, resume, save and "
-    "rotate all crash on such a file in the folder); the fix is in issue 19's report",
-)
 def test_a_deeply_nested_checkpoint_header_is_a_user_error():
     with _scratch() as folder:
         _good_checkpoint(folder, "step-000001")

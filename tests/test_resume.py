@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL in the middle of an epoch and resumed ends exactly like one never killed."""
+"""A run killed with SIGKILL, or stopped by SIGTERM, in the middle of an epoch and resumed ends
+exactly like one never interrupted."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import textwrap
 
 import pytest
+
+from riftune.signals import PREEMPTED_EXIT
 
 FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "8",
          "--eval-batch-size", "64", "--epochs", "2", "--reg", "rift", "--checkpoint-every", "2",
@@ -51,20 +54,37 @@ def _finetune(args, env, driver=None):
     )
 
 
+# the same, but the run sends itself SIGTERM during that step, as a cluster does before it kills
+SIGTERM_DRIVER = CRASHING_DRIVER.replace("signal.SIGKILL", "signal.SIGTERM")
+
+# λ as a Lagrange multiplier: its value and running mean must survive the interruption too
+BUDGET = ["--target-similarity", "0.97", "--budget-lr", "5"]
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_dir):
+@pytest.mark.parametrize(
+    ("driver", "extra"),
+    [(CRASHING_DRIVER, []), (CRASHING_DRIVER, BUDGET), (SIGTERM_DRIVER, [])],
+    ids=["sigkill", "sigkill-budget", "sigterm"],
+)
+def test_interrupted_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_dir, driver, extra):
     env = _env(medmnist_dir)
-    straight = _finetune(FLAGS + ["--out", str(tmp_path / "straight")], env)
+    flags = FLAGS + extra
+    straight = _finetune(flags + ["--out", str(tmp_path / "straight")], env)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     out = tmp_path / "crashed"
-    crashed = _finetune(
-        FLAGS + ["--out", str(out)], env, CRASHING_DRIVER.format(kill_at=KILL_AT_STEP)
-    )
-    assert crashed.returncode == -signal.SIGKILL
+    crashed = _finetune(flags + ["--out", str(out)], env, driver.format(kill_at=KILL_AT_STEP))
     assert not (out / "metrics.json").exists()
+    if driver is SIGTERM_DRIVER:  # a checkpoint at the step boundary, a status, one line
+        assert crashed.returncode == PREEMPTED_EXIT, crashed.stderr[-2000:]
+        last = crashed.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: stopped by SIGTERM after step {KILL_AT_STEP + 1};")
+        assert (out / "checkpoints" / f"step-{KILL_AT_STEP + 1:08d}.safetensors").is_file()
+    else:
+        assert crashed.returncode == -signal.SIGKILL
 
-    resumed = _finetune(FLAGS + ["--out", str(out), "--resume"], env)
+    resumed = _finetune(flags + ["--out", str(out), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
@@ -75,6 +95,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_dir):
     steps_a = (tmp_path / "straight" / "steps.csv").read_text()
     steps_b = (out / "steps.csv").read_text()
     assert steps_a == steps_b
+    if extra:  # the budget moved λ (it starts at 0), and steps.csv shows it
+        lams = [float(row.split(",")[5]) for row in steps_a.splitlines()[1:]]
+        assert steps_a.splitlines()[0].endswith(",lam,reg_mean") and lams[0] == 0 < max(lams)
 
 
 @pytest.mark.slow

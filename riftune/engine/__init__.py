@@ -10,6 +10,7 @@ from riftune import distributed
 from riftune.config import RunConfig, load_run_config
 from riftune.engine.build import autocast_dtype, build_model_and_data, build_training
 from riftune.engine.loop import Finetuner
+from riftune.signals import GracefulStop
 from riftune.step import NonFiniteLossError
 
 
@@ -34,7 +35,8 @@ def finetune(config: RunConfig | dict | str | Path) -> dict:
     config = load_run_config(config)
     ctx = distributed.setup(config.training.device)
     try:
-        return Finetuner(config, ctx).run()
+        with GracefulStop() as stop:  # SIGTERM/SIGINT: checkpoint at the next step, then stop
+            return Finetuner(config, ctx, stop).run()
     finally:
         distributed.teardown()
 

@@ -8,6 +8,7 @@ and prints.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -23,8 +24,9 @@ from riftune.engine.outputs import LiveOutputs, budget_weight, write_evaluation_
 from riftune.errors import UserError
 from riftune.evaluation import EvalResult, eval_loader, evaluate_split, final_metrics
 from riftune.progress import Progress
-from riftune.run_dir import RunDir, claim, write_json_atomic
+from riftune.run_dir import RunDir, check_claim, claim, run_lock, write_json_atomic
 from riftune.selection import initial_best, is_better
+from riftune.signals import GracefulStop, Preempted
 from riftune.speed import thread_report
 from riftune.step import NonFiniteLossError
 from riftune.timing import PhaseTimer
@@ -33,9 +35,16 @@ from riftune.timing import PhaseTimer
 class Finetuner:
     """One finetuning run: build everything from its configuration, train, evaluate, write."""
 
-    def __init__(self, config: RunConfig, ctx: distributed.DistributedContext):
+    def __init__(
+        self,
+        config: RunConfig,
+        ctx: distributed.DistributedContext,
+        stop: GracefulStop | None = None,
+    ):
         self.config = config
         self.ctx = ctx
+        self.stop = stop or GracefulStop(signals=())
+        self.lock = contextlib.ExitStack()
         self.run_dir = RunDir(Path(config.output.out))
         self.progress = Progress(enabled=ctx.is_main and not config.output.quiet)
         self.amp_dtype = autocast_dtype(config.training.amp, ctx.device)
@@ -44,11 +53,27 @@ class Finetuner:
         self._trainable_names: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------------------- set-up
+    def _preflight(self) -> None:
+        """Refuse a run that could not start in its folder, before building anything."""
+        error = None
+        if self.ctx.is_main:
+            out = self.config.output
+            try:
+                check_claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
+            except UserError as caught:
+                error = str(caught)
+        error = self.ctx.broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+
     def _claim_run_dir(self) -> None:
+        """Take the folder's writer lock (held until the run ends), claim it, write
+        config.yaml; only now is anything written, so bad input leaves no folder behind."""
         error = None
         out = self.config.output
         if self.ctx.is_main:
             try:
+                self.lock.enter_context(run_lock(self.run_dir))
                 claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
                 if out.resume:
                     self._check_same_config()
@@ -154,10 +179,14 @@ class Finetuner:
             for key in sums:
                 sums[key] += losses[key]
             bar.update(loss=losses["loss"])
-            if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
+            mid_epoch = s.step_in_epoch < self.steps_per_epoch
+            if every and s.global_step % every == 0 and mid_epoch:
                 self.timer.add("train_steps", time.perf_counter() - start)
                 self._save()
                 start = time.perf_counter()
+            if mid_epoch and self.stop.should_stop(self.ctx):
+                self.timer.add("train_steps", time.perf_counter() - start)
+                self._stop_here()
             tick = time.perf_counter()
         self.timer.add("train_steps", time.perf_counter() - start)
         bar.close()
@@ -165,6 +194,12 @@ class Finetuner:
             f"train_{k if k == 'loss' else k + '_loss'}": v / max(s.step_in_epoch, 1)
             for k, v in sums.items()
         }
+
+    def _stop_here(self) -> None:
+        """Checkpoint this step boundary and stop the run (a signal asked for it)."""
+        self._save()
+        self.ctx.barrier()  # torchrun ends the others as soon as one rank exits
+        raise Preempted(self.stop.signal_name, self.state.global_step, self.run_dir.checkpoints)
 
     def _global_mean(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """Losses of the global batch: the mean over ranks of each rank's (equal-sized) batch."""
@@ -182,9 +217,16 @@ class Finetuner:
             )  # fmt: skip
 
     def run(self) -> dict:
-        self._claim_run_dir()
+        try:
+            return self._run()
+        finally:
+            self.lock.close()
+
+    def _run(self) -> dict:
         self._started = time.perf_counter()
+        self._preflight()
         self._build()
+        self._claim_run_dir()
         self.state = TrainState(best_value=initial_best(self.config.training.select_on))
         if self.config.output.resume:
             self.state, name = self.checkpointer.restore(
@@ -218,6 +260,9 @@ class Finetuner:
                 with self.timer.phase("checkpointing"):
                     self.checkpointer.save_best(self.model, s.epoch)
             self._save()
+            if s.epoch < epochs and self.stop.should_stop(self.ctx):
+                self.ctx.barrier()
+                raise Preempted(self.stop.signal_name, s.global_step, self.run_dir.checkpoints)
             epochs_bar.update(val_auc=val.auc, val_cka=val.cka)
             self.progress.log(
                 f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} "
