@@ -27,12 +27,15 @@ class MetricColumn:
         header: the column title (the direction arrow is appended).
         better: ``"higher"`` or ``"lower"``: which mean is marked best.
         fmt: format spec for the mean and the std, e.g. ``".3f"``.
+        named_if_absent: whether the legend names the column when no run reports it (off for
+            columns added after grids were committed, so their reports stay as they were).
     """
 
     key: str
     header: str
     better: Literal["higher", "lower"]
     fmt: str = ".3f"
+    named_if_absent: bool = True
 
     def __post_init__(self) -> None:
         if self.better not in ("higher", "lower"):
@@ -49,6 +52,9 @@ COMPARE_COLUMNS: tuple[MetricColumn, ...] = (
     MetricColumn("test.acc", "Acc", "higher"),
     MetricColumn("test.auc", "AUC", "higher"),
     MetricColumn("test.cka", "CKA", "higher"),
+    MetricColumn("test.ci.auc.low", "AUC 95% CI low", "higher", named_if_absent=False),
+    MetricColumn("test.ci.auc.high", "AUC 95% CI high", "higher", named_if_absent=False),
+    MetricColumn("robust.mean_auc", "Corrupted AUC", "higher", named_if_absent=False),
     MetricColumn("test.sharpness", "Sharpness", "lower", ".4g"),
     MetricColumn("test.hessian_top_eig", "Hessian λmax", "lower", ".4g"),
     MetricColumn("transfer.retained", "Retained", "higher"),
@@ -153,7 +159,7 @@ def compare_report_markdown(
     """
     shown = select_lambda(groups, key=lambda_key) if lambda_key else [dict(g) for g in groups]
     present = [c for c in columns if any(c.key in g["metrics"] for g in shown)]
-    absent = [c for c in columns if c not in present]
+    absent = [c for c in columns if c not in present and c.named_if_absent]
 
     tables: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for group in shown:

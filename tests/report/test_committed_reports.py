@@ -1,0 +1,30 @@
+"""The committed grids' reports reproduce, line for line, from their committed run files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from riftune.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+PARTS = ["full", "peft", "linear", "learned_rank", "peft_learned", "q_lr", "freeze_bn"]
+
+
+def _without_command(text: str) -> list[str]:
+    """The report's lines but the one naming the command (its --out path differs)."""
+    return [line for line in text.splitlines() if not line.startswith("- Command:")]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_compare_report_only_reproduces_the_committed_report(tmp_path, part):
+    committed = REPO / "benchmarks" / "results" / "cpu_grid" / part
+    out = tmp_path / part
+    shutil.copytree(committed, out)
+    grid = REPO / "benchmarks" / f"grid_cpu_{part}.yaml"
+    assert main(["compare", "--out", str(out), "--grid", str(grid), "--report-only", "--quiet"]) == 0
+    assert _without_command((out / "report.md").read_text()) == _without_command(
+        (committed / "report.md").read_text()
+    )
