@@ -47,9 +47,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from riftune.compare import run_compare
+    from riftune.compare import GridStopped, run_compare
 
-    print(run_compare(args, args.passthrough))
+    try:
+        print(run_compare(args, args.passthrough))
+    except GridStopped as stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

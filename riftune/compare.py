@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from riftune import report
 from riftune.config import finetune_parser, run_config_from_args
 from riftune.config.run import flag_targets
 from riftune.errors import UserError
-from riftune.run_dir import RunDir
+from riftune.launchers import GridJob, Launcher, LocalLauncher, SlurmLauncher
+from riftune.run_dir import RunDir, run_lock
 
 _VARIANT = re.compile(r"^(?P<name>[\w-]+)(\[(?P<options>[^\]]*)\])?$")
 
@@ -74,11 +74,19 @@ def parse_variant(text: str) -> RegularizerVariant:
 
 
 def run_folder(
-    out: Path, dataset: str, method: str, variant_folder: str, lam: float | None, seed: int
+    out: Path,
+    dataset: str,
+    method: str,
+    variant_folder: str,
+    lam: float | None,
+    seed: int,
+    shots: int | None = None,
 ) -> Path:
-    """Where a grid in ``out`` keeps one run: runs/DATASET/METHOD/VARIANT/lamΛ|no-lam/seedS."""
+    """Where a grid in ``out`` keeps one run: runs/DATASET[-Kshots]/METHOD/VARIANT/lamΛ|no-lam/
+    seedS (the shots part only for a training set cut to K images per class)."""
     lam_part = "no-lam" if lam is None else f"lam{lam:g}"
-    return out / "runs" / dataset / method / variant_folder / lam_part / f"seed{seed}"
+    data_part = dataset if shots is None else f"{dataset}-{shots}shots"
+    return out / "runs" / data_part / method / variant_folder / lam_part / f"seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,16 @@ class Job:
     lam: float | None
     seed: int
     folder: Path
+    shots: int | None = None  # training images per class (None: the whole training set)
+
+    @property
+    def dataset_label(self) -> str:
+        """The dataset as reports name it: ``breastmnist`` or ``breastmnist · 10 shots``."""
+        return self.dataset if self.shots is None else f"{self.dataset} · {self.shots} shots"
 
     def command(self, passthrough: Sequence[str]) -> list[str]:
         lam = ["--lam", repr(self.lam)] if self.lam is not None else []
+        shots = ["--shots", str(self.shots)] if self.shots is not None else []
         return [
             sys.executable, "-m", "riftune", "finetune",
             "--data", self.dataset,
@@ -102,6 +117,7 @@ class Job:
             "--out", str(self.folder),
             "--quiet",
             *passthrough,
+            *shots,
         ]  # fmt: skip
 
     def record(self) -> dict | None:
@@ -111,7 +127,7 @@ class Job:
             return None
         metrics = json.loads(metrics_path.read_text())
         return {
-            "dataset": self.dataset,
+            "dataset": self.dataset_label,
             "method": self.method,
             "reg": self.variant.name,
             "variant": self.variant.label or None,
@@ -134,14 +150,36 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lams", help="comma-separated λ values (default: 0.1,1,10)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     parser.add_argument(
+        "--shots",
+        help="training-set sizes, comma-separated: K images per class (drawn with the seed: "
+        "the same images for every method and regularizer) or 'all' (default: all)",
+    )
+    parser.add_argument(
         "--wise-ft",
         help="comma-separated methods whose unregularized runs also get WiSE-FT rows "
         "(default: none)",
     )
     parser.add_argument("--wise-ft-alphas", help="the α grid of WiSE-FT (default: 0,0.1,...,1)")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="runs at once (default: 1; e.g. 8 on one GPU)"
+        "--jobs", type=int, default=1, help="local runs at once (default: 1; e.g. 8 on one GPU)"
     )
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="where the runs execute: local processes (--jobs at once) or a SLURM job array "
+        "through submitit (pip install 'riftune[slurm]'); either way a finished run is "
+        "skipped and an interrupted one resumes",
+    )
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
+    slurm.add_argument("--slurm-time", type=int, help="time limit per run, minutes (default: 60)")
+    slurm.add_argument("--slurm-gpus", type=int, help="GPUs per run (default: 1)")
+    slurm.add_argument("--slurm-cpus", type=int, help="CPU cores per run (default: 4)")
+    slurm.add_argument(
+        "--slurm-parallel", type=int, help="at most this many runs at once (default: 16)"
+    )
+    slurm.add_argument("--slurm-logs", help="submitit's scripts and logs (default: OUT/slurm)")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -160,8 +198,10 @@ def _resolve_grid(args: argparse.Namespace) -> dict:
         "seeds": [0, 1, 2],
         "wise_ft": [],
         "wise_ft_alphas": "0,0.1,...,1",
+        "shots": [None],
         "finetune": {},
         "dataset_finetune": {},
+        "slurm": {},
     }
     if args.grid:
         path = Path(args.grid)
@@ -186,7 +226,59 @@ def _resolve_grid(args: argparse.Namespace) -> dict:
         raise UserError(f"wise-ft methods {sorted(unknown)} are not among the grid's methods")
     if args.regs:
         grid["regs"] = [v for v in re.split(r"[;\s]+", args.regs) if v]
+    if args.shots:
+        grid["shots"] = args.shots.split(",")
+    grid["shots"] = [_shots(k) for k in grid["shots"]]
     return grid
+
+
+def _shots(value) -> int | None:
+    """A training-set size of the grid: K > 0 images per class, or None (``all``/null)."""
+    if value is None or value == "all":
+        return None
+    try:
+        shots = int(value)
+    except (TypeError, ValueError):
+        shots = 0
+    if shots <= 0 or str(value).strip() != str(shots):
+        raise UserError(f"shots {value!r}: give a positive number of images per class or 'all'")
+    return shots
+
+
+_SLURM_FLAGS = {
+    "slurm_partition": "partition",
+    "slurm_time": "time_minutes",
+    "slurm_gpus": "gpus_per_job",
+    "slurm_cpus": "cpus_per_task",
+    "slurm_parallel": "array_parallelism",
+}
+
+
+def make_launcher(args: argparse.Namespace, grid: dict, out: Path) -> Launcher:
+    """The launcher of ``--launcher``; SLURM settings from the grid file's ``slurm:`` mapping
+    (keys as :class:`~riftune.launchers.SlurmLauncher`'s fields), then the ``--slurm-*`` flags."""
+    given = {f: getattr(args, f) for f in (*_SLURM_FLAGS, "slurm_logs") if getattr(args, f)}
+    if args.launcher == "local":
+        if given or grid["slurm"]:
+            named = ", ".join("--" + f.replace("_", "-") for f in given) or "the grid's slurm:"
+            raise UserError(f"{named} needs --launcher slurm")
+        return LocalLauncher(jobs=max(args.jobs, 1))
+    settings = dict(grid["slurm"] or {})
+    settings |= {_SLURM_FLAGS[f]: v for f, v in given.items() if f in _SLURM_FLAGS}
+    folder = Path(given.get("slurm_logs") or settings.pop("folder", None) or out / "slurm")
+    try:
+        return SlurmLauncher(folder=folder, **settings)
+    except TypeError as err:
+        raise UserError(f"slurm: {err}") from None
+
+
+class GridStopped(Exception):
+    """A signal stopped the grid; its runs checkpointed, and the same command continues it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(
+            f"grid stopped by {signal_name}; rerun the same compare command to continue"
+        )
 
 
 def _finetune_flags(grid: dict, passthrough: Sequence[str], dataset: str) -> list[str]:
@@ -199,29 +291,32 @@ def _finetune_flags(grid: dict, passthrough: Sequence[str], dataset: str) -> lis
     return flags + list(passthrough)
 
 
-def _run(job: Job, passthrough: Sequence[str], log, report_only: bool = False) -> None:
-    if report_only or job.record() is not None:
+def _launch(jobs: Sequence[Job], flags: dict, launcher: Launcher, log, report_only: bool):
+    """Run the unfinished ``jobs`` (nothing with ``--report-only``); GridStopped on a signal."""
+    if report_only:
         return
-    run = RunDir(job.folder)
-    # continue an interrupted run; restart one that failed before its first checkpoint
-    again = (
-        ["--resume"] if run.has_checkpoints() else ["--overwrite"] if run.config.exists() else []
-    )
-    job.folder.mkdir(parents=True, exist_ok=True)
-    with open(job.folder / "compare.log", "a") as handle:
-        result = subprocess.run(
-            job.command(passthrough) + again,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=os.environ,
-        )
-    status = "done" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
-    log(f"{status}: {job.folder}")
+    grid_jobs = [
+        GridJob(tuple(j.command(flags[j.dataset])), j.folder) for j in jobs if j.record() is None
+    ]
+    for job in grid_jobs:
+        job.folder.mkdir(parents=True, exist_ok=True)
+    outcome = launcher.run(grid_jobs, log)
+    if outcome.stopped_by:
+        raise GridStopped(outcome.stopped_by)
 
 
 def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
-    """Run (or continue) the grid, then write report.md and tradeoff.png; returns report.md."""
+    """Run (or continue) the grid, then write report.md and tradeoff.png; returns report.md.
+
+    One compare at a time per grid folder (its writer lock); GridStopped when a signal stopped
+    the grid's runs.
+    """
     out = Path(args.out)
+    with run_lock(RunDir(out)):
+        return _compare(args, passthrough, out)
+
+
+def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) -> str:
     grid = _resolve_grid(args)
     flags = {d: _finetune_flags(grid, passthrough, d) for d in grid["data"]}
     unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
@@ -241,30 +336,38 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
         (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     )
 
-    def job(dataset, method, variant, lam, seed) -> Job:
-        folder = run_folder(out, dataset, method, variant.folder, lam, seed)
-        return Job(dataset, method, variant, lam, seed, folder)
+    launcher = make_launcher(args, grid, out)
 
-    cells = [(d, m, v) for d in grid["data"] for m in grid["methods"] for v in variants]
-    first_seed, seeds = grid["seeds"][0], grid["seeds"]
-    selection = [
-        job(d, m, v, lam, first_seed)
-        for d, m, v in cells
-        for lam in ([None] if v.name == "none" else grid["lams"])
+    def job(cell, lam, seed) -> Job:
+        dataset, shots, method, variant = cell
+        folder = run_folder(out, dataset, method, variant.folder, lam, seed, shots)
+        return Job(dataset, method, variant, lam, seed, folder, shots)
+
+    cells = [
+        (d, k, m, v)
+        for d in grid["data"]
+        for k in grid["shots"]
+        for m in grid["methods"]
+        for v in variants
     ]
-    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda j: _run(j, flags[j.dataset], log, args.report_only), selection))
+    first_seed, seeds = grid["seeds"][0], grid["seeds"]
+    selection = {
+        cell: [
+            job(cell, lam, first_seed)
+            for lam in ([None] if cell[3].name == "none" else grid["lams"])
+        ]
+        for cell in cells
+    }
+    _launch([j for js in selection.values() for j in js], flags, launcher, log, args.report_only)
 
     chosen: dict[tuple, float | None] = {}
-    for d, m, v in cells:
-        records = [j.record() for j in selection if (j.dataset, j.method, j.variant) == (d, m, v)]
-        records = [r for r in records if r is not None]
+    for cell, jobs in selection.items():
+        records = [r for r in (j.record() for j in jobs) if r is not None]
         if records:
-            best = report.select_lambda(report.aggregate_runs(records))[0]
-            chosen[(d, m, v)] = best["lam"]
-    final = [job(d, m, v, chosen[(d, m, v)], s) for (d, m, v) in chosen for s in seeds]
-    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda j: _run(j, flags[j.dataset], log, args.report_only), final))
+            chosen[cell] = report.select_lambda(report.aggregate_runs(records))[0]["lam"]
+    final = [job(cell, lam, s) for cell, lam in chosen.items() for s in seeds]
+    _launch(final, flags, launcher, log, args.report_only)
+    selection = [j for js in selection.values() for j in js]
 
     records = [r for r in (j.record() for j in final) if r is not None]
     records += _wise_ft_records(final, grid, first_seed, args, log)
@@ -321,20 +424,20 @@ def _wise_ft_records(
         if (j.folder / "wise_ft.json").is_file()
     }
     chosen = {  # (dataset, method) -> α, from the first seed's run
-        (j.dataset, j.method): max(alphas, key=lambda row: (row["val.auc"], -row["alpha"]))["alpha"]
+        (j.dataset_label, j.method): max(alphas, key=lambda r: (r["val.auc"], -r["alpha"]))["alpha"]
         for j, alphas in rows.items()
         if j.seed == first_seed
     }
     records = []
     for job, alphas in rows.items():
-        alpha = chosen.get((job.dataset, job.method))
+        alpha = chosen.get((job.dataset_label, job.method))
         if alpha is None:
             continue
         row = next(r for r in alphas if r["alpha"] == alpha)
         metrics = {k: v for k, v in row.items() if k.startswith(("val.", "test."))}
         records.append(
             {
-                "dataset": job.dataset,
+                "dataset": job.dataset_label,
                 "method": job.method,
                 "reg": "wise-ft",
                 "variant": f"α={alpha:g}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from riftune.cli import main
 from riftune.compare import _finetune_flags, parse_variant
@@ -52,13 +53,15 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
     assert main(argv) == 0
     report = (out / "report.md").read_text()
     assert "rift (paired,optimal)" in report and "| none" in report
+    # --shots is the grid's training-set size: its own folder level and report heading
+    assert "## breastmnist · 10 shots · full" in report
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = json.loads((out / "runs.json").read_text())
     rift_runs = [r for r in records if r["reg"] == "rift"]
     assert sorted(r["seed"] for r in rift_runs) == [0, 1]
     assert len({r["lam"] for r in rift_runs}) == 1  # the λ chosen on validation, for every seed
     # λ was chosen on validation AUC of seed 0 among the λ grid
-    lam_runs = {lam: json.loads((out / "runs" / "breastmnist" / "full" / "rift[paired,optimal]"
+    lam_runs = {lam: json.loads((out / "runs" / "breastmnist-10shots" / "full" / "rift[paired,optimal]"
                                  / f"lam{lam:g}" / "seed0" / "metrics.json").read_text())
                 for lam in (0.5, 2.0)}  # fmt: skip
     best = max(lam_runs, key=lambda lam: (lam_runs[lam]["val"]["auc"], -lam))
@@ -67,7 +70,7 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
     # WiSE-FT of the unregularized runs: α chosen on seed 0's validation AUC, used for every seed
     wise_runs = [r for r in records if r["reg"] == "wise-ft"]
     assert sorted(r["seed"] for r in wise_runs) == [0, 1]
-    plain_seed0 = out / "runs" / "breastmnist" / "full" / "none" / "no-lam" / "seed0"
+    plain_seed0 = out / "runs" / "breastmnist-10shots" / "full" / "none" / "no-lam" / "seed0"
     alphas = json.loads((plain_seed0 / "wise_ft.json").read_text())["alphas"]
     assert [row["alpha"] for row in alphas] == [0.0, 0.5, 1.0]
     chosen = max(alphas, key=lambda row: (row["val.auc"], -row["alpha"]))
@@ -88,3 +91,27 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
     assert main(argv) == 0
     assert victim.is_file()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
+
+
+def test_slurm_settings_need_the_slurm_launcher(tmp_path, capsys):
+    assert main(["compare", "--out", str(tmp_path / "g"), "--slurm-time", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --slurm-time needs --launcher slurm"
+    assert main(["compare", "--out", str(tmp_path / "g"), "--shots", "10,x"]) == 2
+    assert "shots 'x'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shots_are_a_grid_dimension(tmp_path, medmnist_dir, monkeypatch):
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
+    out = tmp_path / "grid"
+    tiny = [a for a in TINY if a not in ("--shots", "10")]
+    argv = ["compare", "--out", str(out), "--regs", "none", "--seeds", "0", "--shots", "4,8",
+            "--quiet", *tiny]  # fmt: skip
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "## breastmnist · 4 shots · full" in report
+    assert "## breastmnist · 8 shots · full" in report
+    for shots in (4, 8):
+        run = out / "runs" / f"breastmnist-{shots}shots" / "full" / "none" / "no-lam" / "seed0"
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["data"]["shots"] == shots

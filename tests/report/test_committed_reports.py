@@ -24,7 +24,9 @@ def test_compare_report_only_reproduces_the_committed_report(tmp_path, part):
     out = tmp_path / part
     shutil.copytree(committed, out)
     grid = REPO / "benchmarks" / f"grid_cpu_{part}.yaml"
-    assert main(["compare", "--out", str(out), "--grid", str(grid), "--report-only", "--quiet"]) == 0
+    assert (
+        main(["compare", "--out", str(out), "--grid", str(grid), "--report-only", "--quiet"]) == 0
+    )
     assert _without_command((out / "report.md").read_text()) == _without_command(
         (committed / "report.md").read_text()
     )
