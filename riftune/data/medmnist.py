@@ -42,6 +42,21 @@ class _Flag:
 # The official MedMNIST v3 2D table, copied from `medmnist.INFO` of the PyPI package
 # medmnist 3.0.2 (medmnist/info.py). Every `url*` entry there equals RECORD_URL with the file
 # name `<flag>.npz` (28×28) or `<flag>_<size>.npz`; the MD5s below are its `MD5*` entries.
+# the 11 organs of OrganAMNIST, OrganCMNIST and OrganSMNIST (axial, coronal, sagittal views)
+_ORGAN_LABELS = (
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)
+
 FLAGS: dict[str, _Flag] = {
     "pathmnist": _Flag(
         task="multi-class",
@@ -186,19 +201,7 @@ FLAGS: dict[str, _Flag] = {
     ),
     "organamnist": _Flag(
         task="multi-class",
-        labels=(
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        labels=_ORGAN_LABELS,
         md5={
             28: "68e3f8846a6bd62f0c9bf841c0d9eacc",
             64: "2dcccc29b88e6da5a01161ef20cda288",
@@ -208,19 +211,7 @@ FLAGS: dict[str, _Flag] = {
     ),
     "organcmnist": _Flag(
         task="multi-class",
-        labels=(
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        labels=_ORGAN_LABELS,
         md5={
             28: "b9ceb9546e10131b32923c5bbeaea2b1",
             64: "3ce34a8724ea6f548e6db4744d03b6a9",
@@ -230,19 +221,7 @@ FLAGS: dict[str, _Flag] = {
     ),
     "organsmnist": _Flag(
         task="multi-class",
-        labels=(
-            "bladder",
-            "femur-left",
-            "femur-right",
-            "heart",
-            "kidney-left",
-            "kidney-right",
-            "liver",
-            "lung-left",
-            "lung-right",
-            "pancreas",
-            "spleen",
-        ),
+        labels=_ORGAN_LABELS,
         md5={
             28: "9ab87b696fb54e2a387ebe992d6ed5f1",
             64: "53a6d115339d874c25e309a994ff46d3",

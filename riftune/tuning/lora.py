@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar
@@ -15,7 +12,8 @@ from torch import nn
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.options import Section, option, positive
-from riftune.tuning.base import BackboneWeight, FinetuningMethod, eval_mode, is_head, register
+from riftune.tuning.base import BackboneWeight, is_head, register
+from riftune.tuning.peft_adapter import PeftAdapterMethod
 
 if TYPE_CHECKING:
     from peft.tuners.lora import LoraLayer
@@ -50,7 +48,7 @@ def lora_targets(backbone: nn.Module) -> list[str]:
 
 
 @register
-class LoRA(FinetuningMethod):
+class LoRA(PeftAdapterMethod):
     """Low-rank updates ``W + (alpha / r) B A`` on :func:`lora_targets`, the head trainable.
 
     ``B`` starts at zero, so the model starts as the pretrained one. The backbone's own
@@ -112,9 +110,6 @@ class LoRA(FinetuningMethod):
     def is_new(self, name: str) -> bool:
         return LORA_MARKER in name
 
-    def pretrained_forward(self, model: Classifier) -> AbstractContextManager[None]:
-        return _adapters_disabled(model.backbone)
-
     def backbone_weights(self, model: Classifier) -> list[BackboneWeight]:
         """The plain architecture's weights; each adapted layer's as W₀ + ΔW.
 
@@ -145,18 +140,6 @@ class LoRA(FinetuningMethod):
                 BackboneWeight(key, param, None if layer is None else partial(adapter_delta, layer))
             )
         return weights
-
-    def merged_backbone_state(self, model: Classifier) -> dict[str, torch.Tensor]:
-        """The backbone's weights with ``(alpha / r) B A`` merged in, under the plain keys."""
-        with torch.no_grad():
-            merged = copy.deepcopy(model.backbone).merge_and_unload()
-        return {k: v.detach() for k, v in merged.state_dict().items()}
-
-
-@contextmanager
-def _adapters_disabled(backbone: nn.Module) -> Iterator[None]:
-    with eval_mode(backbone), backbone.disable_adapter():
-        yield
 
 
 def canonical_name(name: str) -> str:

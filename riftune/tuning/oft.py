@@ -10,21 +10,18 @@ between the layer's input neurons (the "hyperspherical energy"), the property OF
 
 from __future__ import annotations
 
-import copy
 import warnings
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.options import Section, option, positive_finite
-from riftune.tuning.base import FinetuningMethod, eval_mode, is_head, register
+from riftune.tuning.base import is_head, register
 from riftune.tuning.lora import lora_targets
+from riftune.tuning.peft_adapter import PeftAdapterMethod
 
 OFT_MARKER = ".oft_"
 """Every parameter peft's OFT adds has an ``oft_`` component (``oft_R``) in its name."""
@@ -48,7 +45,7 @@ def oft_targets(backbone: nn.Module) -> list[str]:
 
 
 @register
-class OFT(FinetuningMethod):
+class OFT(PeftAdapterMethod):
     """Block-diagonal orthogonal rotations of the inputs of :func:`oft_targets`, head trainable.
 
     Like LoRA: the backbone's own weights are frozen and its BatchNorm layers stay in eval mode,
@@ -132,18 +129,3 @@ class OFT(FinetuningMethod):
 
     def is_new(self, name: str) -> bool:
         return OFT_MARKER in name
-
-    def pretrained_forward(self, model: Classifier) -> AbstractContextManager[None]:
-        return _adapters_disabled(model.backbone)
-
-    def merged_backbone_state(self, model: Classifier) -> dict[str, torch.Tensor]:
-        """The backbone's weights with each rotation R folded in (W·R), under the plain keys."""
-        with torch.no_grad():
-            merged = copy.deepcopy(model.backbone).merge_and_unload()
-        return {k: v.detach() for k, v in merged.state_dict().items()}
-
-
-@contextmanager
-def _adapters_disabled(backbone: nn.Module) -> Iterator[None]:
-    with eval_mode(backbone), backbone.disable_adapter():
-        yield
