@@ -10,7 +10,9 @@ finetuning's median step time in the same block). Medians hide work done every k
 (EMA with optimal Q refreshes an eigenbasis every ``--rift-eigh-every`` steps), so each
 variant also gets an amortized ratio (and the standard error of its round ratios, which shows
 how well this machine's noise lets the run resolve it): the total time of all its timed steps over the total
-time of the plain steps interleaved with them. On CUDA the peak memory of each variant's
+time of the plain steps interleaved with them. Whole steps swing by ±20% on a shared CPU, so
+each variant also gets the forward and backward of its penalty alone (on the step's own
+embeddings, :func:`~riftune.bench_penalty.penalty_cost`) as a fraction of the plain step. On CUDA the peak memory of each variant's
 steps is measured too (``torch.cuda.max_memory_allocated``).
 
 Also measured: the reference pass (pretrained embeddings of one epoch's images, eval mode, plus
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 
 from riftune import distributed, regularizers
+from riftune.bench_penalty import penalty_cost, step_inputs
 from riftune.config import RegularizerConfig
 from riftune.engine.build import autocast_dtype, build_optimizer, build_teacher
 from riftune.models import build_classifier
@@ -216,6 +219,15 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
             times[runner.variant.label] += block[runner]
             times[plain.variant.label] += block[plain]
             paired_plain[runner.variant.label] += block[plain]
+    plain_ms = statistics.median(times[plain.variant.label])
+    alone = {  # the penalty's own forward + backward, free of the whole step's noise
+        r.variant.label: penalty_cost(
+            r.step.regularizer, step_inputs(r.step, r.images, r.indices), rounds=args.rounds * 2
+        )
+        * 1000.0
+        / plain_ms
+        for r in runners
+    }
     del runners, plain, others
     peaks = _peak_memory(variants, build) if ctx.device.type == "cuda" else {}
     base = variants[0].label
@@ -230,6 +242,7 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
             "time_ratio_amortized": sum(times[v.label]) / sum(paired_plain[v.label]),
             "time_ratio_rounds": ratios[v.label],  # the spread shows the machine's noise
             "time_ratio_se": _standard_error(ratios[v.label]),
+            "penalty_alone": alone[v.label],
         }
         if peaks:
             row["peak_mib"] = peaks[v.label]
@@ -383,6 +396,7 @@ def run_bench(args: argparse.Namespace) -> str:
             ("time_ratio", "time / plain", ".3f"),
             ("time_ratio_se", "± s.e.", ".3f"),
             ("time_ratio_amortized", "amortized", ".3f"),
+            ("penalty_alone", "penalty alone / plain step", ".4f"),
         ]
         if "peak_mib" in rows[0]:
             columns += [

@@ -6,6 +6,7 @@ No timing is asserted (machines are shared and noisy); only structure and sanity
 from __future__ import annotations
 
 import json
+import math
 
 from riftune.cli import main
 
@@ -36,6 +37,7 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
     }
     for row in results["steps"]:
         assert row["step_ms"] > 0 and row["time_ratio"] > 0 and row["time_ratio_amortized"] > 0
+        assert math.isfinite(row["penalty_alone"]) and row["penalty_alone"] >= 0
         assert row["time_ratio_se"] >= 0 and len(row["time_ratio_rounds"]) == (
             1 if row is plain else 2
         )
