@@ -1,8 +1,9 @@
 """README's code blocks run as written."""
 
 import re
+from pathlib import Path
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _python_blocks() -> list[str]:

@@ -34,7 +34,7 @@ from riftune.checkpoint import (
 from riftune.errors import UserError
 from riftune.rng import capture_rng_state, restore_rng_state
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- helpers
