@@ -153,7 +153,10 @@ class EvaluationConfig(Section):
     )  # fmt: skip
     sharpness_steps: int = option(3, "ascent steps", check=positive)
     hessian_iters: int = option(
-        10, "power iterations for the top Hessian eigenvalue (0 skips)", check=non_negative
+        0,
+        "power iterations for the top Hessian eigenvalue (0 skips; 10 was the default before "
+        "2026-12, when it took a third of a default run on a CPU)",
+        check=non_negative,
     )
     transfer_data: str | None = option(
         None,
