@@ -26,3 +26,16 @@ def test_readme_training_loop_example_runs(medmnist_dir, monkeypatch):
     # the regularizer contributed: RIFT's paired penalty is strictly positive after training
     z, cache, index = namespace["z"], namespace["cache"], namespace["index"]
     assert float(namespace["rift"](z, cache[index]).detach()) > 0.0
+
+
+def test_readme_python_entry_point_example_runs(medmnist_dir, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
+    monkeypatch.chdir(tmp_path)
+    example = next(b for b in _python_blocks() if "riftune.finetune(" in b)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    metrics = namespace["metrics"]
+    assert (tmp_path / "runs" / "api" / "metrics.json").is_file()
+    low, high = metrics["test"]["ci"]["auc"]["low"], metrics["test"]["ci"]["auc"]["high"]
+    assert low <= metrics["test"]["auc"] <= high
+    assert capsys.readouterr().out.startswith(str(metrics["test"]["auc"]))
