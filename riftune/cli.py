@@ -108,6 +108,14 @@ def _runtime_failure(error: Exception) -> str | None:
     return None
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, device: str = "auto") -> None:
+    """``--run`` (a finished run folder), ``--device`` and ``--debug`` of the commands that
+    read a run."""
+    parser.add_argument("--run", required=True, help="a finished run folder (finetune's --out)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=device)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -140,10 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild a run from its config.yaml, load its best checkpoint and print its "
         "test metrics (they reproduce metrics.json).",
     )
-    evaluate.add_argument("--run", required=True, help="the run folder (finetune's --out)")
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_run_arguments(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress output")
-    evaluate.add_argument("--debug", action="store_true", help="show tracebacks")
     evaluate.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser(
@@ -176,12 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         "backbone weights with the finetuned head on the run's validation and test splits; "
         "writes wise_ft.json to the run folder.",
     )
-    wise.add_argument("--run", required=True, help="a finished run folder")
     wise.add_argument(
         "--alphas", default="0,0.1,...,1", help="alphas, e.g. 0,0.25,0.5,0.75,1 or 0,0.1,...,1"
     )
-    wise.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    wise.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_run_arguments(wise)
     wise.set_defaults(handler=_wise_ft)
 
     export = commands.add_parser(
@@ -192,12 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         "architecture, classes, image size and normalization; timm.create_model(name, "
         "num_classes=k) loads it and gives the run's logits.",
     )
-    export.add_argument("--run", required=True, help="a finished run folder")
     export.add_argument(
         "--out", required=True, help="the .safetensors file to write (its .json goes beside it)"
     )
-    export.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_run_arguments(export, device="cpu")
     export.set_defaults(handler=_export)
 
     predict = commands.add_parser(
@@ -206,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Preprocess new images as the run's own (size, normalization), classify "
         "them with its best checkpoint and write one row per image to --out.",
     )
-    predict.add_argument("--run", required=True, help="a finished run folder")
     predict.add_argument(
         "--data",
         required=True,
@@ -215,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--out", required=True, help="the predictions CSV to write")
     predict.add_argument("--batch-size", type=_positive_int, default=128)
-    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    predict.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_run_arguments(predict)
     predict.set_defaults(handler=_predict)
 
     bench = commands.add_parser(

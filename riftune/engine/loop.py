@@ -53,37 +53,37 @@ class Finetuner:
         self._trainable_names: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------------------- set-up
-    def _preflight(self) -> None:
-        """Refuse a run that could not start in its folder, before building anything."""
+    def _on_main(self, work) -> None:
+        """Run ``work()`` on the main rank; its UserError reaches every rank."""
         error = None
         if self.ctx.is_main:
-            out = self.config.output
             try:
-                check_claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
+                work()
             except UserError as caught:
                 error = str(caught)
         error = self.ctx.broadcast_object(error)
         if error is not None:
             raise UserError(error)
 
+    def _preflight(self) -> None:
+        """Refuse a run that could not start in its folder, before building anything."""
+        out = self.config.output
+        self._on_main(lambda: check_claim(self.run_dir, out.resume, out.overwrite))
+
     def _claim_run_dir(self) -> None:
         """Take the folder's writer lock (held until the run ends), claim it, write
         config.yaml; only now is anything written, so bad input leaves no folder behind."""
-        error = None
         out = self.config.output
-        if self.ctx.is_main:
-            try:
-                self.lock.enter_context(run_lock(self.run_dir))
-                claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
-                if out.resume:
-                    self._check_same_config()
-                else:
-                    write_config(self.config, self.run_dir.config)
-            except UserError as caught:
-                error = str(caught)
-        error = self.ctx.broadcast_object(error)
-        if error is not None:
-            raise UserError(error)
+
+        def claim_and_record() -> None:
+            self.lock.enter_context(run_lock(self.run_dir))
+            claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
+            if out.resume:
+                self._check_same_config()
+            else:
+                write_config(self.config, self.run_dir.config)
+
+        self._on_main(claim_and_record)
 
     def _check_same_config(self) -> None:
         """A resumed run must train as the interrupted one did; evaluation options may change."""
