@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from riftune.compare import RegularizerVariant, run_folder
+from riftune.compare import run_folder
 from riftune.evaluate_run import load_finished_run
 from riftune.evaluation import landscape_metrics
+from riftune.grid import RegularizerVariant
 from riftune.run_dir import write_json_atomic
 
 

@@ -16,7 +16,8 @@ who can write the file can recompute it. Tensors are only ever decoded by safete
 unpickles arbitrary objects.
 
 Nested training state (model, optimizer, scheduler, scaler, RNG states) becomes
-``(tensors, meta)`` with :func:`flatten_state` and comes back with :func:`unflatten_state`.
+``(tensors, meta)`` with :func:`flatten_state` and comes back with :func:`unflatten_state`
+(:mod:`riftune.state_tree`, re-exported here).
 Progress checkpoints are every file but ``best``; :func:`latest_valid_checkpoint` picks the
 newest one that verifies and :func:`rotate_checkpoints` prunes old ones.
 """
@@ -35,11 +36,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.torch
 import torch
 
 from riftune.errors import UserError
+from riftune.state_tree import flatten_state, storable_tensors, unflatten_state
 
 FORMAT = "riftune-checkpoint/1"
 SUFFIX = ".safetensors"
@@ -54,9 +55,6 @@ _SHA_PLACEHOLDER = "0" * 64
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the header size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TORCH_SUFFIXES = (".pt", ".pth")
-
-_TENSOR, _NDARRAY, _TUPLE, _DICT = "__tensor__", "__ndarray__", "__tuple__", "__dict__"
-_TAGS = frozenset({_TENSOR, _NDARRAY, _TUPLE, _DICT})
 
 
 class CheckpointWarning(UserWarning):
@@ -108,7 +106,7 @@ def save_checkpoint(
         _META_KEY: meta_json,
         _SHA_KEY: _SHA_PLACEHOLDER,
     }
-    payload = memoryview(safetensors.torch.save(_storable_tensors(tensors), metadata=metadata))
+    payload = memoryview(safetensors.torch.save(storable_tensors(tensors), metadata=metadata))
     start = _checksum_offset(payload, _SHA_PLACEHOLDER)
     if start is None:
         raise RuntimeError("safetensors wrote an unexpected header; cannot place the checksum")
@@ -246,133 +244,7 @@ def rotate_checkpoints(directory: Path, keep: int = 2) -> list[Path]:
     return deleted
 
 
-# ------------------------------------------------------------------------- nested state
-
-
-def flatten_state(state: Mapping[Any, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split nested state into named tensors and a JSON skeleton.
-
-    Handles dicts (any hashable keys of the kinds below, order kept), lists, tuples, tensors,
-    NumPy arrays, ``None``, bools, ints, floats and strings: e.g. ``state_dict()`` of a model,
-    ``torch.optim`` optimizer, LR scheduler or ``torch.amp.GradScaler``, and
-    :func:`riftune.rng.capture_rng_state`. Tensors are named by their path
-    (``optimizer/state/0/exp_avg``), detached, moved to the CPU and made contiguous. In the
-    skeleton a tensor becomes ``{"__tensor__": name}``, an array ``{"__ndarray__": name}``, a
-    tuple ``{"__tuple__": [...]}`` and a dict whose keys are not all strings (or that uses one
-    of these tags as a key) ``{"__dict__": [[key, value], ...]}``. NumPy scalars are stored as
-    Python numbers.
-
-    Args:
-        state: The nested state.
-
-    Returns:
-        ``(tensors, meta)`` with ``meta = {"state": skeleton}``; add other JSON keys to
-        ``meta`` freely before saving.
-
-    Raises:
-        ValueError: A value of another type, naming its path.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-
-    def store(value: torch.Tensor, path: str) -> str:
-        name = path.encode("utf-8", "backslashreplace").decode("utf-8") or "tensor"
-        unique, n = name, 1
-        while unique in tensors:
-            unique, n = f"{name}~{n}", n + 1
-        tensors[unique] = value
-        return unique
-
-    def encode(obj: Any, path: str) -> Any:
-        if obj is None or isinstance(obj, bool | int | float | str):
-            return obj
-        if isinstance(obj, np.bool_ | np.integer | np.floating):
-            return obj.item()
-        if isinstance(obj, torch.Tensor):
-            return {_TENSOR: store(obj, path)}
-        if isinstance(obj, np.ndarray):
-            if obj.dtype.hasobject:
-                raise ValueError(f"cannot store the object array at {path!r}; use numeric arrays")
-            return {_NDARRAY: store(torch.from_numpy(np.ascontiguousarray(obj)), path)}
-        if isinstance(obj, list):
-            return [encode(v, f"{path}/{i}") for i, v in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return {_TUPLE: [encode(v, f"{path}/{i}") for i, v in enumerate(obj)]}
-        if isinstance(obj, Mapping):
-            if all(isinstance(k, str) for k in obj) and not _TAGS & obj.keys():
-                return {k: encode(v, f"{path}/{k}" if path else k) for k, v in obj.items()}
-            return {
-                _DICT: [
-                    [encode(k, f"{path}/<key>"), encode(v, f"{path}/{k}" if path else str(k))]
-                    for k, v in obj.items()
-                ]
-            }
-        raise ValueError(
-            f"cannot store {type(obj).__name__} at {path!r} in a checkpoint; use tensors, "
-            "arrays, numbers, strings, None, lists, tuples or dicts"
-        )
-
-    skeleton = encode(dict(state), "")
-    return _storable_tensors(tensors), {"state": skeleton}
-
-
-def unflatten_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    """Inverse of :func:`flatten_state`: rebuild the nested state from ``meta["state"]``.
-
-    Args:
-        tensors: The named tensors (as returned by :func:`load_checkpoint`).
-        meta: Metadata holding the ``"state"`` skeleton.
-
-    Returns:
-        The nested state; arrays come back as NumPy arrays, tensors on the CPU.
-
-    Raises:
-        ValueError: The skeleton is missing or names a tensor that is not there.
-    """
-    if "state" not in meta:
-        raise ValueError(
-            "checkpoint meta has no 'state' skeleton; it was not made by flatten_state"
-        )
-
-    def tensor(name: str) -> torch.Tensor:
-        if name not in tensors:
-            raise ValueError(f"checkpoint lacks the tensor {name!r} named in its metadata")
-        return tensors[name]
-
-    def decode(obj: Any) -> Any:
-        if isinstance(obj, list):
-            return [decode(v) for v in obj]
-        if not isinstance(obj, dict):
-            return obj
-        if obj.keys() == {_TENSOR}:
-            return tensor(obj[_TENSOR])
-        if obj.keys() == {_NDARRAY}:
-            return tensor(obj[_NDARRAY]).numpy()
-        if obj.keys() == {_TUPLE}:
-            return tuple(decode(v) for v in obj[_TUPLE])
-        if obj.keys() == {_DICT}:
-            return {decode(k): decode(v) for k, v in obj[_DICT]}
-        return {k: decode(v) for k, v in obj.items()}
-
-    return decode(meta["state"])
-
-
 # ----------------------------------------------------------------------------- internals
-
-
-def _storable_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, dense, contiguous CPU tensors, each owning its whole storage (no sharing)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint entry {name!r} is a {type(value).__name__}, not a tensor")
-        t = value.detach().cpu().resolve_conj().resolve_neg().contiguous()
-        storage = t.untyped_storage()
-        if storage.data_ptr() in seen or storage.nbytes() != t.nbytes:
-            t = t.clone()
-        seen.add(t.untyped_storage().data_ptr())
-        out[name] = t
-    return out
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -508,3 +380,16 @@ def _torch_load_weights_only(path: Path) -> Any:
             f"{path} is not a readable PyTorch file ({type(err).__name__}: {str(err)[:160]}); "
             "check the path or re-save it"
         ) from err
+
+
+__all__ = [
+    "BEST",
+    "CheckpointWarning",
+    "checkpoint_path",
+    "flatten_state",
+    "latest_valid_checkpoint",
+    "load_checkpoint",
+    "rotate_checkpoints",
+    "save_checkpoint",
+    "unflatten_state",
+]

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from riftune.cli import main
-from riftune.compare import _finetune_flags, parse_variant
 from riftune.errors import UserError
+from riftune.grid import finetune_flags as _finetune_flags
+from riftune.grid import parse_variant
 
 TINY = ["--epochs", "1", "--img-size", "32", "--shots", "10", "--batch-size", "8",
         "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip

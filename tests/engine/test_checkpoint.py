@@ -160,7 +160,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, failure):
         monkeypatch.setattr(checkpoint, "_write_all", half_then_fail)
     else:
         monkeypatch.setattr(os, failure, fail)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write checkpoint"):
         small_checkpoint(tmp_path, value=2.0)
     monkeypatch.undo()
     assert previous.read_bytes() == before
@@ -174,7 +174,7 @@ def test_failed_first_save_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "_write_all", half_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write checkpoint"):
         small_checkpoint(tmp_path)
     assert os.listdir(tmp_path) == []
 
