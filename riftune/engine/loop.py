@@ -274,6 +274,7 @@ class Finetuner:
     def _finish(self) -> dict:
         """Evaluate the best-validation checkpoint on test and write the run's outputs."""
         s = self.state
+        self.ctx.barrier()  # rank 0 may still be writing the best checkpoint
         self.checkpointer.load_best(self.model)
         final = final_metrics(
             self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype,

@@ -114,3 +114,18 @@ def test_two_processes_at_the_default_recipe_drift_only_by_float_noise(tmp_path,
     for split in ("test", "val"):
         for key, bound in DRIFT.items():
             assert two[split][key] == pytest.approx(one[split][key], abs=bound), (split, key)
+
+
+@pytest.mark.slow
+def test_a_similarity_budget_gives_every_rank_the_lambda_of_one_process(tmp_path, medmnist_dir):
+    """λ is updated from the all-reduced penalty, the same number on every rank, so 2 processes
+    follow 1 process's λ to the tolerance of the losses above."""
+    flags = [*FLAGS, "--target-similarity", "0.995", "--budget-lr", "5"]
+    _run(tmp_path / "one", 1, medmnist_dir, flags)
+    _run(tmp_path / "two", 2, medmnist_dir, flags)
+    steps_one, steps_two = _steps(tmp_path / "one"), _steps(tmp_path / "two")
+    assert steps_one[0]["lam"] == steps_two[0]["lam"] == 0.0  # an additive budget starts at 0
+    assert max(s["lam"] for s in steps_one) > 0  # and the budget binds here
+    for a, b in zip(steps_one, steps_two, strict=True):
+        for key in ("lam", "reg_mean"):
+            assert b[key] == pytest.approx(a[key], rel=LOSS_TOLERANCE, abs=1e-6), (a["step"], key)
