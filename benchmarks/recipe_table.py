@@ -6,7 +6,7 @@ Every run folder is ``benchmarks/results/recipe/runs/<recipe>/<dataset>/seed<k>`
     python benchmarks/recipe_table.py            # selection table (val) and final table (test)
     python benchmarks/recipe_table.py --runs DIR
 
-Selection table: one row per (recipe, dataset, seed) with the flags read back from config.yaml,
+Every-run table: one row per (recipe, dataset, seed) with the flags read back from config.yaml,
 validation AUC/accuracy of the selected checkpoint (what the choice used), its epoch, and the test
 numbers (shown, never used to choose). Final table: mean ± sample std over seeds of test AUC and
 accuracy per (recipe, dataset) with at least 2 seeds, beside MedMNIST v2's ResNet-18 (28) row
@@ -114,7 +114,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=default, help="folder of run folders")
     args = parser.parse_args()
     rows = load_runs(args.runs)
-    print("## Selection (validation AUC chooses; test in parentheses, not used)\n")
+    print(
+        "## Every run, by dataset, seed, then validation AUC (BreastMNIST seed 0: the selection;"
+        " test in parentheses, not used to choose)\n"
+    )
     print(selection_table(rows))
     print("\n## Multi-seed (mean ± sample std over seeds)\n")
     print(final_table(rows))
