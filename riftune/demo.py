@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from riftune.config import RunConfig
+from riftune.config import DataConfig, RunConfig, TrainingConfig
 from riftune.engine import finetune
 from riftune.report import summary_table
 
@@ -16,8 +16,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="folder for the two runs")
     parser.add_argument("--data", default="breastmnist", help="dataset (default: breastmnist)")
     parser.add_argument("--data-root", default=None, help="folder with the MedMNIST files")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (default: 8)")
-    parser.add_argument("--img-size", type=int, default=96, help="image side (default: 96)")
+    epochs, img_size = TrainingConfig().epochs, DataConfig().img_size  # the default recipe's
+    parser.add_argument(
+        "--epochs", type=int, default=epochs, help=f"epochs per run (default: {epochs})"
+    )
+    parser.add_argument(
+        "--img-size", type=int, default=img_size, help=f"image side (default: {img_size})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both runs")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

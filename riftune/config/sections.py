@@ -42,7 +42,12 @@ class DataConfig(Section):
         check=positive,
         metavar="K",
     )
-    img_size: int = option(128, "square image side", check=positive)
+    img_size: int = option(
+        28,
+        "square image side (28: chosen on BreastMNIST validation AUC, benchmarks/results/recipe; "
+        "128 before 2026-12)",
+        check=positive,
+    )
     group_column: str | None = option(
         None,
         "csv: rows with the same value in this column (a patient, a lesion) stay in one split "
@@ -91,11 +96,11 @@ class TrainingConfig(Section):
     """The optimization: schedule, batch, precision, device, checkpoints."""
 
     seed: int = option(0, "seed for weights, data order, shots")
-    epochs: int = option(10, "epochs", check=positive)
+    epochs: int = option(20, "epochs (10 before 2026-12)", check=positive)
     batch_size: int = option(
         32, "global batch size, split evenly over torchrun processes", check=positive
     )
-    lr: float = option(1e-4, "backbone learning rate", check=non_negative)
+    lr: float = option(3e-4, "backbone learning rate (1e-4 before 2026-12)", check=non_negative)
     head_lr: float = option(1e-3, "head learning rate", check=non_negative)
     weight_decay: float = option(0.01, "AdamW weight decay", check=non_negative)
     warmup_epochs: float = option(
@@ -104,7 +109,10 @@ class TrainingConfig(Section):
     grad_clip: float = option(
         1.0, "clip the global gradient norm to this (0 disables)", check=non_negative
     )
-    augment: bool = option(False, "random flips and crops of training images")
+    augment: bool = option(
+        True,
+        "random flips and crops of training images (off before 2026-12; --no-augment turns it off)",
+    )
     freeze_bn: bool = option(
         True,
         "keep every BatchNorm layer in eval mode (pretrained running statistics) during "

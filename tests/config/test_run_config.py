@@ -59,7 +59,7 @@ def test_an_old_flat_config_equals_the_flags_it_was_run_with():
     flags = (
         "--data pneumoniamnist --shots 200 --img-size 28 --epochs 5 --freeze-bn "
         "--hessian-iters 0 --transfer-data breastmnist --reg rift --lam 1 --rift-match paired "
-        "--rift-q optimal"
+        "--rift-q optimal --lr 1e-4 --no-augment"  # the defaults of then, pinned in the grid file
     )
     assert stored.to_dict() == _config(*flags.split()).to_dict()
 
