@@ -252,6 +252,8 @@ class Finetuner:
                 **val.prefixed("val_"),
                 "lr": self.training.scheduler.get_last_lr()[0],
             }
+            if self.budget is not None:
+                row["lam"] = self.training.step.lam
             s.history.append(row)
             self.outputs.epoch(row, s.global_step)
             select_on = self.config.training.select_on
@@ -286,12 +288,16 @@ class Finetuner:
                 self.outputs.close(final.metrics)
                 report.plot_training(s.history, self.run_dir.training_plot)
                 write_evaluation_outputs(self.run_dir, final, self.data)
+                labels, names = test.collected.labels, self.data.class_names
+                if self.data.multilabel:  # colour by how many labels an image has
+                    labels = labels.sum(1)
+                    names = [f"{k} positive labels" for k in range(self.data.num_classes + 1)]
                 report.plot_embeddings(
                     self.pretrained.test.embeddings.numpy(),
                     test.collected.embeddings.numpy(),
-                    test.collected.labels.numpy(),
+                    labels.numpy(),
                     self.run_dir.embeddings_plot,
-                    class_names=self.data.class_names,
+                    class_names=names,
                     cka=test.cka,
                 )
         wall = s.wall_seconds + (time.perf_counter() - self._started)

@@ -46,7 +46,9 @@ def plot_training(
     Three panels: the training loss (``train_loss`` total, ``train_task_loss``,
     ``train_reg_loss``, and ``val_loss`` if present; log scale when the series span more than
     two decades), validation ``val_auc`` and ``val_acc``, and ``val_cka`` (linear CKA to the
-    pretrained embeddings). The x axis is ``epoch`` (1-based row number where a row lacks it).
+    pretrained embeddings). Under a similarity budget the loss panel also shows ``lam`` (λ at
+    the end of each epoch) on a second axis. The x axis is ``epoch`` (1-based row number where a
+    row lacks it).
     Missing keys, ``None`` and non-finite values are skipped; a panel with nothing to draw says
     so.
 
@@ -73,6 +75,12 @@ def plot_training(
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     _log_scale_if_wide(loss_ax)
+    if any("lam" in row for row in history):  # a similarity budget: λ's trajectory
+        lam_ax = loss_ax.twinx()
+        lam_ax.set_prop_cycle(color=["tab:red"])
+        _plot_series(lam_ax, history, "lam", "λ (budget)")
+        lam_ax.set_ylabel("λ (budget)")
+        lam_ax.legend(fontsize="small", loc="lower left")
     fig.savefig(path, dpi=_DPI)
 
 

@@ -140,3 +140,36 @@ def test_csv_label_values_other_than_0_and_1_are_refused(tmp_path, breast):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="no column 'edema'"):
         load_dataset(f"csv:{tmp_path / 'labels.csv'}?label=effusion,edema", img_size=28)
+
+
+@pytest.mark.slow
+def test_a_multilabel_npz_trains_and_evaluates_end_to_end(tmp_path, medmnist_dir):
+    """`riftune finetune` on a ChestMNIST-format file (labels (N, 3) of 0/1): per-label binary
+    loss, mean per-label AUC in metrics.json, no predictions.csv (single-label only)."""
+    import json
+
+    import numpy as np
+
+    from riftune.cli import main
+
+    source = np.load(medmnist_dir / "breastmnist.npz")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        images = source[f"{split}_images"][:40]
+        arrays[f"{split}_images"] = images
+        bright = (images.reshape(len(images), -1).mean(1) > images.mean()).astype(np.uint8)
+        arrays[f"{split}_labels"] = np.stack(
+            [bright, source[f"{split}_labels"][:40, 0], rng.integers(0, 2, len(images))], axis=1
+        )
+    path = tmp_path / "chest_like.npz"
+    np.savez(path, **arrays)
+    out = tmp_path / "run"
+    argv = ["finetune", "--data", str(path), "--epochs", "1", "--batch-size", "8",
+            "--landscape-images", "8", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and "ci" not in metrics["test"]
+    assert "sharpness" in metrics["test"]
+    assert not (out / "predictions.csv").exists()
+    assert (out / "embeddings.png").is_file()

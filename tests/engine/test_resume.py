@@ -98,6 +98,8 @@ def test_interrupted_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_d
     if extra:  # the budget moved λ (it starts at 0), and steps.csv shows it
         lams = [float(row.split(",")[5]) for row in steps_a.splitlines()[1:]]
         assert steps_a.splitlines()[0].endswith(",lam,reg_mean") and lams[0] == 0 < max(lams)
+        history = (tmp_path / "straight" / "history.csv").read_text().splitlines()
+        assert "lam" in history[0].split(",")  # the training figure draws λ from it
 
 
 @pytest.mark.slow
