@@ -31,7 +31,7 @@ def _check_run_folder(out, metrics):
     assert metrics["wall_seconds"] > 0 and metrics["train_step_ms"] > 0
     # each step's wait for its batch is part of that step, so the medians keep that order
     assert 0 <= metrics["train_data_ms"] <= metrics["train_step_ms"]
-    batch = yaml.safe_load((out / "config.yaml").read_text())["batch_size"]
+    batch = yaml.safe_load((out / "config.yaml").read_text())["training"]["batch_size"]
     assert metrics["train_images_per_s"] == pytest.approx(batch / (metrics["train_step_ms"] / 1000))
     for name in ("config.yaml", "history.csv", "training.png", "embeddings.png"):
         assert (out / name).is_file(), name

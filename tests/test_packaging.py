@@ -43,7 +43,15 @@ def test_version_is_the_installed_distributions():
 
 
 def test_every_package_the_library_imports_is_a_dependency():
-    declared = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    """A dependency, or in the extra of the optional feature that imports it (submitit for
+    ``--launcher slurm``, tensorboard for ``--tensorboard``)."""
+    features = {
+        name: reqs
+        for name, reqs in PYPROJECT["project"]["optional-dependencies"].items()
+        if name not in ("test", "lint")
+    }
+    required = PYPROJECT["project"]["dependencies"] + [r for rs in features.values() for r in rs]
+    declared = {_requirement_name(r) for r in required}
     undeclared = {
         module: dists
         for module, dists in _distributions(_third_party_imports(ROOT / "riftune")).items()
