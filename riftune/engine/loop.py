@@ -229,9 +229,11 @@ class Finetuner:
         self._claim_run_dir()
         self.state = TrainState(best_value=initial_best(self.config.training.select_on))
         if self.config.output.resume:
+            built = self.timer.seconds("reference_pass")  # this session's, before the restore
             self.state, name = self.checkpointer.restore(
                 self.model, self._stateful(), optional=("timing",)
             )
+            self.timer.add("reference_pass", built)  # the restore replaced the totals
             if self.budget is not None:
                 self.training.step.lam = self.budget.value
             self.progress.log(
