@@ -1,8 +1,9 @@
 """``riftune compare``: a resumable grid of finetuning runs, summarized in report.md.
 
-The grid is datasets × methods × regularizer variants × λ × seeds. λ is chosen per
-(dataset, method, variant) on validation AUC only, from runs with the first seed (the
-selection seed); the chosen λ then runs with every seed. With ``wise_ft`` methods, the
+The grid is datasets × training-set sizes × methods × regularizer variants × λ × seeds. λ is
+chosen per (dataset, size, method, variant) on validation AUC only, as the best mean over the
+first ``select_seeds`` seeds (default 1; a variant may set its own, and its own λ grid); the
+chosen λ then runs with every seed. With ``wise_ft`` methods, the
 unregularized runs of those methods are also interpolated with the pretrained backbone
 (``riftune wise-ft``); α is chosen on validation AUC of the selection seed and reported as the
 regularizer ``wise-ft``. Each run is a ``riftune finetune`` subprocess in its own folder, so a
@@ -29,7 +30,12 @@ from pathlib import Path
 from riftune import report
 from riftune.config import finetune_parser, run_config_from_args
 from riftune.errors import UserError
-from riftune.grid import RegularizerVariant, finetune_flags, parse_variant, resolve_grid
+from riftune.grid import (
+    RegularizerVariant,
+    finetune_flags,
+    parse_regularizer_entry,
+    resolve_grid,
+)
 from riftune.launchers import GridJob, Launcher, LocalLauncher, SlurmLauncher
 from riftune.run_dir import RunDir, run_lock
 
@@ -191,7 +197,9 @@ def _launch(jobs: Sequence[Job], flags: dict, launcher: Launcher, log, report_on
     if report_only:
         return
     grid_jobs = [
-        GridJob(tuple(j.command(flags[j.dataset])), j.folder) for j in jobs if j.record() is None
+        GridJob(tuple(j.command(flags[j.dataset, j.shots])), j.folder)
+        for j in jobs
+        if j.record() is None
     ]
     for job in grid_jobs:
         job.folder.mkdir(parents=True, exist_ok=True)
@@ -211,22 +219,29 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
         return _compare(args, passthrough, out)
 
 
-def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) -> str:
-    grid = resolve_grid(args)
-    flags = {d: finetune_flags(grid, passthrough, d) for d in grid["data"]}
-    unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
-    if unknown:
-        raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
-    variants = [parse_variant(text) for text in grid["regs"]]
+def _check_flags(grid: dict, flags: dict, variants: Sequence[RegularizerVariant]) -> None:
+    """Refuse a bad finetune flag of any cell before running anything."""
     parser = finetune_parser()
-    for dataset, dataset_flags in flags.items():  # refuse bad flags before running anything
+    for (dataset, _), cell_flags in flags.items():
         for method in grid["methods"]:
             for variant in variants:
                 run_config_from_args(
                     parser.parse_args(
-                        [*dataset_flags, "--data", dataset, "--method", method, *variant.flags]
+                        [*cell_flags, "--data", dataset, "--method", method, *variant.flags]
                     )
                 )
+
+
+def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) -> str:
+    grid = resolve_grid(args)
+    flags = {
+        (d, k): finetune_flags(grid, passthrough, d, k) for d in grid["data"] for k in grid["shots"]
+    }
+    unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
+    if unknown:
+        raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
+    variants = [parse_regularizer_entry(entry) for entry in grid["regs"]]
+    _check_flags(grid, flags, variants)
     log = (
         (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     )
@@ -245,11 +260,16 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
         for m in grid["methods"]
         for v in variants
     ]
-    first_seed, seeds = grid["seeds"][0], grid["seeds"]
+    seeds = grid["seeds"]
+
+    def selection_seeds(variant: RegularizerVariant) -> list[int]:
+        return seeds[: variant.select_seeds or grid["select_seeds"]]
+
     selection = {
         cell: [
-            job(cell, lam, first_seed)
-            for lam in ([None] if cell[3].name == "none" else grid["lams"])
+            job(cell, lam, seed)
+            for lam in cell[3].lam_grid(grid["lams"])
+            for seed in selection_seeds(cell[3])
         ]
         for cell in cells
     }
@@ -262,31 +282,46 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
             chosen[cell] = report.select_lambda(report.aggregate_runs(records))[0]["lam"]
     final = [job(cell, lam, s) for cell, lam in chosen.items() for s in seeds]
     _launch(final, flags, launcher, log, args.report_only)
-    selection = [j for js in selection.values() for j in js]
+    swept = [j for js in selection.values() for j in js if j not in final]
 
     records = [r for r in (j.record() for j in final) if r is not None]
-    records += _wise_ft_records(final, grid, first_seed, args, log)
-    missing = [str(j.folder) for j in selection + final if j.record() is None]
+    records += _wise_ft_records(final, grid, seeds[0], args, log)
+    sweep_records = [r for r in (j.record() for j in swept) if r is not None]
+    missing = [str(j.folder) for j in swept + final if j.record() is None]
     if not records:
         raise UserError(f"no run of the grid finished; see the compare.log files under {out}")
     groups = report.aggregate_runs(records)
-    notes = [
-        "Command: riftune " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
-        f"λ chosen on validation AUC with seed {first_seed}; every chosen λ then ran seeds "
-        f"{', '.join(map(str, seeds))}.",
-    ]
+    notes = ["Command: riftune " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""]
+    swept_seeds = {len(selection_seeds(v)) for v in variants if len(v.lam_grid(grid["lams"])) > 1}
+    if swept_seeds - {1}:
+        counts = " or ".join(map(str, sorted(swept_seeds)))
+        notes.append(
+            f"λ chosen on the mean validation AUC of the first {counts} seeds of "
+            f"{', '.join(map(str, seeds))}; every chosen λ then ran every seed."
+        )
+    else:
+        notes.append(
+            f"λ chosen on validation AUC with seed {seeds[0]}; every chosen λ then ran seeds "
+            f"{', '.join(map(str, seeds))}."
+        )
     if grid["wise_ft"]:
         notes.append(
             "wise-ft (α=a): the unregularized run's backbone interpolated with the pretrained "
             f"one, θ = (1 − a)·θ₀ + a·θ, a from {grid['wise_ft_alphas']} chosen on validation "
-            f"AUC with seed {first_seed}; test CKA, accuracy, AUC and ECE only."
+            f"AUC with seed {seeds[0]}; test CKA, accuracy, AUC and ECE only."
         )
     if missing:
         notes.append(f"{len(missing)} runs did not finish: " + ", ".join(missing))
-    text = report.compare_report_markdown(groups, lambda_key=None, notes=[n for n in notes if n])
+    text = report.compare_report_markdown(
+        groups,
+        lambda_key=None,
+        notes=[n for n in notes if n],
+    )
     (out / "report.md").write_text(text)
     report.plot_tradeoff(groups, out / "tradeoff.png", lambda_key=None)
-    (out / "runs.json").write_text(json.dumps(records, indent=1, sort_keys=True))
+    all_records = [{**r, "chosen": True} for r in records]
+    all_records += [{**r, "chosen": False} for r in sweep_records]
+    (out / "runs.json").write_text(json.dumps(all_records, indent=1, sort_keys=True))
     return text
 
 

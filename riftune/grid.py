@@ -18,17 +18,63 @@ from riftune.errors import UserError
 _VARIANT = re.compile(r"^(?P<name>[\w-]+)(\[(?P<options>[^\]]*)\])?$")
 
 
+_BUDGET_FLAGS = frozenset({"--budget", "--target-similarity"})
+
+
 @dataclass(frozen=True)
 class RegularizerVariant:
-    """A regularizer with fixed flags; ``label`` names it in reports (e.g. ``paired,optimal``)."""
+    """A regularizer with fixed flags; ``label`` names it in reports (e.g. ``paired,optimal``).
+
+    ``lams`` is the variant's own λ grid (None: the grid's ``lams``) and ``select_seeds`` how
+    many of the grid's first seeds its λ sweep runs on (None: the grid's ``select_seeds``)."""
 
     name: str
     flags: tuple[str, ...]
     label: str
+    lams: tuple[float, ...] | None = None
+    select_seeds: int | None = None
 
     @property
     def folder(self) -> str:
         return self.name + (f"[{self.label}]" if self.label else "")
+
+    @property
+    def has_lam(self) -> bool:
+        """Whether runs of this variant take ``--lam``: not ``none``, and not under a
+        similarity budget (λ is then found during training)."""
+        return self.name != "none" and not _BUDGET_FLAGS & set(self.flags)
+
+    def lam_grid(self, grid_lams: Sequence[float]) -> list[float | None]:
+        if not self.has_lam:
+            return [None]
+        return list(self.lams if self.lams is not None else grid_lams)
+
+
+def parse_regularizer_entry(entry) -> RegularizerVariant:
+    """One entry of a grid's ``regs``: variant text, or a mapping ``{reg: TEXT, lams: [...],
+    select_seeds: N}`` giving the variant its own λ grid and number of selection seeds."""
+    if isinstance(entry, str):
+        return parse_variant(entry)
+    if not isinstance(entry, dict) or not isinstance(entry.get("reg"), str):
+        raise UserError(
+            f"regs entry {entry!r}: write NAME[key=value,...] or {{reg: ..., lams: ...}}"
+        )
+    unknown = set(entry) - {"reg", "lams", "select_seeds"}
+    if unknown:
+        raise UserError(f"regs entry {entry['reg']!r}: unknown keys {sorted(unknown)}")
+    variant = parse_variant(entry["reg"])
+    lams = entry.get("lams")
+    if lams is not None:
+        try:
+            lams = tuple(float(v) for v in lams)
+        except (TypeError, ValueError):
+            raise UserError(
+                f"regs entry {entry['reg']!r}: lams must be a list of numbers"
+            ) from None
+    seeds = entry.get("select_seeds")
+    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+        raise UserError(f"regs entry {entry['reg']!r}: select_seeds must be a positive integer")
+    return RegularizerVariant(variant.name, variant.flags, variant.label, lams, seeds)
 
 
 def parse_variant(text: str) -> RegularizerVariant:
@@ -62,8 +108,10 @@ def resolve_grid(args: argparse.Namespace) -> dict:
         "wise_ft": [],
         "wise_ft_alphas": "0,0.1,...,1",
         "shots": [None],
+        "select_seeds": 1,
         "finetune": {},
         "dataset_finetune": {},
+        "shots_finetune": {},
         "slurm": {},
     }
     if args.grid:
@@ -92,6 +140,13 @@ def resolve_grid(args: argparse.Namespace) -> dict:
     if args.shots:
         grid["shots"] = args.shots.split(",")
     grid["shots"] = [shots_value(k) for k in grid["shots"]]
+    seeds = grid["select_seeds"]
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"select_seeds {seeds!r}: give a positive integer")
+    grid["shots_finetune"] = {shots_value(k): v for k, v in (grid["shots_finetune"] or {}).items()}
+    unknown = set(grid["shots_finetune"]) - set(grid["shots"])
+    if unknown:
+        raise UserError(f"shots_finetune names training-set sizes not in the grid: {unknown}")
     return grid
 
 
@@ -108,11 +163,15 @@ def shots_value(value) -> int | None:
     return shots
 
 
-def finetune_flags(grid: dict, passthrough: Sequence[str], dataset: str) -> list[str]:
-    """``finetune`` flags, then the dataset's own (``dataset_finetune``), then the command
+def finetune_flags(
+    grid: dict, passthrough: Sequence[str], dataset: str, shots: int | None = None
+) -> list[str]:
+    """``finetune`` flags, then the dataset's own (``dataset_finetune``), then the training-set
+    size's (``shots_finetune``, e.g. a smaller batch for 10 images per class), then the command
     line's pass-through flags; a later value of a flag overrides an earlier one."""
     flags = []
     own = (grid["dataset_finetune"] or {}).get(dataset) or {}
-    for key, value in {**grid["finetune"], **own}.items():
+    sized = (grid.get("shots_finetune") or {}).get(shots) or {}
+    for key, value in {**grid["finetune"], **own, **sized}.items():
         flags += [f"--{key}"] + ([] if value is True else [str(value)])
     return flags + list(passthrough)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import yaml
 
 from riftune.cli import main
+from riftune.compare import add_compare_arguments
 from riftune.errors import UserError
-from riftune.grid import finetune_flags as _finetune_flags
-from riftune.grid import parse_variant
+from riftune.grid import finetune_flags, parse_regularizer_entry, parse_variant, resolve_grid
 
 TINY = ["--epochs", "1", "--img-size", "32", "--shots", "10", "--batch-size", "8",
         "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
@@ -21,9 +22,9 @@ def test_dataset_finetune_flags_override_the_shared_ones():
         "finetune": {"epochs": 3, "freeze-bn": True},
         "dataset_finetune": {"pneumoniamnist": {"epochs": 1, "transfer-data": "breastmnist"}},
     }
-    assert _finetune_flags(grid, ["--quiet"], "breastmnist") == [
+    assert finetune_flags(grid, ["--quiet"], "breastmnist") == [
         "--epochs", "3", "--freeze-bn", "--quiet"]  # fmt: skip
-    assert _finetune_flags(grid, ["--quiet"], "pneumoniamnist") == [
+    assert finetune_flags(grid, ["--quiet"], "pneumoniamnist") == [
         "--epochs", "1", "--freeze-bn", "--transfer-data", "breastmnist", "--quiet"]  # fmt: skip
 
 
@@ -58,8 +59,10 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
     assert "## breastmnist · 10 shots · full" in report
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = json.loads((out / "runs.json").read_text())
-    rift_runs = [r for r in records if r["reg"] == "rift"]
+    rift_runs = [r for r in records if r["reg"] == "rift" and r["chosen"]]
     assert sorted(r["seed"] for r in rift_runs) == [0, 1]
+    swept = [r for r in records if r["reg"] == "rift" and not r["chosen"]]
+    assert [(r["seed"], r["lam"] != rift_runs[0]["lam"]) for r in swept] == [(0, True)]
     assert len({r["lam"] for r in rift_runs}) == 1  # the λ chosen on validation, for every seed
     # λ was chosen on validation AUC of seed 0 among the λ grid
     lam_runs = {lam: json.loads((out / "runs" / "breastmnist-10shots" / "full" / "rift[paired,optimal]"
@@ -92,6 +95,42 @@ def test_grid_runs_selects_lambda_reports_and_resumes(tmp_path, medmnist_dir, mo
     assert main(argv) == 0
     assert victim.is_file()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != victim)
+
+
+def test_a_variant_may_set_its_own_lambda_grid_and_selection_seeds():
+    plain, swept, budget = (
+        parse_regularizer_entry(entry)
+        for entry in (
+            "none",
+            {"reg": "rift[match=covariance]", "lams": [0.01, 0.1], "select_seeds": 3},
+            "rift[match=paired,target-similarity=0.9]",
+        )
+    )
+    assert plain.lam_grid([1.0, 10.0]) == [None]
+    assert swept.lam_grid([1.0, 10.0]) == [0.01, 0.1] and swept.select_seeds == 3
+    # under a similarity budget λ is found in training: one run per seed, no --lam
+    assert budget.lam_grid([1.0, 10.0]) == [None]
+    assert budget.flags[-2:] == ("--target-similarity", "0.9")
+    for bad in ({"reg": "rift", "lam": [1]}, {"reg": "rift", "select_seeds": 0}, {"lams": [1]}):
+        with pytest.raises(UserError):
+            parse_regularizer_entry(bad)
+
+
+def test_a_training_set_size_may_add_its_ownfinetune_flags(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "data: [breastmnist]\nshots: [10, all]\nfinetune: {epochs: 2, batch-size: 32}\n"
+        "shots_finetune: {10: {batch-size: 10}}\n"
+    )
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "g"), "--grid", str(path)])
+    grid = resolve_grid(args)
+    assert finetune_flags(grid, [], "breastmnist", 10)[-2:] == ["--batch-size", "10"]
+    assert finetune_flags(grid, [], "breastmnist", None)[-2:] == ["--batch-size", "32"]
+    path.write_text("shots: [10]\nshots_finetune: {50: {batch-size: 10}}\n")
+    with pytest.raises(UserError, match="shots_finetune"):
+        resolve_grid(args)
 
 
 def test_slurm_settings_need_the_slurm_launcher(tmp_path, capsys):
