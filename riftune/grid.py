@@ -137,16 +137,16 @@ def resolve_grid(args: argparse.Namespace) -> dict:
         raise UserError(f"wise-ft methods {sorted(unknown)} are not among the grid's methods")
     if args.regs:
         grid["regs"] = [v for v in re.split(r"[;\s]+", args.regs) if v]
+    grid["shots_finetune"] = {shots_value(k): v for k, v in (grid["shots_finetune"] or {}).items()}
+    unknown = set(grid["shots_finetune"]) - {shots_value(k) for k in grid["shots"]}
+    if unknown:  # checked against the file's sizes: --shots may run a subset of them
+        raise UserError(f"shots_finetune names training-set sizes not in the grid: {unknown}")
     if args.shots:
         grid["shots"] = args.shots.split(",")
     grid["shots"] = [shots_value(k) for k in grid["shots"]]
     seeds = grid["select_seeds"]
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"select_seeds {seeds!r}: give a positive integer")
-    grid["shots_finetune"] = {shots_value(k): v for k, v in (grid["shots_finetune"] or {}).items()}
-    unknown = set(grid["shots_finetune"]) - set(grid["shots"])
-    if unknown:
-        raise UserError(f"shots_finetune names training-set sizes not in the grid: {unknown}")
     return grid
 
 
