@@ -237,9 +237,6 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
     flags = {
         (d, k): finetune_flags(grid, passthrough, d, k) for d in grid["data"] for k in grid["shots"]
     }
-    unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
-    if unknown:
-        raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
     variants = [parse_regularizer_entry(entry) for entry in grid["regs"]]
     _check_flags(grid, flags, variants)
     log = (

@@ -123,6 +123,9 @@ def resolve_grid(args: argparse.Namespace) -> dict:
         if unknown:
             raise UserError(f"{path}: unknown keys {sorted(unknown)}; use {sorted(grid)}")
         grid.update(loaded)
+    unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
+    if unknown:  # checked against the file's datasets: --data may run a subset of them
+        raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
     lists = (("data", str), ("methods", str), ("lams", float), ("seeds", int), ("wise_ft", str))
     for key, convert in lists:
         text = getattr(args, key)
