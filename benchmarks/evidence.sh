@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The comparison of RESULTS.md (issue 16), one cell of benchmarks/grid_evidence.yaml at a time in
-# the order the evidence needs them (so an interrupted session leaves whole cells), then the
-# report of everything that finished. Resumable: run it again and finished runs are skipped.
+# The comparison of RESULTS.md (issue 16): benchmarks/grid_evidence.yaml in the order the evidence
+# needs it (RIFT and plain on both datasets at 50 images per class, then the baselines, then 10
+# per class), so an interrupted session leaves whole blocks; then the report of all that finished.
+# Resumable: run it again and finished runs are skipped, interrupted ones continue.
 #   bash benchmarks/evidence.sh [OUT]       (default OUT: benchmarks/results/evidence)
 # Two runs at a time, one thread each. Needs `riftune` importable (e.g. `. .venv/bin/activate`)
 # and the MedMNIST files in $RIFTUNE_DATA (default: ../shared/data/medmnist beside the checkout).
@@ -10,8 +11,17 @@ OUT=${1:-benchmarks/results/evidence}
 GRID=benchmarks/grid_evidence.yaml
 export OMP_NUM_THREADS=1
 export RIFTUNE_DATA=${RIFTUNE_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/medmnist}
-for cell in breastmnist:50 pneumoniamnist:50 breastmnist:10 pneumoniamnist:10; do
-    python -m riftune compare --out "$OUT" --grid "$GRID" --jobs "${JOBS:-2}" \
-        --data "${cell%%:*}" --shots "${cell##*:}"
+RIFT='none;rift[match=paired,q=identity];rift[match=paired,q=optimal];rift[match=covariance,q=identity]'
+RIFT+=';rift[match=paired,q=optimal,target-similarity=0.8];rift[match=paired,q=optimal,target-similarity=0.9]'
+RIFT+=';rift[match=paired,q=identity,target-similarity=0.9];rift[match=covariance,q=identity,budget=0.5]'
+BASELINES='none;cka[reference=cache];cka[reference=teacher];feature-distill;l2sp;spd'
+BASELINES+=';delta[attention-images=16]'
+for shots in 50 10; do
+    for regs in "$RIFT" "$BASELINES"; do
+        for data in breastmnist pneumoniamnist; do
+            python -m riftune compare --out "$OUT" --grid "$GRID" --jobs "${JOBS:-2}" --quiet \
+                --data "$data" --shots "$shots" --regs "$regs"
+        done
+    done
 done
 python -m riftune compare --out "$OUT" --grid "$GRID" --report-only

@@ -313,6 +313,7 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
         groups,
         lambda_key=None,
         notes=[n for n in notes if n],
+        sweep=report.aggregate_runs(sweep_records + records) if sweep_records else None,
     )
     (out / "report.md").write_text(text)
     report.plot_tradeoff(groups, out / "tradeoff.png", lambda_key=None)

@@ -138,8 +138,9 @@ def resolve_grid(args: argparse.Namespace) -> dict:
     unknown = set(grid["wise_ft"]) - set(grid["methods"])
     if unknown:
         raise UserError(f"wise-ft methods {sorted(unknown)} are not among the grid's methods")
-    if args.regs:
-        grid["regs"] = [v for v in re.split(r"[;\s]+", args.regs) if v]
+    if args.regs:  # a variant the file defines keeps its own λ grid and selection seeds
+        defined = {(e["reg"] if isinstance(e, dict) else e): e for e in grid["regs"]}
+        grid["regs"] = [defined.get(v, v) for v in re.split(r"[;\s]+", args.regs) if v]
     grid["shots_finetune"] = {shots_value(k): v for k, v in (grid["shots_finetune"] or {}).items()}
     unknown = set(grid["shots_finetune"]) - {shots_value(k) for k in grid["shots"]}
     if unknown:  # checked against the file's sizes: --shots may run a subset of them

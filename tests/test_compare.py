@@ -116,7 +116,7 @@ def test_a_variant_may_set_its_own_lambda_grid_and_selection_seeds():
             parse_regularizer_entry(bad)
 
 
-def test_a_training_set_size_may_add_its_ownfinetune_flags(tmp_path):
+def test_a_grid_files_sizes_and_variants_carry_their_own_settings(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(
         "data: [breastmnist]\nshots: [10, all]\nfinetune: {epochs: 2, batch-size: 32}\n"
@@ -128,6 +128,11 @@ def test_a_training_set_size_may_add_its_ownfinetune_flags(tmp_path):
     grid = resolve_grid(args)
     assert finetune_flags(grid, [], "breastmnist", 10)[-2:] == ["--batch-size", "10"]
     assert finetune_flags(grid, [], "breastmnist", None)[-2:] == ["--batch-size", "32"]
+    # --regs picks among the file's variants, which keep their own λ grids
+    path.write_text("regs: [none, {reg: spd, lams: [0.5, 1]}]\n")
+    args.regs = "spd;l2sp"
+    assert resolve_grid(args)["regs"] == [{"reg": "spd", "lams": [0.5, 1]}, "l2sp"]
+    args.regs = None
     path.write_text("shots: [10]\nshots_finetune: {50: {batch-size: 10}}\n")
     with pytest.raises(UserError, match="shots_finetune"):
         resolve_grid(args)

@@ -7,15 +7,17 @@ bold, where "best" follows the column's stated direction (higher or lower is bet
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Literal
 
 from riftune.report.aggregate import metric_mean, regularizer_label, select_lambda
+from riftune.report.claims import claims_table, published_line
+from riftune.report.default_rule import default_rule_markdown
+from riftune.report.markdown import MISSING, markdown_table
 
 Formatter = str | Callable[[Any], str]
-MISSING = "–"
 
 
 @dataclass(frozen=True)
@@ -63,27 +65,6 @@ COMPARE_COLUMNS: tuple[MetricColumn, ...] = (
     MetricColumn("val.auc", "Val AUC", "higher"),
     MetricColumn("val.cka", "Val CKA", "higher"),
 )
-
-
-def markdown_table(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool]
-) -> str:
-    """A GitHub Markdown table; ``|`` inside cells is escaped.
-
-    Args:
-        headers: the column titles.
-        rows: the cells, already formatted, one sequence per row.
-        right: per column, whether it is right-aligned.
-
-    Returns:
-        The table, lines joined by newlines, no trailing newline.
-    """
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", r"\|") for c in cells) + " |"
-
-    rule = ["---:" if r else "---" for r in right]
-    return "\n".join([line(headers), "|" + "|".join(rule) + "|", *(line(r) for r in rows)])
 
 
 def summary_table(
@@ -138,6 +119,7 @@ def compare_report_markdown(
     lambda_key: str | None = "val.auc",
     title: str = "riftune compare",
     notes: Sequence[str] = (),
+    sweep: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The ``report.md`` of ``riftune compare``: one table per (dataset, method).
 
@@ -153,6 +135,8 @@ def compare_report_markdown(
         lambda_key: the validation metric λ is selected on (higher is better), or ``None``.
         title: the level-1 heading.
         notes: extra legend lines (e.g. the command that produced the grid).
+        sweep: groups of every λ that ran (chosen or not); with them the report ends with the
+            rule that picks ``--reg rift``'s defaults (:mod:`riftune.report.default_rule`).
 
     Returns:
         The Markdown document, ending with a newline.
@@ -169,9 +153,18 @@ def compare_report_markdown(
     for (dataset, method), members in tables.items():
         heading = f"{dataset} · {method}" if dataset is not None else str(method)
         parts += [f"## {heading}", "", _method_table(members, present), ""]
+        published = published_line(dataset) if method == "full" else ""
+        if published:
+            parts += [published, ""]
         against = relative_to_plain_table(members)
         if against:
             parts += ["Against `none` (differences of the means above):", "", against, ""]
+        claims = claims_table(members)
+        if claims:
+            parts += [claims, ""]
+    rule = default_rule_markdown(sweep) if sweep else ""
+    if rule:
+        parts += ["## Default for `--reg rift`", "", rule, ""]
     parts += ["## Legend", "", *_legend(shown, present, absent, lambda_key, notes)]
     return "\n".join(parts) + "\n"
 
