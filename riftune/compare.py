@@ -150,7 +150,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="run nothing: write report.md and tradeoff.png from the runs already finished",
+        help="run nothing: write report.md, tradeoff.png and pareto.png from the runs already "
+        "finished",
     )
     parser.add_argument("--quiet", action="store_true", help="only the final summary")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -209,7 +210,8 @@ def _launch(jobs: Sequence[Job], flags: dict, launcher: Launcher, log, report_on
 
 
 def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
-    """Run (or continue) the grid, then write report.md and tradeoff.png; returns report.md.
+    """Run (or continue) the grid, then write report.md, tradeoff.png and pareto.png; returns
+    report.md.
 
     One compare at a time per grid folder (its writer lock); GridStopped when a signal stopped
     the grid's runs.
@@ -313,10 +315,12 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
         groups,
         lambda_key=None,
         notes=[n for n in notes if n],
-        sweep=report.aggregate_runs(sweep_records + records) if sweep_records else None,
+        # the defaults rule compares means over seeds: only for λ swept on more than one seed
+        sweep=report.aggregate_runs(sweep_records + records) if swept_seeds - {1} else None,
     )
     (out / "report.md").write_text(text)
     report.plot_tradeoff(groups, out / "tradeoff.png", lambda_key=None)
+    report.plot_pareto(groups, out / "pareto.png")
     all_records = [{**r, "chosen": True} for r in records]
     all_records += [{**r, "chosen": False} for r in sweep_records]
     (out / "runs.json").write_text(json.dumps(all_records, indent=1, sort_keys=True))

@@ -8,7 +8,14 @@ from riftune.report.aggregate import (
     regularizer_label,
     select_lambda,
 )
-from riftune.report.figures import pca_2d, plot_embeddings, plot_tradeoff, plot_training
+from riftune.report.figures import (
+    pareto_front,
+    pca_2d,
+    plot_embeddings,
+    plot_pareto,
+    plot_tradeoff,
+    plot_training,
+)
 from riftune.report.history import AppendingCSV, read_history_csv, write_history_csv
 from riftune.report.tables import (
     COMPARE_COLUMNS,
@@ -29,8 +36,10 @@ __all__ = [
     "flatten_metrics",
     "format_stat",
     "metric_mean",
+    "pareto_front",
     "pca_2d",
     "plot_embeddings",
+    "plot_pareto",
     "plot_tradeoff",
     "plot_training",
     "read_history_csv",

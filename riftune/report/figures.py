@@ -236,6 +236,79 @@ def plot_tradeoff(
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (at least as high on both axes and higher
+    on one), sorted by x."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(
+            (x2 >= x and y2 >= y) and (x2 > x or y2 > y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
+    ]
+    return sorted(front, key=lambda i: points[i])
+
+
+def plot_pareto(
+    groups: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    x_key: str = "test.cka",
+    y_key: str = "test.auc",
+) -> None:
+    """Write ``pareto.png``: AUC against CKA, one panel per dataset table (dataset and training-set
+    size), one point per (method, regularizer) with its std over seeds, the Pareto front (no
+    other point has both a higher CKA and a higher AUC) drawn as a line and its points named."""
+    shown = [g for g in groups if x_key in g["metrics"] and y_key in g["metrics"]]
+    datasets = list(dict.fromkeys(g.get("dataset") for g in shown)) or [None]
+    regs = list(dict.fromkeys(regularizer_label(g) for g in shown))
+    methods = list(dict.fromkeys(str(g["method"]) for g in shown))
+    colour = dict(zip(regs, _colours(len(regs)), strict=True))
+    marker = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(methods)}
+    columns = min(len(datasets), 2)
+    rows = math.ceil(len(datasets) / columns)
+    fig = Figure(figsize=(5.6 * columns + 3.0, 4.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax, dataset in zip(axes, datasets, strict=False):
+        members = [g for g in shown if g.get("dataset") == dataset]
+        points = [(g["metrics"][x_key]["mean"], g["metrics"][y_key]["mean"]) for g in members]
+        for group, (x, y) in zip(members, points, strict=True):
+            ax.errorbar(
+                x, y,
+                xerr=group["metrics"][x_key]["std"] or 0.0,
+                yerr=group["metrics"][y_key]["std"] or 0.0,
+                fmt=marker[str(group["method"])], color=colour[regularizer_label(group)],
+                markersize=7, capsize=2, alpha=0.85,
+            )  # fmt: skip
+        front = pareto_front(points)
+        if front:
+            ax.plot(*zip(*(points[i] for i in front), strict=True), color="0.2", lw=1, ls="--")
+            for i in front:
+                ax.annotate(regularizer_label(members[i]), points[i], fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.set(
+            title=str(dataset) if dataset is not None else "",
+            xlabel=_AXIS_LABELS.get(x_key, x_key),
+            ylabel=_AXIS_LABELS.get(y_key, y_key),
+        )
+        ax.grid(alpha=0.3)
+        if not members:
+            _say(ax, f"no run reports both {x_key} and {y_key}")
+    for ax in axes[len(datasets) :]:
+        ax.set_visible(False)
+    reg_handles = [Line2D([], [], color=colour[r], marker="o", linestyle="", label=r) for r in regs]
+    method_handles = [
+        Line2D([], [], color="0.3", marker=marker[m], linestyle="", label=m) for m in methods
+    ]
+    front_handle = [Line2D([], [], color="0.2", ls="--", label="Pareto front")]
+    fig.legend(handles=reg_handles + front_handle, title="regularizer", loc="upper left",
+               bbox_to_anchor=(1.0, 1.0))  # fmt: skip
+    fig.legend(handles=method_handles, title="method", loc="lower left", bbox_to_anchor=(1.0, 0.0))
+    fig.suptitle("AUC vs. similarity to the pretrained model (mean ± std over seeds)")
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+
+
 def _plot_series(ax: Axes, history: Sequence[Mapping[str, Any]], key: str, label: str) -> bool:
     points = [
         (row.get("epoch", i + 1), float(row[key]))
