@@ -86,6 +86,12 @@ class TrainStep:
         class_weights: the task loss's class (or positive-label) weights, or None.
         backbone_weights: the finetuning method's hook that reads the backbone's effective
             weights (L2-SP), see :meth:`~riftune.tuning.base.FinetuningMethod.backbone_weights`.
+        micro_batches: k, the equal contiguous micro-batches this process cuts its batch into.
+            The loss is the mean of their losses, and each one's gradient (of loss_j / k) is
+            added to the parameters' in order; under DDP only the last one is reduced. With k·W
+            fixed (W processes), every process count adds the same micro-batch gradients in the
+            same order: (g₀/2 + g₁/2) for 1 process with k = 2 and for 2 processes with k = 1
+            (halving is exact in floating point).
     """
 
     def __init__(
@@ -104,8 +110,10 @@ class TrainStep:
         multilabel: bool = False,
         class_weights: torch.Tensor | None = None,
         backbone_weights: BackboneWeights = plain_backbone_weights,
+        micro_batches: int = 1,
     ):
         self.model = model
+        self.micro_batches = micro_batches
         self.forward_model: nn.Module = model
         self.regularizer = regularizer
         self.optimizer = optimizer
@@ -133,6 +141,45 @@ class TrainStep:
         device = self.ctx.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        parts = list(
+            zip(
+                images.chunk(self.micro_batches),
+                labels.chunk(self.micro_batches),
+                indices.chunk(self.micro_batches),
+                strict=True,
+            )
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = None
+        for number, (part_images, part_labels, part_indices) in enumerate(parts):
+            last = number == len(parts) - 1
+            with self._gradient_sync(last):
+                losses = self._losses(part_images, part_labels, part_indices)
+                if not self.ctx.all_true(bool(torch.isfinite(losses["loss"].detach()))):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise NonFiniteLossError("loss became non-finite")
+                self.scaler.scale(losses["loss"] / len(parts)).backward()
+            detached = {k: v.detach() for k, v in losses.items()}
+            sums = detached if sums is None else {k: sums[k] + v for k, v in detached.items()}
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: v / len(parts) for k, v in sums.items()}
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP reduces gradients on the last micro-batch only; before it, they accumulate."""
+        if last or not hasattr(self.forward_model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.forward_model.no_sync()
+
+    def _losses(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The losses ``loss`` = ``task`` + λ·``reg`` of one (micro-)batch, with graph."""
+        device = self.ctx.device
         with torch.autocast(
             device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
@@ -158,15 +205,4 @@ class TrainStep:
                     backbone_weights=self.backbone_weights,
                 )
             ).float()
-            loss = task + self.lam * reg_loss
-        if not self.ctx.all_true(bool(torch.isfinite(loss.detach()))):
-            raise NonFiniteLossError("loss became non-finite")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return {"loss": loss.detach(), "task": task.detach(), "reg": reg_loss.detach()}
+        return {"loss": task + self.lam * reg_loss, "task": task, "reg": reg_loss}

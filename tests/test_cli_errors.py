@@ -8,8 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from riftune.cli import main
+from riftune.config.sections import TrainingConfig
+from riftune.engine.build import local_micro_batches
+from riftune.errors import UserError
 
 TINY = ["--img-size", "32", "--shots", "10", "--batch-size", "8", "--epochs", "1", "--quiet",
         "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip
@@ -269,3 +273,28 @@ def test_argparse_errors_are_one_line_without_the_usage(capsys):
         ([], "the following arguments are required: COMMAND"),
     ):
         _fails(capsys, argv, needle)
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--micro-batches", "3"], "--micro-batches 3 does not divide --batch-size 8"),
+        (["--micro-batches", "2", "--reg", "rift"], "uses the statistics of the whole batch"),
+        (["--micro-batches", "2", "--no-freeze-bn"], "needs frozen BatchNorm"),
+    ],
+    ids=["indivisible", "batch-statistics", "train-mode-batchnorm"],
+)
+def test_micro_batches_that_cannot_split_the_batch_exactly(
+    tmp_path, capsys, medmnist_dir, flags, needle
+):
+    out = tmp_path / "o"
+    argv = ["finetune", "--data-root", str(medmnist_dir), *TINY, "--out", str(out), *flags]
+    _fails(capsys, argv, needle)
+    assert not out.exists()
+
+
+def test_micro_batches_must_be_a_multiple_of_the_process_count():
+    model = torch.nn.Linear(2, 2)
+    assert local_micro_batches(TrainingConfig(micro_batches=4), model, world_size=2) == 2
+    with pytest.raises(UserError, match="not a multiple of the 2 processes"):
+        local_micro_batches(TrainingConfig(micro_batches=3), model, world_size=2)

@@ -132,11 +132,26 @@ class RunConfig:
                 f"--batch-size {self.training.batch_size} is too small for {reg_flag}, which "
                 f"needs at least {reg.min_batch_size} images per step; raise --batch-size"
             )
+        self._check_micro_batches(reg, reg_flag)
         if reg.penalizes_features_only and not tuning.get(self.method.name).changes_embeddings:
             raise UserError(
                 f"{reg_flag} has no effect with --method {self.method.name}: the backbone is "
                 "frozen, so its features stay the pretrained ones; use --reg none or l2sp, or a "
                 "method that trains the backbone"
+            )
+
+    def _check_micro_batches(self, reg, reg_flag: str) -> None:
+        micro = self.training.micro_batches
+        if micro == 1:
+            return
+        if self.training.batch_size % micro:
+            raise UserError(
+                f"--micro-batches {micro} does not divide --batch-size {self.training.batch_size}"
+            )
+        if not reg.splits_over_micro_batches:
+            raise UserError(
+                f"--micro-batches {micro} needs a penalty that splits over micro-batches; "
+                f"{reg_flag} uses the statistics of the whole batch"
             )
 
     def _check_budget(self) -> None:

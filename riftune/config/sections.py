@@ -100,6 +100,16 @@ class TrainingConfig(Section):
     batch_size: int = option(
         32, "global batch size, split evenly over torchrun processes", check=positive
     )
+    micro_batches: int = option(
+        1,
+        "cut each global batch into M equal micro-batches whose gradients are summed (M a "
+        "multiple of the torchrun process count): with the same M, 1, 2 or M processes compute "
+        "the same sums in the same order, so a run gives the same result on any of them "
+        "(README). Needs a regularizer without batch statistics (none, l2sp, spd, delta, "
+        "feature-distill)",
+        check=positive,
+        metavar="M",
+    )
     lr: float = option(3e-4, "backbone learning rate (1e-4 before 2026-12)", check=non_negative)
     head_lr: float = option(1e-3, "head learning rate", check=non_negative)
     weight_decay: float = option(0.01, "AdamW weight decay", check=non_negative)

@@ -13,8 +13,10 @@ import torch
 
 from riftune import distributed, tuning
 from riftune.config import RunConfig
+from riftune.config.sections import TrainingConfig
 from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, load_dataset
 from riftune.data.sampling import train_batch_sampler
+from riftune.errors import UserError
 from riftune.evaluation import PretrainedEmbeddings, eval_loader, pretrained_embeddings
 from riftune.losses import class_weights
 from riftune.models import build_classifier
@@ -203,7 +205,29 @@ def build_training(
         multilabel=data.multilabel,
         class_weights=class_weights(train.class_weights, data.train.labels, data.num_classes),
         backbone_weights=method.backbone_weights,
+        micro_batches=local_micro_batches(train, model, ctx.world_size),
     )
     return Training(
         reg, optimizer, scheduler, scaler, sampler, BatchLoader(data.train, sampler), step
     )
+
+
+def local_micro_batches(train: TrainingConfig, model: torch.nn.Module, world_size: int) -> int:
+    """The micro-batches each process runs per step: ``--micro-batches`` M over the processes.
+
+    Raises:
+        UserError: M is not a multiple of the process count, or BatchNorm trains (its batch
+            statistics would be those of a micro-batch in one process and of the global batch
+            under torchrun's synchronized BatchNorm).
+    """
+    micro = train.micro_batches
+    if micro == 1:
+        return 1
+    if micro % world_size:
+        raise UserError(f"--micro-batches {micro} is not a multiple of the {world_size} processes")
+    has_batchnorm = any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    if has_batchnorm and not train.freeze_bn:
+        raise UserError(f"--micro-batches {micro} needs frozen BatchNorm; drop --no-freeze-bn")
+    return micro // world_size

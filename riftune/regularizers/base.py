@@ -97,6 +97,9 @@ class Regularizer(nn.Module):
             change them (``linear``); the engine then refuses the combination.
         has_penalty: ``False`` for a regularizer that acts through the optimizer alone (its
             penalty is 0, so a similarity budget has nothing to bound).
+        splits_over_micro_batches: whether the penalty is a mean of per-sample terms or a
+            function of the parameters alone, so the mean of its values on equal micro-batches
+            is its value on the batch (``--micro-batches``); ``False`` for batch statistics.
         optimizer: ``"adamw"``, or ``"spd"``: the engine steps with
             :class:`~riftune.optim.spd.SPDAdamW` of strength λ (Selective Projection Decay).
 
@@ -112,6 +115,7 @@ class Regularizer(nn.Module):
     default_lam: ClassVar[float] = 1.0
     penalizes_features_only: ClassVar[bool] = False
     has_penalty: ClassVar[bool] = True
+    splits_over_micro_batches: ClassVar[bool] = False
     optimizer: ClassVar[Literal["adamw", "spd"]] = "adamw"
     param_lr: float | None = None
 
@@ -155,6 +159,7 @@ class NoRegularizer(Regularizer):
     """Plain finetuning: a zero penalty (kept so every run has the same code path)."""
 
     name = "none"
+    splits_over_micro_batches = True
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
         return step.embeddings.new_zeros(())

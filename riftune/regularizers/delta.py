@@ -260,6 +260,7 @@ class Delta(Regularizer):
     """
 
     name = "delta"
+    splits_over_micro_batches = True
     reference = "teacher"
     needs_feature_maps = True
     penalizes_features_only = True

@@ -33,6 +33,7 @@ class FeatureDistill(ReferencePenalty):
     """
 
     name = "feature-distill"
+    splits_over_micro_batches = True
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
         """Mean over the batch of the squared L2 distance (float32).

@@ -145,6 +145,7 @@ class L2SP(Regularizer):
     """
 
     name = "l2sp"
+    splits_over_micro_batches = True
 
     def __init__(self, beta_ratio: float = 0.1):
         super().__init__()

@@ -26,6 +26,7 @@ class SelectiveProjectionDecay(Regularizer):
     """``--reg spd``: the engine builds the SPD optimizer with strength λ; the penalty is 0."""
 
     name = "spd"
+    splits_over_micro_batches = True
     optimizer = "spd"
     has_penalty = False
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from riftune.distributed import DistributedContext
 from riftune.models import build_classifier
 from riftune.regularizers import RIFT
+from riftune.regularizers.base import NoRegularizer
 from riftune.schedule import warmup_cosine
 from riftune.step import NonFiniteLossError, TrainStep
 
@@ -75,3 +76,34 @@ def test_lambda_zero_is_plain_finetuning():
     step(images, labels, torch.arange(6))
     for (name, param), twin_param in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(param, (twin_param - 0.1 * twin_param.grad).detach()), name
+
+
+def test_micro_batches_take_the_mean_of_their_losses_and_sum_their_gradients():
+    """Two micro-batches of 3: the loss is the mean of the halves' losses and SGD steps along
+    ∇(ℓ₀/2) + ∇(ℓ₁/2), added in that order (the order two processes all-reduce)."""
+    torch.manual_seed(0)
+    model = build_classifier("timm:test_convnext", 3, pretrained=False, img_size=32)
+    images, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    twin = copy.deepcopy(model)
+    halves = [
+        F.cross_entropy(twin(x).logits, y)
+        for x, y in zip(images.chunk(2), labels.chunk(2), strict=True)
+    ]
+    (halves[0] / 2).backward()
+    first = {n: p.grad.clone() for n, p in twin.named_parameters()}
+    twin.zero_grad()
+    (halves[1] / 2).backward()
+    summed = {n: first[n] + p.grad for n, p in twin.named_parameters()}
+    expected = {n: p - 0.1 * summed[n] for n, p in twin.named_parameters()}
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = TrainStep(
+        model, NoRegularizer(), optimizer, warmup_cosine(optimizer, 0, 100),
+        torch.amp.GradScaler("cpu", enabled=False), CPU, lam=0.0, grad_clip=0.0,
+        amp_dtype=None, micro_batches=2,
+    )  # fmt: skip
+    losses = step(images, labels, torch.arange(6))
+    assert losses["task"].item() == pytest.approx((halves[0].item() + halves[1].item()) / 2)
+    for name, param in model.named_parameters():
+        assert torch.equal(param.grad, summed[name]), name  # bit for bit: the same additions
+        torch.testing.assert_close(param, expected[name].detach(), rtol=1e-6, atol=1e-7)
