@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU comparison grid of RESULTS.md: EfficientNet-Lite0 (shipped ImageNet weights) on the
+# The CPU comparison grid of RESULTS-earlier.md: EfficientNet-Lite0 (shipped ImageNet weights) on the
 # real BreastMNIST and PneumoniaMNIST files, in seven parts (grid files beside this script).
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
 #   bash benchmarks/cpu_grid.sh [OUT]        (default OUT: runs/cpu_grid)

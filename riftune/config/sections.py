@@ -129,7 +129,7 @@ class TrainingConfig(Section):
         "training, also for methods that train the backbone (full, lp-ft); its affine weights "
         "still learn if the method trains them. --no-freeze-bn: train-mode BatchNorm (the "
         "default before 2026-12; on the CPU grid it cost plain full finetuning 11-19 AUC "
-        "points, RESULTS.md)",
+        "points, RESULTS-earlier.md)",
     )
     amp: Literal["auto", "bf16", "fp16", "off"] = option(
         "auto", "mixed precision: auto = bf16 on CUDA, off on the CPU"
