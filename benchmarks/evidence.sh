@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The comparison of RESULTS.md (issue 16): benchmarks/grid_evidence.yaml in the order the evidence
-# needs it (RIFT and plain on both datasets at 50 images per class, then the baselines, then 10
-# per class), so an interrupted session leaves whole blocks; then the report of all that finished.
+# needs it (RIFT and plain on both datasets at 50 images per class, then the baselines, the
+# erosion setting of benchmarks/grid_evidence_erosion.yaml, then 10 per class), so an interrupted
+# session leaves whole blocks; then the report of all that finished.
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
-#   bash benchmarks/evidence.sh [OUT]       (default OUT: benchmarks/results/evidence)
+#   bash benchmarks/evidence.sh [OUT]   (default OUT: benchmarks/results/evidence; the erosion
+#                                        grid goes to OUT-erosion)
 # Two runs at a time, one thread each. Needs `riftune` importable (e.g. `. .venv/bin/activate`)
 # and the MedMNIST files in $RIFTUNE_DATA (default: ../shared/data/medmnist beside the checkout).
 set -euo pipefail
@@ -13,15 +15,20 @@ export OMP_NUM_THREADS=1
 export RIFTUNE_DATA=${RIFTUNE_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/medmnist}
 RIFT='none;rift[match=paired,q=identity];rift[match=paired,q=optimal];rift[match=covariance,q=identity]'
 RIFT+=';rift[match=paired,q=optimal,target-similarity=0.8];rift[match=paired,q=optimal,target-similarity=0.9]'
+RIFT+=';rift[match=paired,q=optimal,target-similarity=0.95]'
 RIFT+=';rift[match=paired,q=identity,target-similarity=0.9];rift[match=covariance,q=identity,budget=0.5]'
 BASELINES='none;cka[reference=cache];cka[reference=teacher];feature-distill;l2sp;spd'
 BASELINES+=';delta[attention-images=16]'
-for shots in 50 10; do
-    for regs in "$RIFT" "$BASELINES"; do
-        for data in breastmnist pneumoniamnist; do
-            python -m riftune compare --out "$OUT" --grid "$GRID" --jobs "${JOBS:-2}" --quiet \
-                --data "$data" --shots "$shots" --regs "$regs"
-        done
+run_block() {  # SHOTS REGS: one block of the grid, on each dataset
+    for data in breastmnist pneumoniamnist; do
+        python -m riftune compare --out "$OUT" --grid "$GRID" --jobs "${JOBS:-2}" --quiet \
+            --data "$data" --shots "$1" --regs "$2"
     done
-done
+}
+run_block 50 "$RIFT"
+run_block 50 "$BASELINES"
+python -m riftune compare --out "$OUT-erosion" --grid benchmarks/grid_evidence_erosion.yaml \
+    --jobs "${JOBS:-2}" --quiet
+run_block 10 "$RIFT"
+run_block 10 "$BASELINES"
 python -m riftune compare --out "$OUT" --grid "$GRID" --report-only
