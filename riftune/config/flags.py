@@ -25,7 +25,6 @@ from riftune.config.run import SECTIONS, RunConfig, dest_of, nest_given, nested_
 from riftune.config.sections import OutputConfig
 from riftune.errors import ArgumentParser
 from riftune.options import Section, field_types, flag_of, literal_choices
-from riftune.regularizers.rift.flags import CLI_DEFAULT_TARGET_SIMILARITY
 
 _GROUPS = {
     "data": "data",
@@ -76,9 +75,7 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=argparse.SUPPRESS,
         help="weight of the regularizer: loss = task + lam * penalty (default: the "
-        "regularizer's own: " + _default_lams() + "; --reg rift with --rift-match paired "
-        f"trains under --target-similarity {CLI_DEFAULT_TARGET_SIMILARITY:g} instead unless "
-        "--lam or a budget is given)",
+        "regularizer's own: " + _default_lams() + ")",
     )
     for name in regularizers.available():
         _add_section(reg, regularizers.get(name).Options, seen)

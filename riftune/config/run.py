@@ -85,8 +85,6 @@ class RegularizerConfig:
     name: str = "none"
     lam: float | None = None
     options: Section = field(default_factory=NoOptions)
-    #: the similarity budget to train under when neither --lam nor a budget was given
-    default_target_similarity: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         component = _component(regularizers, self.name, "regularizer")
@@ -98,7 +96,6 @@ class RegularizerConfig:
             self.lam = None
         elif self.lam is None:
             self.lam = component.default_lam
-            self.default_target_similarity = component.default_target_similarity(self.options)
 
     @property
     def weight(self) -> float:
@@ -127,8 +124,6 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
-        if not self.budget.active and self.regularizer.default_target_similarity is not None:
-            self.budget.target_similarity = self.regularizer.default_target_similarity
         self._check_budget()
         reg = regularizers.get(self.regularizer.name)
         reg_flag = f"--reg {self.regularizer.name}"

@@ -91,8 +91,7 @@ class Regularizer(nn.Module):
             (and, with a teacher, the teacher's maps).
         min_batch_size: the smallest global batch the penalty is defined on (e.g. 2 for a
             covariance); the engine refuses a smaller ``--batch-size`` before training.
-        default_lam: the weight λ that ``--lam`` defaults to with this regularizer (see also
-            :meth:`default_target_similarity`).
+        default_lam: the weight λ that ``--lam`` defaults to with this regularizer.
         penalizes_features_only: whether the penalty depends on nothing but the backbone's
             outputs (embeddings or feature maps), so it is constant when a method cannot
             change them (``linear``); the engine then refuses the combination.
@@ -128,12 +127,6 @@ class Regularizer(nn.Module):
     def from_options(cls, options: Section, dim: int) -> Regularizer:
         """Build an instance from its checked options; ``dim`` is the embedding size d."""
         return cls(**options.to_dict())
-
-    @classmethod
-    def default_target_similarity(cls, options: Section) -> float | None:
-        """A similarity budget to train under when neither ``--lam`` nor a budget is given
-        (``--target-similarity``'s default), or None: a fixed λ of :attr:`default_lam`."""
-        return None
 
     def prepare(self, pretrained: PretrainedView) -> None:
         """Called once before training, e.g. to fit reference statistics."""

@@ -83,13 +83,11 @@ def test_two_processes_match_one(tmp_path, medmnist_dir):
     )
 
 
-# The default recipe (frozen BatchNorm, the default epochs, image size and batch) with --reg
-# rift's variant at the fixed λ it defaulted to when this was measured (0.1; its default is now a
-# similarity budget, whose λ two processes follow as the budget test below shows) on 64 training
-# images: 2 steps an epoch, 20 epochs. Sharpness and the Hessian are left out (their tolerance is
-# the 5% above).
-DEFAULT_RECIPE = ["--data", "breastmnist", "--shots", "32", "--reg", "rift", "--lam", "0.1",
-                  "--quiet", "--landscape-images", "0"]  # fmt: skip
+# The default recipe (frozen BatchNorm, --reg rift's default variant and weight, the default
+# epochs, image size and batch) on 64 training images: 2 steps an epoch, 20 epochs. Sharpness
+# and the Hessian are left out (their tolerance is the 5% above).
+DEFAULT_RECIPE = ["--data", "breastmnist", "--shots", "32", "--reg", "rift", "--quiet",
+                  "--landscape-images", "0"]  # fmt: skip
 # Frozen BatchNorm removes the amplification by batch statistics, but not all of it: the two
 # processes sum each gradient in another order (float32, ~1e-7 relative), and AdamW divides each
 # coordinate by its own running scale, so coordinates whose gradient is mostly cancellation

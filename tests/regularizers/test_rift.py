@@ -757,27 +757,6 @@ def test_lam_defaults_to_the_regularizers_own():
         assert config.regularizer.lam == expected
 
 
-def test_paired_rift_without_lam_or_budget_trains_under_the_default_similarity_budget():
-    from riftune.config import RunConfig, finetune_parser, run_config_from_args
-
-    def budget(argv):
-        config = run_config_from_args(finetune_parser().parse_args(argv))
-        return config.budget.target_similarity, config.budget.budget, config.initial_lam
-
-    assert budget(["--reg", "rift"]) == (flags.CLI_DEFAULT_TARGET_SIMILARITY, None, 0.0)
-    # an explicit λ or budget wins; covariance matching is no similarity: λ as before
-    assert budget(["--reg", "rift", "--lam", "1"]) == (None, None, 1.0)
-    assert budget(["--reg", "rift", "--target-similarity", "0.8"])[0] == 0.8
-    assert budget(["--reg", "rift", "--budget", "0.3"])[:2] == (None, 0.3)
-    covariance = ["--reg", "rift", "--rift-match", "covariance"]
-    assert budget(covariance) == (None, None, flags.CLI_DEFAULT_LAM)
-    # the budget is written to config.yaml, so a resumed or re-read run keeps it
-    config = run_config_from_args(finetune_parser().parse_args(["--reg", "rift"]))
-    again = RunConfig.from_dict(config.to_dict())
-    assert again.budget.target_similarity == flags.CLI_DEFAULT_TARGET_SIMILARITY
-    assert again.to_dict() == config.to_dict()
-
-
 # ------------------------------------------------------------------ learned Q of limited rank
 
 

@@ -23,13 +23,9 @@ from riftune.options import (
 )
 from riftune.regularizers.rift.options import DEFAULT_Q_RANK
 
-# `--reg rift` with no other flags: chosen by the rule of README ("Defaults") on the evidence grid
-# (RESULTS.md): paired matching, optimal Q, trained under a similarity budget (λ found by dual
-# ascent) unless --lam or a budget is given. CLI_DEFAULT_LAM is λ with --rift-match covariance
-# (and geco's starting λ).
+# `--reg rift` with no other flags: chosen by the rule in RESULTS.md ("Which RIFT variant")
 CLI_DEFAULT_MATCH = "paired"
 CLI_DEFAULT_Q = "optimal"
-CLI_DEFAULT_TARGET_SIMILARITY = 0.9
 CLI_DEFAULT_LAM = 0.1
 
 

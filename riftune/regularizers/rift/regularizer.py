@@ -96,13 +96,6 @@ class RIFT(Regularizer):
     name = "rift"
     min_batch_size = 2  # a covariance or a centred pair needs two samples
     default_lam = flags.CLI_DEFAULT_LAM
-
-    @classmethod
-    def default_target_similarity(cls, options: flags.RiftOptions) -> float | None:
-        """Paired matching trains under a similarity budget by default (RESULTS.md, "Defaults");
-        covariance matching, which is no similarity, under λ = :attr:`default_lam`."""
-        return flags.CLI_DEFAULT_TARGET_SIMILARITY if options.match == "paired" else None
-
     penalizes_features_only = True
 
     def __init__(
