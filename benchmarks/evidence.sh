@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The comparison of RESULTS.md (issue 16): benchmarks/grid_evidence.yaml in the order the evidence
-# needs it (RIFT and plain on both datasets at 50 images per class, then the baselines, the
-# erosion setting of benchmarks/grid_evidence_erosion.yaml, then 10 per class), so an interrupted
-# session leaves whole blocks; then the report of all that finished.
+# needs it (RIFT and plain on both datasets at 50 images per class, the baselines on BreastMNIST,
+# the erosion setting of benchmarks/grid_evidence_erosion.yaml, the baselines on PneumoniaMNIST,
+# then 10 per class), so an interrupted session leaves whole blocks; then the report of all that
+# finished.
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
 #   bash benchmarks/evidence.sh [OUT]   (default OUT: benchmarks/results/evidence; the erosion
 #                                        grid goes to OUT-erosion)
@@ -19,16 +20,19 @@ RIFT+=';rift[match=paired,q=optimal,target-similarity=0.95]'
 RIFT+=';rift[match=paired,q=identity,target-similarity=0.9];rift[match=covariance,q=identity,budget=0.5]'
 BASELINES='none;cka[reference=cache];cka[reference=teacher];feature-distill;l2sp;spd'
 BASELINES+=';delta[attention-images=16]'
-run_block() {  # SHOTS REGS: one block of the grid, on each dataset
-    for data in breastmnist pneumoniamnist; do
+run_block() {  # SHOTS REGS DATASET...: one block of the grid
+    local shots=$1 regs=$2
+    shift 2
+    for data in "$@"; do
         python -m riftune compare --out "$OUT" --grid "$GRID" --jobs "${JOBS:-2}" --quiet \
-            --data "$data" --shots "$1" --regs "$2"
+            --data "$data" --shots "$shots" --regs "$regs"
     done
 }
-run_block 50 "$RIFT"
-run_block 50 "$BASELINES"
+run_block 50 "$RIFT" breastmnist pneumoniamnist
+run_block 50 "$BASELINES" breastmnist
 python -m riftune compare --out "$OUT-erosion" --grid benchmarks/grid_evidence_erosion.yaml \
     --jobs "${JOBS:-2}" --quiet
-run_block 10 "$RIFT"
-run_block 10 "$BASELINES"
+run_block 50 "$BASELINES" pneumoniamnist
+run_block 10 "$RIFT" breastmnist pneumoniamnist
+run_block 10 "$BASELINES" breastmnist pneumoniamnist
 python -m riftune compare --out "$OUT" --grid "$GRID" --report-only

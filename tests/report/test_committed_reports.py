@@ -11,6 +11,12 @@ from riftune.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = ["full", "peft", "linear", "learned_rank", "peft_learned", "q_lr", "freeze_bn"]
+#: (committed grid folder, its grid file) of every committed compare grid
+GRIDS = {
+    **{part: (f"cpu_grid/{part}", f"grid_cpu_{part}.yaml") for part in PARTS},
+    "evidence": ("evidence", "grid_evidence.yaml"),
+    "evidence-erosion": ("evidence-erosion", "grid_evidence_erosion.yaml"),
+}
 
 
 def _without_command(text: str) -> list[str]:
@@ -18,12 +24,13 @@ def _without_command(text: str) -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("- Command:")]
 
 
-@pytest.mark.parametrize("part", PARTS)
-def test_compare_report_only_reproduces_the_committed_report(tmp_path, part):
-    committed = REPO / "benchmarks" / "results" / "cpu_grid" / part
-    out = tmp_path / part
+@pytest.mark.parametrize("name", GRIDS)
+def test_compare_report_only_reproduces_the_committed_report(tmp_path, name):
+    folder, grid_file = GRIDS[name]
+    committed = REPO / "benchmarks" / "results" / folder
+    out = tmp_path / name
     shutil.copytree(committed, out)
-    grid = REPO / "benchmarks" / f"grid_cpu_{part}.yaml"
+    grid = REPO / "benchmarks" / grid_file
     assert (
         main(["compare", "--out", str(out), "--grid", str(grid), "--report-only", "--quiet"]) == 0
     )
