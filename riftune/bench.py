@@ -45,6 +45,7 @@ from riftune.options import from_mapping
 from riftune.regularizers import PretrainedView
 from riftune.report import summary_table
 from riftune.schedule import warmup_cosine
+from riftune.speed import to_channels_last, use_channels_last
 from riftune.step import TrainStep
 from riftune.tuning import get as get_method
 
@@ -179,7 +180,9 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
     method = get_method(args.method)()
     method.apply(model)
     model.to(ctx.device)
-    method.configure(model, 0, 1)
+    if use_channels_last(args.channels_last, model, args.freeze_bn):
+        to_channels_last(model)
+    method.configure(model, 0, 1, freeze_bn=args.freeze_bn)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=ctx.device)
     labels = torch.randint(0, 2, (args.batch_size,), device=ctx.device)
     with (
@@ -193,7 +196,7 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
         noisy = [images] + [images + 0.1 * torch.randn_like(images) for _ in range(3)]
         cache = torch.cat([model.embed(x) for x in noisy]).float()
         model.train()
-        method.configure(model, 0, 1)
+        method.configure(model, 0, 1, freeze_bn=args.freeze_bn)
 
     def build(variant: Variant) -> _Runner:
         return _Runner(variant, model, method, images, labels, cache, ctx, amp_dtype, 1e-5)
@@ -343,6 +346,19 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="convolution weights channels last, as riftune finetune's --channels-last",
+    )
+    parser.add_argument(
+        "--no-freeze-bn",
+        dest="freeze_bn",
+        action="store_false",
+        help="train-mode BatchNorm, as finetune's --no-freeze-bn (the bench's only mode before "
+        "2026-12)",
+    )
     parser.add_argument(
         "--steps", type=int, default=4, help="timed steps of a variant (and of plain) per round"
     )

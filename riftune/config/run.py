@@ -199,10 +199,13 @@ class RunConfig:
 
     def training_part(self) -> dict[str, Any]:
         """What a resumed run must share with the interrupted one: everything but evaluation,
-        the device and where the data files are (none of them changes what is trained)."""
+        the device, how often it checkpoints and where the data files are (none of them
+        changes what is trained)."""
         part = self.to_dict()
         part.pop("evaluation")
-        part["training"] = {k: v for k, v in part["training"].items() if k != "device"}
+        part["training"] = {
+            k: v for k, v in part["training"].items() if k not in ("device", "checkpoint_seconds")
+        }
         part["data"] = {k: v for k, v in part["data"].items() if k != "data_root"}
         return part
 

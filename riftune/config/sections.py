@@ -135,11 +135,28 @@ class TrainingConfig(Section):
         "auto", "mixed precision: auto = bf16 on CUDA, off on the CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
+    channels_last: Literal["auto", "on", "off"] = option(
+        "auto",
+        "store the model's convolution weights channels last (NHWC), the layout oneDNN and "
+        "cuDNN convolve fastest (2.2-2.4x a training step of EfficientNet-Lite0 at 28 px on a "
+        "2-core CPU, BENCHMARKS.md); auto = on unless BatchNorm trains (--no-freeze-bn), where "
+        "the CPU's channels-last BatchNorm backward lost precision (tests/engine/test_speed.py). "
+        "Same values, another order of sums (off before 2026-12)",
+    )
     checkpoint_every: int = option(
         0,
         "also checkpoint every N optimizer steps (0: at epoch ends only)",
         check=non_negative,
         metavar="N",
+    )
+    checkpoint_seconds: float = option(
+        60.0,
+        "at an epoch end, write a progress checkpoint only when S seconds have passed since "
+        "the last one (0: every epoch end, the behaviour before 2026-12); the last epoch, a "
+        "stop signal and --checkpoint-every always write one, so a crash (not a signal) loses "
+        "at most the epochs of S seconds. Does not change what is trained",
+        check=non_negative,
+        metavar="S",
     )
     class_weights: Literal["none", "balanced"] = option(
         "none",

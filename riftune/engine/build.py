@@ -24,6 +24,7 @@ from riftune.models.classifier import Classifier
 from riftune.optim.spd import SPDAdamW, spd_anchors, spd_param_groups
 from riftune.regularizers import PretrainedView, Regularizer
 from riftune.schedule import warmup_cosine
+from riftune.speed import to_channels_last, trains_batchnorm, use_channels_last
 from riftune.step import Teacher, TrainStep
 
 
@@ -78,13 +79,24 @@ def build_model_and_data(
         )
     torch.manual_seed(seed)
     model.reset_head(data.num_classes)
-    model.to(ctx.device)
+    channels_last = use_channels_last(
+        config.training.channels_last, model, config.training.freeze_bn
+    )
+    to_device(model, ctx.device, channels_last)
     batch = config.evaluation.eval_batch_size
     pretrained = pretrained_embeddings(model, data, batch, ctx, amp_dtype)
     method = config.method.build()
     method.apply(model)
-    model.to(ctx.device)
+    to_device(model, ctx.device, channels_last)  # the method's new weights too
     return model, data, pretrained, method
+
+
+def to_device(model: Classifier, device: torch.device, channels_last: bool) -> None:
+    """Move ``model`` to ``device``, its convolution weights channels last if asked (in place:
+    parameters keep their identity)."""
+    model.to(device)
+    if channels_last:
+        to_channels_last(model)
 
 
 def build_teacher(
@@ -225,9 +237,6 @@ def local_micro_batches(train: TrainingConfig, model: torch.nn.Module, world_siz
         return 1
     if micro % world_size:
         raise UserError(f"--micro-batches {micro} is not a multiple of the {world_size} processes")
-    has_batchnorm = any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    )
-    if has_batchnorm and not train.freeze_bn:
+    if trains_batchnorm(model, train.freeze_bn):
         raise UserError(f"--micro-batches {micro} needs frozen BatchNorm; drop --no-freeze-bn")
     return micro // world_size

@@ -2,7 +2,10 @@
 
 A progress checkpoint holds ``state`` (the :class:`TrainState` fields), the ``model``, the
 ``state_dict`` of every object :meth:`Training.stateful` lists, and the RNG states; ``best``
-holds the model alone. Files, checksums and atomic writes are :mod:`riftune.checkpoint`'s job.
+holds the model alone. The best model is kept in memory when validation picks it and written
+just before the next progress checkpoint, so every progress checkpoint on disk has the best
+model of its ``state.best_epoch`` beside it. Files, checksums and atomic writes are
+:mod:`riftune.checkpoint`'s job.
 """
 
 from __future__ import annotations
@@ -53,12 +56,17 @@ class Checkpointer:
     def __init__(self, run_dir: RunDir, ctx: DistributedContext):
         self.directory = run_dir.checkpoints
         self.ctx = ctx
+        self._best: tuple[dict, dict] | None = None  # (tensors, meta) not yet on disk
 
     def save(self, state: TrainState, wall_seconds: float, model, stateful: dict) -> None:
-        """A progress checkpoint of everything needed to continue exactly; keeps the newest
-        :data:`KEEP`. ``wall_seconds``: the run's total so far (this session included)."""
+        """A progress checkpoint of everything needed to continue exactly, after the best
+        model kept since the last one; keeps the newest :data:`KEEP`. ``wall_seconds``: the
+        run's total so far (this session included)."""
         if not self.ctx.is_main:
             return
+        if self._best is not None:
+            ckpt.save_checkpoint(self.directory, ckpt.BEST, *self._best)
+            self._best = None
         meta_state = dataclasses.asdict(state) | {"wall_seconds": wall_seconds}
         tensors, meta = ckpt.flatten_state(
             {
@@ -71,12 +79,14 @@ class Checkpointer:
         ckpt.save_checkpoint(self.directory, f"step-{state.global_step:08d}", tensors, meta)
         ckpt.rotate_checkpoints(self.directory, keep=KEEP)
 
-    def save_best(self, model, epoch: int) -> None:
+    def keep_best(self, model, epoch: int) -> None:
+        """Copy ``model``'s weights as the best so far; the next :meth:`save` writes them."""
         if not self.ctx.is_main:
             return
-        tensors, meta = ckpt.flatten_state({"model": model.state_dict()})
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        tensors, meta = ckpt.flatten_state({"model": weights})
         meta["epoch"] = epoch
-        ckpt.save_checkpoint(self.directory, ckpt.BEST, tensors, meta)
+        self._best = (tensors, meta)
 
     def restore(
         self, model, stateful: dict, optional: tuple[str, ...] = ()

@@ -27,7 +27,7 @@ from riftune.progress import Progress
 from riftune.run_dir import RunDir, check_claim, claim, run_lock, write_json_atomic
 from riftune.selection import initial_best, is_better
 from riftune.signals import GracefulStop, Preempted
-from riftune.speed import thread_report
+from riftune.speed import thread_report, use_channels_last
 from riftune.step import NonFiniteLossError
 from riftune.timing import PhaseTimer
 
@@ -141,6 +141,12 @@ class Finetuner:
         with self.timer.phase("checkpointing"):
             wall = self.state.wall_seconds + (time.perf_counter() - self._started)
             self.checkpointer.save(self.state, wall, self.model, self._stateful())
+        self._saved_at = time.perf_counter()
+
+    def _checkpoint_due(self) -> bool:
+        """Whether an epoch end should write a progress checkpoint: ``--checkpoint-seconds``
+        have passed since the last one (or since this session started)."""
+        return time.perf_counter() - self._saved_at >= self.config.training.checkpoint_seconds
 
     def _train_epoch(self, epoch: int) -> dict:
         s, t = self.state, self.training
@@ -241,6 +247,7 @@ class Finetuner:
                 f"{self.state.step_in_epoch}"
             )
         s, epochs = self.state, self.config.training.epochs
+        self._saved_at = time.perf_counter()
         self.outputs = LiveOutputs(self.run_dir, self.config, self.ctx, s)
         epochs_bar = self.progress.bar(epochs, initial=s.epoch, desc="epochs", leave=True)
         for epoch in range(s.epoch, epochs):
@@ -262,9 +269,11 @@ class Finetuner:
             if is_better(select_on, getattr(val, select_on), s.best_value):
                 s.best_value, s.best_epoch = getattr(val, select_on), epoch + 1
                 with self.timer.phase("checkpointing"):
-                    self.checkpointer.save_best(self.model, s.epoch)
-            self._save()
-            if s.epoch < epochs and self.stop.should_stop(self.ctx):
+                    self.checkpointer.keep_best(self.model, s.epoch)
+            stopping = s.epoch < epochs and self.stop.should_stop(self.ctx)
+            if stopping or s.epoch == epochs or self._checkpoint_due():
+                self._save()
+            if stopping:
                 self.ctx.barrier()
                 raise Preempted(self.stop.signal_name, s.global_step, self.run_dir.checkpoints)
             epochs_bar.update(val_auc=val.auc, val_cka=val.cka)
@@ -311,6 +320,9 @@ class Finetuner:
             "wall_seconds": wall,
             "timing": self.timer.as_dict(),
             "threads": thread_report(),
+            "channels_last": use_channels_last(
+                self.config.training.channels_last, self.model, self.config.training.freeze_bn
+            ),
             **_throughput(s, self.config.training.batch_size),
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
