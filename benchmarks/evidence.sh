@@ -2,11 +2,12 @@
 # The comparison of RESULTS.md (issue 16): benchmarks/grid_evidence.yaml in the order the evidence
 # needs it (RIFT and plain on both datasets at 50 images per class, the baselines on BreastMNIST,
 # the erosion setting of benchmarks/grid_evidence_erosion.yaml, the baselines on PneumoniaMNIST,
-# then 10 per class), so an interrupted session leaves whole blocks; then the report of all that
-# finished.
+# RIFT at 10 per class, the whole training sets of benchmarks/grid_evidence_whole.yaml, then the
+# baselines at 10 per class), so an interrupted session leaves whole blocks; then the report of
+# all that finished and the defaults rule over both grids.
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
 #   bash benchmarks/evidence.sh [OUT]   (default OUT: benchmarks/results/evidence; the erosion
-#                                        grid goes to OUT-erosion)
+#                                        grid goes to OUT-erosion, the whole sets to OUT-whole)
 # Two runs at a time, one thread each. Needs `riftune` importable (e.g. `. .venv/bin/activate`)
 # and the MedMNIST files in $RIFTUNE_DATA (default: ../shared/data/medmnist beside the checkout).
 set -euo pipefail
@@ -34,5 +35,9 @@ python -m riftune compare --out "$OUT-erosion" --grid benchmarks/grid_evidence_e
     --jobs "${JOBS:-2}" --quiet
 run_block 50 "$BASELINES" pneumoniamnist
 run_block 10 "$RIFT" breastmnist pneumoniamnist
+# the whole training sets for the defaults rule (PneumoniaMNIST's ran on a GPU: benchmarks/gpu_whole.sh)
+python -m riftune compare --out "$OUT-whole" --grid benchmarks/grid_evidence_whole.yaml \
+    --jobs "${JOBS:-2}" --quiet
 run_block 10 "$BASELINES" breastmnist pneumoniamnist
 python -m riftune compare --out "$OUT" --grid "$GRID" --report-only
+python benchmarks/defaults_rule.py "$OUT" "$OUT-whole"

@@ -29,7 +29,7 @@ from riftune.tuning.base import BackboneWeights, plain_backbone_weights
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """The loss became NaN or infinite; the run stops, keeping its checkpoints and best model."""
 
 
 class Teacher:

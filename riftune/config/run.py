@@ -199,12 +199,14 @@ class RunConfig:
 
     def training_part(self) -> dict[str, Any]:
         """What a resumed run must share with the interrupted one: everything but evaluation,
-        the device, how often it checkpoints and where the data files are (none of them
-        changes what is trained)."""
+        the device, how often it checkpoints, the weights' layout as an option (the loop
+        compares the layouts it resolves to) and where the data files are."""
         part = self.to_dict()
         part.pop("evaluation")
         part["training"] = {
-            k: v for k, v in part["training"].items() if k not in ("device", "checkpoint_seconds")
+            k: v
+            for k, v in part["training"].items()
+            if k not in ("device", "checkpoint_seconds", "channels_last")
         }
         part["data"] = {k: v for k, v in part["data"].items() if k != "data_root"}
         return part
@@ -376,9 +378,18 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
+#: (section, option) added after runs were written, and what those runs did without it
+WRITTEN_WITHOUT = {("training", "channels_last"): "off"}
+
+
 def read_config(path: Path) -> RunConfig:
-    """The configuration of a run folder's config.yaml (either form)."""
-    return RunConfig.from_dict(read_yaml(path), where=str(path))
+    """The configuration of a run folder's config.yaml (either form); an option it predates
+    takes the value its run used (:data:`WRITTEN_WITHOUT`), not today's default."""
+    values = nested_form(read_yaml(path))
+    for (section, key), value in WRITTEN_WITHOUT.items():
+        if isinstance(values.get(section, {}), dict):
+            values[section] = {key: value} | values.get(section, {})
+    return RunConfig.from_dict(values, where=str(path))
 
 
 def load_run_config(config: RunConfig | dict | str | Path) -> RunConfig:

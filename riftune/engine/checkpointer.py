@@ -3,9 +3,11 @@
 A progress checkpoint holds ``state`` (the :class:`TrainState` fields), the ``model``, the
 ``state_dict`` of every object :meth:`Training.stateful` lists, and the RNG states; ``best``
 holds the model alone. The best model is kept in memory when validation picks it and written
-just before the next progress checkpoint, so every progress checkpoint on disk has the best
-model of its ``state.best_epoch`` beside it. Files, checksums and atomic writes are
-:mod:`riftune.checkpoint`'s job.
+just before the next progress checkpoint (or when training stops on a non-finite loss). A
+crash between those two writes leaves a best model newer than the newest progress checkpoint;
+the resumed run replays those epochs and writes it again (on the CPU bit for bit), and the end
+of a run checks that the best model it evaluates is the one its validation chose. Files,
+checksums and atomic writes are :mod:`riftune.checkpoint`'s job.
 """
 
 from __future__ import annotations
@@ -109,6 +111,31 @@ class Checkpointer:
         rng.restore_rng_state(state["rng"])
         return TrainState.from_meta(state["state"]), path.name
 
-    def load_best(self, model) -> None:
+    def flush_best(self) -> None:
+        """Write the best model kept since the last progress checkpoint, if any."""
+        if self.ctx.is_main and self._best is not None:
+            ckpt.save_checkpoint(self.directory, ckpt.BEST, *self._best)
+            self._best = None
+
+    def kept(self) -> str:
+        """What the checkpoint folder holds, for messages."""
+        names = sorted(p.name for p in self.directory.glob(f"*{ckpt.SUFFIX}"))
+        if not names:
+            return f"no checkpoint was written to {self.directory}"
+        return f"{self.directory} holds {', '.join(names)}"
+
+    def load_best(self, model, epoch: int) -> None:
+        """Load the best model into ``model``, after checking it is the one of ``epoch``.
+
+        Raises:
+            UserError: the file holds another epoch's model (a crash between the best and the
+                progress checkpoint's writes, replayed differently on a nondeterministic GPU).
+        """
         tensors, meta = ckpt.load_checkpoint(ckpt.checkpoint_path(self.directory, ckpt.BEST))
+        if meta.get("epoch", epoch) != epoch:
+            raise UserError(
+                f"{self.directory}/{ckpt.BEST}{ckpt.SUFFIX} holds epoch {meta['epoch']}'s model "
+                f"but validation chose epoch {epoch}; evaluate that epoch by rerunning with "
+                "--overwrite"
+            )
         model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])

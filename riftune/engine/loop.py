@@ -86,9 +86,10 @@ class Finetuner:
         self._on_main(claim_and_record)
 
     def _check_same_config(self) -> None:
-        """A resumed run must train as the interrupted one did; evaluation options may change."""
-        stored = read_config(self.run_dir.config).training_part()
-        now = self.config.training_part()
+        """A resumed run must train as the interrupted one did (its convolution weights in the
+        same layout, however ``--channels-last`` says it); evaluation options may change."""
+        stored_config = read_config(self.run_dir.config)
+        stored, now = stored_config.training_part(), self.config.training_part()
         changed = sorted(
             f"{section}.{key}"
             for section in stored.keys() | now.keys()
@@ -96,6 +97,14 @@ class Finetuner:
             for key in stored.get(section, {}).keys() | now.get(section, {}).keys()
             if stored.get(section, {}).get(key) != now.get(section, {}).get(key)
         )
+        layouts = [
+            use_channels_last(c.training.channels_last, self.model, c.training.freeze_bn)
+            for c in (stored_config, self.config)
+        ]
+        if layouts[0] != layouts[1]:
+            changed.append(
+                f"training.channels_last (give --channels-last {'on' if layouts[0] else 'off'})"
+            )
         if changed:
             raise UserError(
                 f"--resume needs the training options of the interrupted run; these differ: "
@@ -167,10 +176,10 @@ class Finetuner:
             try:
                 losses = self._global_mean(t.step(images, labels, indices))
             except NonFiniteLossError:
+                self.checkpointer.flush_best()
                 raise NonFiniteLossError(
                     f"loss became non-finite at step {s.global_step + 1} (epoch {epoch + 1}); "
-                    f"lower --lr or --lam. The last good checkpoint is kept in "
-                    f"{self.run_dir.checkpoints}"
+                    f"lower --lr or --lam. {self.checkpointer.kept()}"
                 ) from None
             now = time.perf_counter()
             s.step_ms.append((now - tick) * 1000.0)
@@ -288,7 +297,7 @@ class Finetuner:
         """Evaluate the best-validation checkpoint on test and write the run's outputs."""
         s = self.state
         self.ctx.barrier()  # rank 0 may still be writing the best checkpoint
-        self.checkpointer.load_best(self.model)
+        self.checkpointer.load_best(self.model, s.best_epoch)
         final = final_metrics(
             self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype,
             self.timer,

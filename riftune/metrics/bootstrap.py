@@ -28,6 +28,8 @@ import math
 import numpy as np
 import torch
 
+from riftune.metrics.classification import weighted_roc_auc
+
 RESAMPLES = 1000
 """Default number of bootstrap resamples."""
 
@@ -122,21 +124,7 @@ def weighted_auc(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> 
     """
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     weights = np.asarray(weights, dtype=np.float64)
-    return np.mean([_weighted_auc_one(probs[:, c], labels == c, weights) for c in classes], 0)
-
-
-def _weighted_auc_one(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    w = weights[:, order]
-    pos = np.add.reduceat(w * positive[order], starts, axis=1)  # (B, groups of tied scores)
-    neg = np.add.reduceat(w * ~positive[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each group
-    wins = (pos * (below + 0.5 * neg)).sum(1)
-    total = pos.sum(1) * neg.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, wins / total, np.nan)
+    return np.mean([weighted_roc_auc(probs[:, c], labels == c, weights) for c in classes], 0)
 
 
 def _probabilities(

@@ -59,7 +59,8 @@ def test_an_old_flat_config_equals_the_flags_it_was_run_with():
     flags = (
         "--data pneumoniamnist --shots 200 --img-size 28 --epochs 5 --freeze-bn "
         "--hessian-iters 0 --transfer-data breastmnist --reg rift --lam 1 --rift-match paired "
-        "--rift-q optimal --lr 1e-4 --no-augment"  # the defaults of then, pinned in the grid file
+        "--rift-q optimal --lr 1e-4 --no-augment "  # the defaults of then, pinned in the grid file
+        "--channels-last off"  # what every run before the option did
     )
     assert stored.to_dict() == _config(*flags.split()).to_dict()
 
@@ -165,13 +166,16 @@ def test_a_run_folder_of_the_old_version_resumes_to_the_same_result(
 ):
     """tests/fixtures/v1_interrupted_run: a run written by the code before typed configs (flat
     config.yaml, its checkpoint after epoch 1 of 2). Resumed with its own config.yaml as
-    --config, it ends where that old code's uninterrupted run ended (v1_uninterrupted)."""
+    --config (and --channels-last off, which that code did), it ends where that old code's
+    uninterrupted run ended (v1_uninterrupted)."""
     monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "v1_interrupted_run", run)
     argv = ["finetune", "--config", str(run / "config.yaml"), "--out", str(run), "--resume",
             "--quiet"]  # fmt: skip
-    assert main(argv) == 0
+    # it trained NCHW; today's default would store its convolutions channels last
+    assert main(argv) == 2
+    assert main([*argv, "--channels-last", "off"]) == 0
     expected = json.loads((FIXTURES / "v1_uninterrupted" / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())
     for split in ("val", "test"):
@@ -187,3 +191,16 @@ def test_a_run_folder_of_the_old_version_resumes_to_the_same_result(
     assert main(["evaluate", "--run", str(run), "--quiet"]) == 0
     evaluated = json.loads((run / "evaluation.json").read_text())
     assert evaluated["test"]["auc"] == got["test"]["auc"]
+
+
+def test_a_run_folder_from_before_channels_last_reads_as_trained_without_it(tmp_path):
+    """Runs written before --channels-last trained NCHW: their config.yaml lacks the option,
+    and reading it must not turn today's default on for resume, evaluate or wise-ft."""
+    written = _config("--data", "breastmnist").to_dict()
+    assert written["training"].pop("channels_last") == "auto"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(written))
+    assert read_config(path).training.channels_last == "off"
+    written["training"]["channels_last"] = "on"
+    path.write_text(yaml.safe_dump(written))
+    assert read_config(path).training.channels_last == "on"

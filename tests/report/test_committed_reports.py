@@ -16,6 +16,7 @@ GRIDS = {
     **{part: (f"cpu_grid/{part}", f"grid_cpu_{part}.yaml") for part in PARTS},
     "evidence": ("evidence", "grid_evidence.yaml"),
     "evidence-erosion": ("evidence-erosion", "grid_evidence_erosion.yaml"),
+    "evidence-whole": ("evidence-whole", "grid_evidence_whole.yaml"),
 }
 
 
