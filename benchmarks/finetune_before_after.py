@@ -57,12 +57,19 @@ def summary(runs: dict[str, list[dict]]) -> str:
     ]  # fmt: skip
     phases = sorted({p for m in runs["old"] + runs["new"] for p in m["timing"]})
     rows += [(f"phase {p} s", lambda m, p=p: m["timing"].get(p, 0.0)) for p in phases]
-    lines = ["| measure | old (median) | new (median) | new / old |", "|---|---:|---:|---:|"]
+    lines = [
+        "| measure | old (median) | new (median) | new / old (medians) | new / old per round |",
+        "|---|---:|---:|---:|---|",
+    ]
     for name, value in rows:
         old = statistics.median(value(m) for m in runs["old"])
         new = statistics.median(value(m) for m in runs["new"])
         ratio = f"{new / old:.3f}" if old else "–"
-        lines.append(f"| {name} | {old:.3f} | {new:.3f} | {ratio} |")
+        rounds = ", ".join(
+            f"{value(n) / value(o):.2f}" if value(o) else "–"
+            for o, n in zip(runs["old"], runs["new"], strict=True)
+        )
+        lines.append(f"| {name} | {old:.3f} | {new:.3f} | {ratio} | {rounds} |")
     return "\n".join(lines)
 
 
@@ -71,10 +78,17 @@ def main() -> None:
     parser.add_argument("rev", help="git revision to compare with, e.g. a14142e")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also write the table and every run's figures here")
+    parser.add_argument(
+        "--summarize", metavar="FILE", help="only print the table of an earlier --out FILE"
+    )
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     flags = argv[cut + 1 :] or ["--data", "breastmnist"]
+    if args.summarize:
+        text = Path(args.summarize).read_text()
+        print(summary(json.loads(text[text.index("{") :])))
+        return
     work = Path(tempfile.mkdtemp(prefix="before_after_"))
     old_code = work / "old"
     subprocess.run(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from riftune.cli import main
 
 
@@ -52,3 +54,17 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
         for q in ("identity", "learned rank=d", "learned rank=64", "optimal")
     }
     assert all(r[k] > 0 for r in results["scaling"] for k in columns)
+
+
+@pytest.mark.slow
+def test_bench_runs_ema_optimal_q_on_the_shipped_weights_at_28_px(tmp_path):
+    """The default recipe's size with the shipped EfficientNet-Lite0 (d = 1280, embeddings of
+    low rank): float32 LAPACK once failed to converge on this running covariance, and the
+    bench died; the eigensolver now falls back to float64."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--img-size", "28", "--batch-size", "32", "--device", "cpu",
+            "--steps", "2", "--warmup", "1", "--rounds", "1", "--skip", "reference,scaling",
+            "--variants", "rift covariance q=optimal stats=ema", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["steps"]
+    assert [r["variant"] for r in rows] == ["plain (none)", "rift covariance q=optimal stats=ema"]

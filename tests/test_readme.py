@@ -26,6 +26,8 @@ def test_readme_training_loop_example_runs(medmnist_dir, monkeypatch):
     # the regularizer contributed: RIFT's paired penalty is strictly positive after training
     z, cache, index = namespace["z"], namespace["cache"], namespace["index"]
     assert float(namespace["rift"](z, cache[index]).detach()) > 0.0
+    # the similarity budget saw every step: 546 images, batch 32, the last partial batch dropped
+    assert namespace["lam"].updates == 546 // 32 and namespace["lam"].value >= 0.0
 
 
 def test_readme_python_entry_point_example_runs(medmnist_dir, monkeypatch, tmp_path, capsys):

@@ -84,8 +84,19 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _default_lams() -> str:
-    lams = {n: regularizers.get(n).default_lam for n in regularizers.available() if n != "none"}
-    return ", ".join(f"{n} {lam:g}" for n, lam in lams.items())
+    parts = []
+    for name in regularizers.available():
+        reg = regularizers.get(name)
+        if name == "none":
+            continue
+        budget = (
+            f" (given neither --lam nor a budget, it keeps --target-similarity "
+            f"{reg.default_similarity:g} instead)"
+            if reg.default_similarity is not None
+            else ""
+        )
+        parts.append(f"{name} {reg.default_lam:g}{budget}")
+    return ", ".join(parts)
 
 
 def _add_section(group: argparse._ArgumentGroup, section: type[Section], seen: set[str]) -> None:

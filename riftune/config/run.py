@@ -239,6 +239,7 @@ class RunConfig:
             method_options = from_mapping(options, method, f"{where}.method")
         with _naming(f"--reg {reg_name}"):
             reg_options = from_mapping(reg_options, reg, f"{where}.regularizer")
+        sections["budget"] = _default_budget(sections["budget"], reg_name, lam, reg_options)
         return cls(
             **sections,
             method=MethodConfig(name, method_options),
@@ -246,6 +247,21 @@ class RunConfig:
                 reg_name, None if lam is None else float(lam), reg_options
             ),
         )
+
+
+def _default_budget(
+    budget: BudgetConfig, reg_name: str, lam: float | None, options: Section
+) -> BudgetConfig:
+    """``budget``, or the regularizer's default similarity budget when neither ``--lam`` nor
+    a budget was given (``--reg rift`` alone keeps a similarity of 0.8: README, "Defaults")."""
+    if lam is not None or budget.active:
+        return budget
+    similarity = _component(regularizers, reg_name, "regularizer").default_budget_similarity(
+        options
+    )
+    if similarity is None:
+        return budget
+    return dataclasses.replace(budget, target_similarity=similarity)
 
 
 @contextlib.contextmanager

@@ -138,7 +138,7 @@ class TrainingConfig(Section):
     channels_last: Literal["auto", "on", "off"] = option(
         "auto",
         "store the model's convolution weights channels last (NHWC), the layout oneDNN and "
-        "cuDNN convolve fastest (2.2-2.4x a training step of EfficientNet-Lite0 at 28 px on a "
+        "cuDNN convolve fastest (2.2-3.0x the training throughput of the default recipe on a "
         "2-core CPU, BENCHMARKS.md); auto = on unless BatchNorm trains (--no-freeze-bn), where "
         "the CPU's channels-last BatchNorm backward lost precision (tests/engine/test_speed.py). "
         "Same values, another order of sums (off before 2026-12)",

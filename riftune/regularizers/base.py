@@ -92,6 +92,9 @@ class Regularizer(nn.Module):
         min_batch_size: the smallest global batch the penalty is defined on (e.g. 2 for a
             covariance); the engine refuses a smaller ``--batch-size`` before training.
         default_lam: the weight λ that ``--lam`` defaults to with this regularizer.
+        default_similarity: a similarity budget (``--target-similarity``) that replaces the
+            fixed weight when neither ``--lam`` nor a budget is given, or None
+            (:meth:`default_budget_similarity` may depend on the options).
         penalizes_features_only: whether the penalty depends on nothing but the backbone's
             outputs (embeddings or feature maps), so it is constant when a method cannot
             change them (``linear``); the engine then refuses the combination.
@@ -113,6 +116,7 @@ class Regularizer(nn.Module):
     needs_feature_maps: ClassVar[bool] = False
     min_batch_size: ClassVar[int] = 1
     default_lam: ClassVar[float] = 1.0
+    default_similarity: ClassVar[float | None] = None
     penalizes_features_only: ClassVar[bool] = False
     has_penalty: ClassVar[bool] = True
     splits_over_micro_batches: ClassVar[bool] = False
@@ -122,6 +126,12 @@ class Regularizer(nn.Module):
     Options: ClassVar[type[Section]] = NoOptions
     """This regularizer's options: a :class:`~riftune.options.Section` dataclass whose fields
     become its flags (``--NAME-FIELD``) and its part of config.yaml."""
+
+    @classmethod
+    def default_budget_similarity(cls, options: Section) -> float | None:
+        """The similarity to keep when neither ``--lam`` nor a budget is given (None: weigh
+        the penalty by :attr:`default_lam`)."""
+        return cls.default_similarity
 
     @classmethod
     def from_options(cls, options: Section, dim: int) -> Regularizer:

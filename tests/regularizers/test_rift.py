@@ -26,6 +26,7 @@ from riftune.regularizers.rift import (
     HouseholderRotation,
     batch_covariance_eigvals,
     flags,
+    functional,
     householder,
     nuclear_norm_of_product,
     spectral_distance,
@@ -215,6 +216,46 @@ def test_ema_optimal_recomputes_the_eigenbasis_every_k_calls():
             torch.testing.assert_close(zt.grad, zz.grad)
         values.append(got.item())
         running = sigma
+
+
+@pytest.mark.parametrize(
+    ("float32_failures", "vectors_dtype"), [(1, torch.float32), (9, torch.float64)]
+)
+def test_large_eigenproblems_recover_where_lapack_fails(
+    monkeypatch, float32_failures, vectors_dtype
+):
+    """LAPACK can fail to converge on a low-rank d × d covariance (d > 512; seen in float32 on
+    the default recipe's running covariance, and in float64 a few steps later). The solver
+    then takes a + δI (δ taken back off the eigenvalues), and last float64. The failure cannot
+    be produced on demand everywhere, so it is forced here: once (the shifted float32 attempt
+    succeeds) or for every float32 attempt (float64 answers)."""
+    z = torch.randn(16, 600)
+    sigma = z.T @ z / 15
+    expected_values = torch.linalg.eigvalsh(sigma.double())
+    expected_vectors = torch.linalg.eigh(sigma.double())[1]
+    eigh, eigvalsh = torch.linalg.eigh, torch.linalg.eigvalsh
+
+    def failing(solver):
+        left = [float32_failures]
+
+        def solve(a, *args, **kwargs):
+            if a.dtype == torch.float32 and left[0] > 0:
+                left[0] -= 1
+                raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+            return solver(a, *args, **kwargs)
+
+        return solve
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", failing(eigvalsh))
+    values = functional.symmetric_eigvals(sigma)
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values.double(), expected_values, rtol=0, atol=1e-4)
+    monkeypatch.setattr(torch.linalg, "eigh", failing(eigh))
+    vectors = functional.symmetric_eigvecs(sigma)
+    assert vectors.dtype == vectors_dtype
+    # eigenvectors of the larger (well separated) eigenvalues are unique up to sign
+    top = slice(-15, None)
+    assert torch.allclose(vectors[:, top].double().abs(), expected_vectors[:, top].abs(), atol=1e-4)
 
 
 def test_ema_gradient_flows_through_the_current_batch_only():
@@ -742,6 +783,27 @@ def test_the_q_rank_in_a_run_config_is_there_with_learned_q_only():
     assert old.to_dict() == optimal.to_dict()
     # the constructor's own default is unchanged: RIFT(q=...) with q_rank=64 is accepted
     assert RIFT(8, q="optimal", q_rank=DEFAULT_Q_RANK).q == "optimal"
+
+
+def test_reg_rift_alone_keeps_the_default_similarity_budget():
+    """README's defaults rule chose a similarity budget for --reg rift; --lam, an explicit
+    budget or the covariance penalty (no similarity) keep a fixed weight or their own budget."""
+    from riftune.config import RunConfig, finetune_parser, run_config_from_args
+
+    def config(*argv: str) -> RunConfig:
+        return run_config_from_args(finetune_parser().parse_args(list(argv)))
+
+    default = config("--reg", "rift")
+    assert default.budget.target_similarity == flags.CLI_DEFAULT_TARGET_SIMILARITY == 0.8
+    assert default.epsilon == pytest.approx(2 - 2 * 0.8) and default.initial_lam == 0.0
+    assert RunConfig.from_dict(default.to_dict()).to_dict() == default.to_dict()
+    fixed = config("--reg", "rift", "--lam", "0.1")
+    assert not fixed.budget.active and fixed.initial_lam == 0.1
+    covariance = config("--reg", "rift", "--rift-match", "covariance")
+    assert not covariance.budget.active and covariance.initial_lam == flags.CLI_DEFAULT_LAM
+    own = config("--reg", "rift", "--budget", "0.3")
+    assert (own.budget.budget, own.budget.target_similarity) == (0.3, None)
+    assert not config("--reg", "cka").budget.active
 
 
 def test_lam_defaults_to_the_regularizers_own():

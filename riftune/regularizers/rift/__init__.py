@@ -18,7 +18,12 @@ fitted statistics, checks, the riftune protocol), :mod:`.flags` (the ``--rift-*`
 :mod:`.options` (the values the options take).
 """
 
-from riftune.regularizers.rift.flags import CLI_DEFAULT_LAM, CLI_DEFAULT_MATCH, CLI_DEFAULT_Q
+from riftune.regularizers.rift.flags import (
+    CLI_DEFAULT_LAM,
+    CLI_DEFAULT_MATCH,
+    CLI_DEFAULT_Q,
+    CLI_DEFAULT_TARGET_SIMILARITY,
+)
 from riftune.regularizers.rift.functional import (
     batch_covariance_eigvals,
     nuclear_norm_of_product,
@@ -39,6 +44,7 @@ __all__ = [
     "CLI_DEFAULT_LAM",
     "CLI_DEFAULT_MATCH",
     "CLI_DEFAULT_Q",
+    "CLI_DEFAULT_TARGET_SIMILARITY",
     "DEFAULT_Q_RANK",
     "MATCHES",
     "REFERENCE_SOURCES",

@@ -23,9 +23,12 @@ from riftune.options import (
 )
 from riftune.regularizers.rift.options import DEFAULT_Q_RANK
 
-# `--reg rift` with no other flags: chosen by the rule in RESULTS.md ("Which RIFT variant")
+# `--reg rift` with no other flags: chosen by README's defaults rule (RESULTS.md, "Defaults"):
+# paired matching, optimal Q, a similarity budget of 0.8 (λ by dual ascent). The fixed weight
+# of --rift-match covariance, and of --budget-mode geco's start, is CLI_DEFAULT_LAM.
 CLI_DEFAULT_MATCH = "paired"
 CLI_DEFAULT_Q = "optimal"
+CLI_DEFAULT_TARGET_SIMILARITY = 0.8
 CLI_DEFAULT_LAM = 0.1
 
 

@@ -41,29 +41,65 @@ def check_rows(x: Tensor, what: str, dim: int, min_rows: int = 2) -> None:
 def symmetric_eigvals(a: Tensor) -> Tensor:
     """Ascending eigenvalues of a symmetric matrix, differentiable, in ``a``'s dtype.
 
-    Up to 512×512 they are computed in float64. Gradients go through eigenvectors only
-    (V diag(g) Vᵀ, no eigenvalue gaps), so they stay finite for repeated or zero eigenvalues.
+    Up to 512×512 they are computed in float64; larger ones in ``a``'s precision, falling back
+    as :func:`_robust_eigh` does where LAPACK fails to converge. Gradients go through
+    eigenvectors only (V diag(g) Vᵀ, no eigenvalue gaps), so they stay finite for repeated or
+    zero eigenvalues.
 
     Shape:
         - a: (k, k), symmetric.
         - output: (k,).
     """
-    if a.shape[-1] <= FLOAT64_EIGH_MAX:
-        return torch.linalg.eigvalsh(a.double()).to(a.dtype)
-    return torch.linalg.eigvalsh(a)
+    wide = a.double() if a.shape[-1] <= FLOAT64_EIGH_MAX else a
+    return _robust_eigh(torch.linalg.eigvalsh, wide).to(a.dtype)
 
 
 def symmetric_eigvecs(a: Tensor) -> Tensor:
     """Eigenvectors (columns, by ascending eigenvalue) of a symmetric matrix, no gradient.
 
-    In float64 up to 512×512 (see :func:`symmetric_eigvals`), returned in that precision.
+    In float64 up to 512×512 (see :func:`symmetric_eigvals`), returned in that precision;
+    larger ones in ``a``'s precision, or as :func:`_robust_eigh` falls back (in float64
+    only at its last attempt).
 
     Shape:
         - a: (k, k), symmetric.
         - output: (k, k).
     """
     a = a.detach()
-    return torch.linalg.eigh(a.double() if a.shape[-1] <= FLOAT64_EIGH_MAX else a)[1]
+    wide = a.double() if a.shape[-1] <= FLOAT64_EIGH_MAX else a
+    return _robust_eigh(_eigenvectors, wide)
+
+
+def _eigenvectors(a: Tensor) -> Tensor:
+    return torch.linalg.eigh(a)[1]
+
+
+#: relative diagonal shifts that let LAPACK converge, per precision: far below its resolution
+_EIGH_SHIFT = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+def _robust_eigh(solver, a: Tensor) -> Tensor:
+    """``solver(a)`` for ``torch.linalg.eigvalsh`` or an eigenvector function of it.
+
+    LAPACK's divide-and-conquer solver can fail to converge on the running covariance of
+    low-rank embeddings (rows of exact zeros where a feature never fires, many equal
+    eigenvalues; seen in float32 and in float64 on the default recipe). Then it solves
+    a + δI, δ = 1e-6·max|a| in float32 (1e-12 in float64): the same eigenvectors, every
+    eigenvalue moved by δ, which is taken back off; and last that in float64.
+    """
+    attempts = [(a, 0.0), (a, _EIGH_SHIFT.get(a.dtype, 0.0)), (a.double(), 1e-12)]
+    for matrix, relative in attempts:
+        shift = relative * float(matrix.detach().abs().max()) if relative else 0.0
+        try:
+            if not shift:
+                return solver(matrix)
+            eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+            out = solver(matrix + shift * eye)
+        except torch.linalg.LinAlgError as error:
+            failure = error
+            continue
+        return out - shift if solver is torch.linalg.eigvalsh else out
+    raise failure
 
 
 def spectral_distance(sigma_eigvals: Tensor, ref_eigvals: Tensor) -> Tensor:

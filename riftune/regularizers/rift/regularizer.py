@@ -96,6 +96,7 @@ class RIFT(Regularizer):
     name = "rift"
     min_batch_size = 2  # a covariance or a centred pair needs two samples
     default_lam = flags.CLI_DEFAULT_LAM
+    default_similarity = flags.CLI_DEFAULT_TARGET_SIMILARITY
     penalizes_features_only = True
 
     def __init__(
@@ -290,6 +291,12 @@ class RIFT(Regularizer):
         return self(step.embeddings, step.reference)
 
     Options = RiftOptions
+
+    @classmethod
+    def default_budget_similarity(cls, options: RiftOptions) -> float | None:
+        """:data:`~riftune.regularizers.rift.flags.CLI_DEFAULT_TARGET_SIMILARITY` for paired
+        matching; None for the covariance penalty, which is no similarity."""
+        return cls.default_similarity if options.match == "paired" else None
 
     @classmethod
     def from_options(cls, options: RiftOptions, dim: int) -> RIFT:
