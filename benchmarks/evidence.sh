@@ -2,9 +2,9 @@
 # The comparison of RESULTS.md (issue 16): benchmarks/grid_evidence.yaml in the order the evidence
 # needs it (RIFT and plain on both datasets at 50 images per class, the baselines on BreastMNIST,
 # the erosion setting of benchmarks/grid_evidence_erosion.yaml, the baselines on PneumoniaMNIST,
-# RIFT at 10 per class, the whole training sets of benchmarks/grid_evidence_whole.yaml, then the
-# baselines at 10 per class), so an interrupted session leaves whole blocks; then the report of
-# all that finished and the defaults rule over both grids.
+# RIFT at 10 per class, the whole training sets of benchmarks/grid_evidence_whole.yaml, the
+# baselines at 10 per class, then LoRA, OFT and linear probing), so an interrupted session leaves
+# whole blocks; then the report of all that finished and the defaults rule over both grids.
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
 #   bash benchmarks/evidence.sh [OUT]   (default OUT: benchmarks/results/evidence; the erosion
 #                                        grid goes to OUT-erosion, the whole sets to OUT-whole)
@@ -39,5 +39,10 @@ run_block 10 "$RIFT" breastmnist pneumoniamnist
 python -m riftune compare --out "$OUT-whole" --grid benchmarks/grid_evidence_whole.yaml \
     --jobs "${JOBS:-2}" --quiet
 run_block 10 "$BASELINES" breastmnist pneumoniamnist
+# the other finetuning methods at 50 per class, each grid its own folder
+for part in methods linear; do
+    python -m riftune compare --out "$OUT-$part" --grid "benchmarks/grid_evidence_$part.yaml" \
+        --jobs "${JOBS:-2}" --quiet
+done
 python -m riftune compare --out "$OUT" --grid "$GRID" --report-only
 python benchmarks/defaults_rule.py "$OUT" "$OUT-whole"

@@ -66,9 +66,7 @@ class Checkpointer:
         run's total so far (this session included)."""
         if not self.ctx.is_main:
             return
-        if self._best is not None:
-            ckpt.save_checkpoint(self.directory, ckpt.BEST, *self._best)
-            self._best = None
+        self.flush_best()
         meta_state = dataclasses.asdict(state) | {"wall_seconds": wall_seconds}
         tensors, meta = ckpt.flatten_state(
             {

@@ -17,6 +17,8 @@ GRIDS = {
     "evidence": ("evidence", "grid_evidence.yaml"),
     "evidence-erosion": ("evidence-erosion", "grid_evidence_erosion.yaml"),
     "evidence-whole": ("evidence-whole", "grid_evidence_whole.yaml"),
+    "evidence-methods": ("evidence-methods", "grid_evidence_methods.yaml"),
+    "evidence-linear": ("evidence-linear", "grid_evidence_linear.yaml"),
 }
 
 
