@@ -87,7 +87,8 @@ def test_channels_last_gives_the_plain_outputs_in_eval_mode(lite0):
 @pytest.mark.xfail(
     strict=True,
     reason="torch 2.14.1 CPU: through train-mode BatchNorm, channels-last weight gradients are "
-    "~5% off the float64 ones (NCHW float32: 2e-4); --channels-last auto stays off there",
+    "over 1e-3 off the float64 ones (NCHW float32: within it); --channels-last auto stays off "
+    "there",
 )
 def test_channels_last_training_gradients_match_float64_through_train_mode_batchnorm(lite0):
     images, labels = next(iter(DataLoader(breast(lite0, 64, 4), batch_size=4)))[:2]
