@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
-from riftune.engine.build import build_pretrained_classifier, to_device
+from riftune.engine.build import build_pretrained_classifier, run_channels_last, to_device
 from riftune.errors import UserError
 from riftune.evaluate_run import load_finished_run
 from riftune.evaluation import eval_loader, evaluate_split
 from riftune.run_dir import run_lock, write_json_atomic
-from riftune.speed import use_channels_last
 
 
 def interpolate(
@@ -70,8 +69,7 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
     plain = build_pretrained_classifier(r.config)
     pretrained_state = plain.backbone.state_dict()
     plain.head = model.head
-    train = r.config.training
-    to_device(plain, ctx.device, use_channels_last(train.channels_last, plain, train.freeze_bn))
+    to_device(plain, ctx.device, run_channels_last(r.config.training, plain))
 
     rows = []
     for alpha in alphas:

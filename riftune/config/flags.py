@@ -86,9 +86,9 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
 def _default_lams() -> str:
     parts = []
     for name in regularizers.available():
-        reg = regularizers.get(name)
         if name == "none":
             continue
+        reg = regularizers.get(name)
         budget = (
             f" (given neither --lam nor a budget, it keeps --target-similarity "
             f"{reg.default_similarity:g} instead)"

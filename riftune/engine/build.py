@@ -79,9 +79,7 @@ def build_model_and_data(
         )
     torch.manual_seed(seed)
     model.reset_head(data.num_classes)
-    channels_last = use_channels_last(
-        config.training.channels_last, model, config.training.freeze_bn
-    )
+    channels_last = run_channels_last(config.training, model)
     to_device(model, ctx.device, channels_last)
     batch = config.evaluation.eval_batch_size
     pretrained = pretrained_embeddings(model, data, batch, ctx, amp_dtype)
@@ -89,6 +87,12 @@ def build_model_and_data(
     method.apply(model)
     to_device(model, ctx.device, channels_last)  # the method's new weights too
     return model, data, pretrained, method
+
+
+def run_channels_last(train: TrainingConfig, model: torch.nn.Module) -> bool:
+    """Whether a run with these training options stores ``model``'s convolution weights
+    channels last (``--channels-last``, resolved against ``--freeze-bn``)."""
+    return use_channels_last(train.channels_last, model, train.freeze_bn)
 
 
 def to_device(model: Classifier, device: torch.device, channels_last: bool) -> None:

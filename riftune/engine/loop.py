@@ -18,7 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from riftune import distributed, report
 from riftune.config import RunConfig, read_config, write_config
-from riftune.engine.build import autocast_dtype, build_model_and_data, build_training
+from riftune.engine.build import (
+    autocast_dtype,
+    build_model_and_data,
+    build_training,
+    run_channels_last,
+)
 from riftune.engine.checkpointer import Checkpointer, TrainState
 from riftune.engine.outputs import LiveOutputs, budget_weight, write_evaluation_outputs
 from riftune.errors import UserError
@@ -27,7 +32,7 @@ from riftune.progress import Progress
 from riftune.run_dir import RunDir, check_claim, claim, run_lock, write_json_atomic
 from riftune.selection import initial_best, is_better
 from riftune.signals import GracefulStop, Preempted
-from riftune.speed import thread_report, use_channels_last
+from riftune.speed import thread_report
 from riftune.step import NonFiniteLossError
 from riftune.timing import PhaseTimer
 
@@ -97,10 +102,7 @@ class Finetuner:
             for key in stored.get(section, {}).keys() | now.get(section, {}).keys()
             if stored.get(section, {}).get(key) != now.get(section, {}).get(key)
         )
-        layouts = [
-            use_channels_last(c.training.channels_last, self.model, c.training.freeze_bn)
-            for c in (stored_config, self.config)
-        ]
+        layouts = [run_channels_last(c.training, self.model) for c in (stored_config, self.config)]
         if layouts[0] != layouts[1]:
             changed.append(
                 f"training.channels_last (give --channels-last {'on' if layouts[0] else 'off'})"
@@ -329,9 +331,7 @@ class Finetuner:
             "wall_seconds": wall,
             "timing": self.timer.as_dict(),
             "threads": thread_report(),
-            "channels_last": use_channels_last(
-                self.config.training.channels_last, self.model, self.config.training.freeze_bn
-            ),
+            "channels_last": run_channels_last(self.config.training, self.model),
             **_throughput(s, self.config.training.batch_size),
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),

@@ -87,7 +87,9 @@ def _robust_eigh(solver, a: Tensor) -> Tensor:
     a + δI, δ = 1e-6·max|a| in float32 (1e-12 in float64): the same eigenvectors, every
     eigenvalue moved by δ, which is taken back off; and last that in float64.
     """
-    attempts = [(a, 0.0), (a, _EIGH_SHIFT.get(a.dtype, 0.0)), (a.double(), 1e-12)]
+    attempts = [(a, 0.0), (a, _EIGH_SHIFT.get(a.dtype, 0.0))]
+    if a.dtype != torch.float64:
+        attempts.append((a.double(), _EIGH_SHIFT[torch.float64]))
     for matrix, relative in attempts:
         shift = relative * float(matrix.detach().abs().max()) if relative else 0.0
         try:
