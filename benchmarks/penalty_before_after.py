@@ -45,6 +45,7 @@ def module_at(rev: str, path: str = "riftune/regularizers/rift.py"):
     copy.write_text(source)
     spec = importlib.util.spec_from_file_location(copy.stem, copy)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[copy.stem] = module  # dataclasses look their module up while being defined
     register = base.register
     base.register = lambda cls: cls  # the regularizer's name is registered already
     try:

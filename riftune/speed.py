@@ -6,9 +6,8 @@
   outputs agree with the NCHW ones to float32 rounding (tested to 1e-5 relative on
   EfficientNet-Lite0), and so do gradients with frozen BatchNorm; :func:`use_channels_last`
   decides when ``riftune finetune`` trains so (``--channels-last``, on by default).
-- :func:`collect_inference`: :func:`riftune.metrics.embeddings.collect` under
-  ``torch.inference_mode`` (no autograd bookkeeping at all, not only no graph); identical
-  tensors, returned as ordinary tensors.
+- :func:`channels_last_meanwhile`: the same, for the duration of a block (DELTA's
+  ablations), then back.
 - :func:`maybe_compile`: ``torch.compile`` of the backbone in place (``nn.Module.compile``, so
   parameter names, state dicts and forward hooks stay as they are), or nothing.
 - :func:`thread_report`: the intra- and inter-op thread counts against the CPUs this process
@@ -17,8 +16,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -26,7 +27,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from riftune.errors import UserError
-from riftune.metrics.embeddings import Collected, collect
 from riftune.models.classifier import Classifier
 
 ChannelsLast = Literal["auto", "on", "off"]
@@ -43,6 +43,25 @@ def to_channels_last(model: nn.Module) -> nn.Module:
         ``model``.
     """
     return model.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def channels_last_meanwhile(model: nn.Module) -> Iterator[nn.Module]:
+    """``model``'s 4-D parameters and buffers channels last inside the block, as before after.
+
+    For inference-only passes over a model that trains in NCHW (train-mode BatchNorm): the
+    values never change, only their memory order. A model with no 4-D tensors, or with any
+    of them not in NCHW order already, is left as it is.
+    """
+    four_d = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.ndim == 4]
+    if not four_d or not all(t.is_contiguous() for t in four_d):
+        yield model
+        return
+    to_channels_last(model)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def trains_batchnorm(model: nn.Module, freeze_bn: bool) -> bool:
@@ -73,27 +92,6 @@ def channels_last_input(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4:
         return images
     return images.contiguous(memory_format=torch.channels_last)
-
-
-def collect_inference(
-    model: Classifier,
-    loader: Iterable,
-    device: torch.device | str,
-    amp_dtype: torch.dtype | None = None,
-) -> Collected:
-    """:func:`~riftune.metrics.embeddings.collect` under ``torch.inference_mode``.
-
-    Same arguments and the same tensors as ``collect``; they are cloned out of inference mode,
-    so callers may modify them in place or use them in autograd afterwards.
-    """
-    with torch.inference_mode():
-        out = collect(model, loader, device, amp_dtype=amp_dtype)
-    return Collected(
-        embeddings=out.embeddings.clone(),
-        logits=None if out.logits is None else out.logits.clone(),
-        labels=out.labels.clone(),
-        indices=out.indices.clone(),
-    )
 
 
 def maybe_compile(model: Classifier, mode: CompileMode = "off") -> Classifier:

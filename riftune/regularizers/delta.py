@@ -27,9 +27,12 @@ cross-entropy on training images rises when that channel of the pretrained backb
 set to zero (eval mode, averaged over the first ``--delta-attention-images`` training images,
 split over the ranks). Per layer these increases are z-scored and turned into weights by
 softmax(score / 5), the normalization and temperature of the authors' reference code. The cost
-is images × Σ_l C_l ablations (128 × 512 for EfficientNet-Lite0's default layers), each of which
+is images × Σ_l C_l ablations (32 × 512 for EfficientNet-Lite0's default layers), each of which
 runs only the layers after the ablated one (see :func:`ablation_scores`), paid once before
-training.
+training. 32 images by default (128 before 2026-12-04; the reference code takes 10 batches of
+32): at the default recipe that is under one training epoch, and its weights are about as far
+from the whole training set's as 128 images' are from them (per channel a median 4-10% against
+2-6%; BENCHMARKS.md, "DELTA's channel attention at the defaults").
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from torch import nn
 
 from riftune.metrics._distributed import all_reduce_sum
 from riftune.models.feature_maps import (
-    FeatureMapTap,
     channel_axis,
     default_layers,
     is_nhwc,
@@ -57,8 +59,10 @@ from riftune.modes import eval_mode
 from riftune.options import Section, option, positive
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.l2sp import BufferDict
+from riftune.speed import channels_last_meanwhile
 
 TEMPERATURE = 5.0
+DEFAULT_ATTENTION_IMAGES = 32
 
 
 def fit_linear_probe(
@@ -93,18 +97,42 @@ def fit_linear_probe(
     return probe.float().requires_grad_(False)
 
 
-def _replicate_and_zero(
-    module: nn.Module, inputs: tuple, output: torch.Tensor, mask: torch.Tensor, nhwc: bool
+def _masked_replicas(
+    module: nn.Module,
+    inputs: tuple,
+    output: torch.Tensor,
+    cached: torch.Tensor,
+    mask: torch.Tensor,
+    nhwc: bool,
 ) -> torch.Tensor:
-    """Forward hook: the layer's output for n images becomes m masked replicas, (m·n, ...).
+    """Forward hook: replace the layer's output by m masked replicas of ``cached``, (m·n, ...).
 
-    Replica r is the output with its channels multiplied by mask row r, so the layers after
-    this one run on m ablations at once while the layers before it ran on the n images once.
+    ``cached`` is this layer's output for the n images, kept from the plain pass; replica r
+    is it with its channels multiplied by mask row r. What the layers before ran on (a
+    stand-in of a few rows, see :func:`ablation_scores`) is dropped, so only the layers after
+    this one do work.
     """
-    axis = channel_axis(output, nhwc)
-    shape = [mask.shape[0]] + [1] * output.ndim
+    axis = channel_axis(cached, nhwc)
+    shape = [mask.shape[0]] + [1] * cached.ndim
     shape[axis if axis < 0 else axis + 1] = mask.shape[1]
-    return (output.unsqueeze(0) * mask.view(shape).to(output.dtype)).flatten(0, 1)
+    return (cached.unsqueeze(0) * mask.view(shape).to(cached.dtype)).flatten(0, 1)
+
+
+def _stand_in_rows(images: torch.Tensor, replica_rows: int) -> torch.Tensor:
+    """What the layers before an ablated one run on: copies of the first image.
+
+    Two rows, or three when the replicas have two: a row count that cannot broadcast against
+    the replicas, so a later layer that also reads an earlier output fails on the mismatch
+    instead of silently mixing rows. One replica row broadcasts against any count, so then
+    the one image itself runs (and such a layer gets that image's own earlier output).
+    """
+    if replica_rows == 1:
+        return images
+    rows = 3 if replica_rows == 2 else 2
+    stand_in = images[:1].expand(rows, *images.shape[1:])
+    if images.ndim == 4:
+        return stand_in.contiguous(memory_format=torch.channels_last)
+    return stand_in.contiguous()
 
 
 class _ActivationSizes:
@@ -131,6 +159,35 @@ class _ActivationSizes:
             handle.remove()
 
 
+class _OutputKeeper:
+    """Forward hooks that keep the given modules' latest outputs, as they are."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        self._outputs: list[torch.Tensor | None] = [None] * len(modules)
+        self._handles = [
+            module.register_forward_hook(functools.partial(self._keep, index))
+            for index, module in enumerate(modules)
+        ]
+
+    def _keep(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._outputs[index] = output
+
+    @property
+    def outputs(self) -> list[torch.Tensor]:
+        """One output per module, in the order given.
+
+        Raises:
+            RuntimeError: a module did not run.
+        """
+        if any(out is None for out in self._outputs):
+            raise RuntimeError("a tapped layer did not run in the backbone's forward pass")
+        return list(self._outputs)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
 def ablation_scores(
     backbone: nn.Module,
     layers: Sequence[str],
@@ -143,17 +200,20 @@ def ablation_scores(
     score_{l,c} = (1/N) Σ_i [CE(head(f_{−(l,c)}(x_i)), y_i) − CE(head(f(x_i)), y_i)], with f the
     backbone in eval mode and f_{−(l,c)} the same with channel c of layer l's output set to 0.
 
-    Many channels of a layer are ablated in one forward pass: the layers before l run once on
-    the n images, a hook turns l's output into m masked replicas (one channel zeroed in each)
-    and the layers after l run on the m·n rows. m is as large as the memory of a plain
-    forward pass of ``max_images`` images allows: m·n·(largest activation per image from l
-    onwards) <= max_images·(largest activation per image of the whole backbone), so late
-    layers, whose remaining layers are small, take all or most of their channels in a pass.
-    This needs each tapped layer to be a cut point of the backbone (everything after it
-    depends on the images only through its output), as the stage and block outputs of timm
-    CNNs and ViTs are. Images go in channels last (the convolutions' sums are reordered: equal
-    to float32 rounding, about 2× faster on a CPU). Under ``torch.distributed`` the sums and N are added over ranks, so
-    every rank gets the same scores.
+    One plain pass of the n images keeps every tapped layer's output. Then many channels of
+    a layer are ablated in one forward pass: a hook replaces l's output by m masked replicas
+    of the kept one (one channel zeroed in each), so the layers after l run on m·n rows while
+    the layers before l run only on a two-row stand-in (:func:`_stand_in_rows`), not on the
+    n images again. m is as large as the memory of a plain forward pass of ``max_images``
+    images allows: m·n·(largest activation per image from l onwards) <= max_images·(largest
+    activation per image of the whole backbone), so late layers, whose remaining layers are
+    small, take all or most of their channels in a pass. This needs each tapped layer to be a
+    cut point of the backbone (everything after it depends on the images only through its
+    output), as the stage and block outputs of timm CNNs and ViTs are. Images and the
+    backbone's convolutions go in channels last (:func:`riftune.speed.channels_last_meanwhile`;
+    the sums are reordered: equal to float32 rounding, and 6× faster on a CPU where the model
+    trains in NCHW). Under ``torch.distributed`` the sums and N are added over ranks, so every rank
+    gets the same scores.
 
     Args:
         backbone: images -> embeddings. Its parameters' device is used.
@@ -174,33 +234,41 @@ def ablation_scores(
     modules = [resolve_layer(backbone, name) for name in layers]
     sums: list[torch.Tensor] | None = None
     count = 0
-    with torch.no_grad(), eval_mode(backbone), eval_mode(head):
+    with torch.no_grad(), eval_mode(backbone), eval_mode(head), channels_last_meanwhile(backbone):
         for batch in batches:
             images, labels = batch[0].to(device), batch[1].to(device)
             if images.ndim == 4:  # the convolutions run channels last: faster, same values
                 images = images.contiguous(memory_format=torch.channels_last)
             n = images.shape[0]
             sizes = _ActivationSizes(backbone)
+            kept = _OutputKeeper(modules)
             try:
-                with FeatureMapTap(backbone, layers) as tap:
-                    embeddings = backbone(images)
-                    channels = [fm.shape[1] for fm in tap.pop()]
+                embeddings = backbone(images)
             finally:
                 sizes.close()
+                kept.close()
             base = F.cross_entropy(head(embeddings).float(), labels, reduction="sum")
             if sums is None:
-                sums = [torch.zeros(c, dtype=torch.float64, device=device) for c in channels]
+                sums = [
+                    torch.zeros(
+                        out.shape[channel_axis(out, nhwc)], dtype=torch.float64, device=device
+                    )
+                    for out in kept.outputs
+                ]
             budget = max_images * sizes.peak()
-            for name, module, c, total in zip(layers, modules, channels, sums, strict=True):
+            for name, module, cached, total in zip(
+                layers, modules, kept.outputs, sums, strict=True
+            ):
+                c = total.shape[0]
                 per_pass = min(c, max(1, budget // (n * sizes.peak_after(module))))
                 for first in range(0, c, per_pass):
                     picked = torch.arange(first, min(first + per_pass, c), device=device)
                     mask = torch.ones(len(picked), c, device=device)
                     mask[torch.arange(len(picked), device=device), picked] = 0.0
-                    hook = functools.partial(_replicate_and_zero, mask=mask, nhwc=nhwc)
+                    hook = functools.partial(_masked_replicas, cached=cached, mask=mask, nhwc=nhwc)
                     handle = module.register_forward_hook(hook)
                     try:
-                        ablated = backbone(images)
+                        ablated = backbone(_stand_in_rows(images, len(picked) * n))
                     except RuntimeError as error:
                         raise ValueError(
                             f"DELTA's channel attention: layer {name!r} seems not to be a cut "
@@ -265,7 +333,9 @@ class Delta(Regularizer):
     needs_feature_maps = True
     penalizes_features_only = True
 
-    def __init__(self, layers: Sequence[str] | None = None, attention_images: int = 128):
+    def __init__(
+        self, layers: Sequence[str] | None = None, attention_images: int = DEFAULT_ATTENTION_IMAGES
+    ):
         super().__init__()
         if attention_images < 1:
             raise ValueError(f"--delta-attention-images must be >= 1; got {attention_images}")
@@ -284,7 +354,7 @@ class Delta(Regularizer):
             "(default: last block of each timm stage; ViT blocks at 1/4, 1/2, 3/4, end)",
         )
         attention_images: int = option(
-            128,
+            DEFAULT_ATTENTION_IMAGES,
             "delta: training images used once to estimate the channel attention; costs one "
             "ablation per image and channel, each through the layers after the ablated one",
             check=positive,

@@ -16,11 +16,10 @@ from torch.utils.data import DataLoader, Subset
 
 from riftune.data import load_dataset
 from riftune.errors import UserError
-from riftune.metrics.embeddings import collect
 from riftune.models import build_classifier
 from riftune.speed import (
     channels_last_input,
-    collect_inference,
+    channels_last_meanwhile,
     maybe_compile,
     thread_report,
     to_channels_last,
@@ -122,31 +121,29 @@ def test_channels_last_is_on_unless_batchnorm_trains(lite0, mode, freeze_bn, exp
     assert use_channels_last(mode, no_batchnorm, freeze_bn) is (mode != "off")
 
 
+def test_channels_last_meanwhile_changes_the_layout_for_the_block_only(lite0):
+    model = copy.deepcopy(lite0)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    weight = model.backbone.conv_stem.weight
+    assert weight.is_contiguous()
+    with channels_last_meanwhile(model):
+        assert weight.is_contiguous(memory_format=CHANNELS_LAST)
+        assert model.backbone.conv_stem.weight is weight  # the same parameter
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=CHANNELS_LAST)
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, before[name]), name
+    to_channels_last(model)
+    with channels_last_meanwhile(model):
+        pass
+    assert weight.is_contiguous(memory_format=CHANNELS_LAST)  # left as it was
+
+
 def test_plain_training_gradients_match_float64(lite0):
     """The bar the channels-last test above misses: NCHW float32 against float64."""
     images, labels = next(iter(DataLoader(breast(lite0, 64, 4), batch_size=4)))[:2]
     _, exact = train_step_outputs(copy.deepcopy(lite0).double(), images.double(), labels)
     _, plain = train_step_outputs(copy.deepcopy(lite0), images, labels)
     assert_relative_close(flat(plain), flat(exact), 1e-3)
-
-
-def test_collect_inference_returns_collects_tensors_as_ordinary_tensors(lite0):
-    loader = DataLoader(breast(lite0, 28, 10), batch_size=4)
-    modes: list[bool] = []
-    handle = lite0.head.register_forward_hook(
-        lambda module, inputs, output: modes.append(torch.is_inference_mode_enabled())
-    )
-    try:
-        plain = collect(lite0, loader, "cpu")
-        fast = collect_inference(lite0, loader, "cpu")
-    finally:
-        handle.remove()
-    assert modes == [False] * 3 + [True] * 3
-    for field in ("embeddings", "logits", "labels", "indices"):
-        got, expected = getattr(fast, field), getattr(plain, field)
-        assert torch.equal(got, expected), field
-        assert not got.is_inference(), field
-    fast.embeddings.mul_(2.0)  # usable outside inference mode
 
 
 def test_maybe_compile_off_is_a_no_op_and_a_bad_mode_is_a_user_error(lite0):

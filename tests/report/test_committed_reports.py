@@ -19,6 +19,7 @@ GRIDS = {
     "evidence-whole": ("evidence-whole", "grid_evidence_whole.yaml"),
     "evidence-methods": ("evidence-methods", "grid_evidence_methods.yaml"),
     "evidence-linear": ("evidence-linear", "grid_evidence_linear.yaml"),
+    "delta-attention": ("delta_attention", "grid_delta_attention.yaml"),
 }
 
 
