@@ -7,7 +7,10 @@ linear probe on the pretrained embeddings of the images, the first IMAGES Breast
 training images in one batch. Also prints the largest difference between the two scores:
 
     python benchmarks/delta_attention_before_after.py [REV] [--images 8] [--img-size 64]
-        [--rounds 2]
+        [--rounds 2] [--channels-last]
+
+The model is stored NCHW unless ``--channels-last`` (as ``riftune finetune`` stores it with
+its default frozen BatchNorm).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from riftune.models import build_classifier
 from riftune.models.feature_maps import default_layers
 from riftune.regularizers import delta as current
 from riftune.regularizers.delta import fit_linear_probe
+from riftune.speed import to_channels_last
 
 
 def main() -> None:
@@ -33,11 +37,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true", help="store the model NHWC")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     before = module_at(args.rev, "riftune/regularizers/delta.py")
     model = build_classifier("efficientnet_lite0", num_classes=2)
+    if args.channels_last:
+        to_channels_last(model)
     cfg = model.pretrained_cfg
     data = load_dataset("breastmnist", img_size=args.img_size, mean=cfg["mean"], std=cfg["std"])
     images, labels, _ = next(
@@ -63,7 +70,8 @@ def main() -> None:
     channels = sum(s.shape[0] for s in scores["now"])
     print(
         f"DELTA ablation scores, EfficientNet-Lite0, {args.images} BreastMNIST images at "
-        f"{args.img_size} px, layers {', '.join(layers)} ({channels} channels), CPU seconds "
+        f"{args.img_size} px, model {'NHWC' if args.channels_last else 'NCHW'}, layers "
+        f"{', '.join(layers)} ({channels} channels), CPU seconds "
         f"(1 thread), median of {args.rounds} interleaved rounds"
     )
     print(f"| {args.rev} | now | now / {args.rev} | max abs difference | max abs score |")

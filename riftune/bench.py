@@ -66,6 +66,8 @@ class Variant:
 
 
 # learned Q as a rotation of all d dimensions and of rank 64 (``--rift-q-rank``)
+#: batches of the bench's reference "training set" (the batch and noisy copies of it)
+REFERENCE_BATCHES = 17
 _LEARNED_RANKS = {"q=learned rank=d": "all", "q=learned rank=64": 64}
 
 
@@ -192,8 +194,12 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
         ),
     ):
         model.eval()
-        # the cache of a 4-batch "training set": this batch's images and three noisy copies
-        noisy = [images] + [images + 0.1 * torch.randn_like(images) for _ in range(3)]
+        # the cache of a 17-batch "training set" (at batch 32: 544 images, about BreastMNIST's
+        # 546): this batch's images and noisy copies, so Σ₀ has the rank (543) that a
+        # covariance of that many real images has, which sets RIFT's low-rank covariance cost
+        noisy = [images] + [
+            images + 0.1 * torch.randn_like(images) for _ in range(REFERENCE_BATCHES - 1)
+        ]
         cache = torch.cat([model.embed(x) for x in noisy]).float()
         model.train()
         method.configure(model, 0, 1, freeze_bn=args.freeze_bn)

@@ -211,9 +211,9 @@ def ablation_scores(
     cut point of the backbone (everything after it depends on the images only through its
     output), as the stage and block outputs of timm CNNs and ViTs are. Images and the
     backbone's convolutions go in channels last (:func:`riftune.speed.channels_last_meanwhile`;
-    the sums are reordered: equal to float32 rounding, and 6× faster on a CPU where the model
-    trains in NCHW). Under ``torch.distributed`` the sums and N are added over ranks, so every rank
-    gets the same scores.
+    the sums are reordered: equal to float32 rounding, and several times faster on a CPU where
+    the model trains in NCHW). Under ``torch.distributed`` the sums and N are added over
+    ranks, so every rank gets the same scores.
 
     Args:
         backbone: images -> embeddings. Its parameters' device is used.

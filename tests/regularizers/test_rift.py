@@ -31,6 +31,7 @@ from riftune.regularizers.rift import (
     nuclear_norm_of_product,
     spectral_distance,
 )
+from riftune.regularizers.rift import covariance as covariance_module
 
 SHAPES = [(5, 12), (40, 6), (7, 7), (2, 3)]  # n < d, n > d, n = d, the smallest batch
 QS = ["identity", "learned", "optimal"]
@@ -144,6 +145,61 @@ def test_covariance_batch_matches_numpy(n, d, q, normalize, w):
     got = reg(torch.tensor(z))
     assert got.dtype == torch.float64 and got.shape == ()
     np.testing.assert_allclose(got.item(), expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("q", ["identity", "learned"])
+@pytest.mark.parametrize(("normalize", "w"), [(True, 0.0), (False, 0.7)])
+def test_covariance_batch_against_a_low_rank_reference_matches_numpy(monkeypatch, q, normalize, w):
+    """Σ₀ of 16 rows has rank 15; with n = 5 rows and d = 40, n + 15 < d, so the loss comes
+    from the n×n and n×15 products (``low_rank_covariance_gap``), not the d×d difference."""
+    n, d = 5, 40
+    features, z, _ = make_data(n, d, seed=11, n_ref=16)
+    calls = []
+    low_rank = covariance_module.low_rank_covariance_gap
+    monkeypatch.setattr(
+        covariance_module,
+        "low_rank_covariance_gap",
+        lambda *args: calls.append(1) or low_rank(*args),
+    )
+    reg = build(d, features, q, normalize=normalize, mean_weight=w)
+    rot = rotation_np(reg) if q == "learned" else None
+    expected = np_covariance_loss(np_cov(z), z.mean(0), features, q, normalize, w, rot)
+    zt = torch.tensor(z, requires_grad=True)
+    np.testing.assert_allclose(reg(zt).item(), expected, rtol=1e-9, atol=1e-11)
+    assert calls
+    assert torch.autograd.gradcheck(lambda x: reg(x), (zt,))
+    calls.clear()
+    wide = torch.tensor(make_data(30, d, seed=12)[1])  # 30 + 15 >= d: the d×d form
+    expected = np_covariance_loss(np_cov(wide.numpy()), wide.numpy().mean(0), features, q,
+                                  normalize, w, rot)  # fmt: skip
+    np.testing.assert_allclose(reg(wide).item(), expected, rtol=1e-9, atol=1e-11)
+    assert not calls
+
+
+def test_a_loaded_reference_replaces_the_low_rank_factor_of_the_fitted_one():
+    d = 40
+    first, z, _ = make_data(5, d, seed=13, n_ref=16)
+    second = make_data(5, d, seed=14, n_ref=12)[0]
+    reg, other = build(d, first, "identity"), build(d, second, "identity")
+    zt = torch.tensor(z)
+    reg(zt)  # makes the factor of the first Σ₀
+    reg.load_state_dict(other.state_dict())
+    torch.testing.assert_close(reg(zt), other(zt), rtol=1e-12, atol=0)
+    reg.fit_reference(torch.tensor(first))
+    torch.testing.assert_close(reg(zt), build(d, first, "identity")(zt), rtol=1e-12, atol=0)
+
+
+def test_low_rank_covariance_gap_is_the_dense_frobenius_gap():
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(9, 30, generator=gen, dtype=torch.float64)
+    cov = torch.cov(rows.T)
+    factor, sq_norm = functional.covariance_factor(cov, 8)
+    torch.testing.assert_close(factor @ factor.T, cov)
+    torch.testing.assert_close(sq_norm, cov.square().sum())
+    zc = torch.randn(6, 30, generator=gen, dtype=torch.float64)
+    dense = (zc.T @ zc / 5 - cov).square().sum()
+    got = functional.low_rank_covariance_gap(zc, factor, sq_norm, 1 / 5)
+    torch.testing.assert_close(got, dense, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("q", QS)

@@ -175,6 +175,40 @@ def squared_gram_gap(z: Tensor, diff: Tensor, alpha: float) -> Tensor:
     return _SquaredGramGap.apply(z, diff, alpha)
 
 
+def covariance_factor(cov: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """F with FFᵀ = Σ₀ from Σ₀'s top ``rank`` eigenpairs, and ‖FᵀF‖²_F = Σᵢ λᵢ², in float64.
+
+    A covariance of N rows has rank ≤ N − 1, so ``rank = N − 1`` keeps all of it (up to the
+    rounding of a float32 Σ₀). Negative rounding-level eigenvalues are clamped to zero.
+
+    Shape:
+        - cov: (d, d), symmetric.
+        - output: (d, rank) and a scalar.
+    """
+    eigvals, vectors = torch.linalg.eigh(cov.detach().double())
+    top = eigvals[cov.shape[0] - rank :].clamp_min(0)
+    return vectors[:, cov.shape[0] - rank :] * top.sqrt(), top.square().sum()
+
+
+def low_rank_covariance_gap(zc: Tensor, factor: Tensor, factor_sq_norm: Tensor, alpha: float):
+    """‖α·Z_cᵀZ_c − FFᵀ‖²_F without d×d matrices, differentiable in Z_c.
+
+    = α²‖Z_cZ_cᵀ‖²_F − 2α‖Z_cF‖²_F + ‖FᵀF‖²_F: an n×n and an n×r product, O(n·d·(n + r))
+    forward and backward, against O(n·d²) for the d×d difference. The terms cancel, so the
+    value is exact to float32 rounding of the largest term: about 1e-7 of the value for
+    EfficientNet-Lite0's embeddings of real BreastMNIST batches (the d×d form, summing d²
+    squares in float32, was 5e-5 off float64 there), and useless only for a batch whose
+    covariance equals Σ₀ to float32 precision.
+
+    Shape:
+        - zc: (n, d), centered rows; factor: (d, r); factor_sq_norm: scalar.
+        - output: scalar.
+    """
+    gram = zc @ zc.T
+    projected = zc @ factor
+    return alpha**2 * gram.square().sum() - 2 * alpha * projected.square().sum() + factor_sq_norm
+
+
 class _GramNuclearNorm(torch.autograd.Function):
     """‖Fz‖_* from the k×k matrices K_z = zzᵀ and F (a constant), in K_z's precision.
 
