@@ -9,7 +9,7 @@ over draws of the total variation ½Σ|w_N − w_all| and of the median relative
 first-order estimate of the same scores, −Σ_positions ∂CE/∂F_c · F_c (all channels from one
 backward pass per batch), against the ablation's: rank correlation and total variation.
 
-    python benchmarks/delta_attention_sampling.py [--img-size 28] [--out FILE]
+    python benchmarks/delta_attention_sampling.py [--img-size 28] > FILE
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ def total_variation(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=28)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = to_channels_last(build_classifier("efficientnet_lite0", num_classes=2))
@@ -133,14 +132,8 @@ def main() -> None:
             for a, w in zip(first_order, every, strict=True)
         ),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(
-                f"# python benchmarks/delta_attention_sampling.py --img-size {args.img_size}\n"
-                f"{text}\n"
-            )
+    print(f"# python benchmarks/delta_attention_sampling.py --img-size {args.img_size}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
