@@ -65,9 +65,9 @@ class Variant:
         return config.build(dim)
 
 
-# learned Q as a rotation of all d dimensions and of rank 64 (``--rift-q-rank``)
 #: batches of the bench's reference "training set" (the batch and noisy copies of it)
 REFERENCE_BATCHES = 17
+# learned Q as a rotation of all d dimensions and of rank 64 (``--rift-q-rank``)
 _LEARNED_RANKS = {"q=learned rank=d": "all", "q=learned rank=64": 64}
 
 
