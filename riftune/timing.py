@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 PHASES = (
     "reference_pass",
+    "regularizer_setup",
     "train_steps",
     "validation",
     "test_eval",

@@ -29,6 +29,9 @@ def _check_run_folder(out, metrics):
         assert 0.0 <= metrics["val"][key] <= 1.0 + 1e-6, key
     assert metrics["best_epoch"] >= 1
     assert metrics["wall_seconds"] > 0 and metrics["train_step_ms"] > 0
+    timing = metrics["timing"]
+    assert {"reference_pass", "regularizer_setup", "train_steps"} <= set(timing)
+    assert sum(timing.values()) <= metrics["wall_seconds"]  # phases do not overlap
     # each step's wait for its batch is part of that step, so the medians keep that order
     assert 0 <= metrics["train_data_ms"] <= metrics["train_step_ms"]
     batch = yaml.safe_load((out / "config.yaml").read_text())["training"]["batch_size"]

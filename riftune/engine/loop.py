@@ -36,6 +36,9 @@ from riftune.speed import thread_report
 from riftune.step import NonFiniteLossError
 from riftune.timing import PhaseTimer
 
+#: the phases of building a run, timed anew by every attempt (a resume adds them)
+BUILD_PHASES = ("reference_pass", "regularizer_setup")
+
 
 class Finetuner:
     """One finetuning run: build everything from its configuration, train, evaluate, write."""
@@ -114,10 +117,13 @@ class Finetuner:
             )
 
     def _build(self) -> None:
-        with self.timer.phase("reference_pass"):  # pretrained embeddings, regularizer's fit
+        with self.timer.phase("reference_pass"):  # the data, the model, pretrained embeddings
             self.model, self.data, self.pretrained, self.method = build_model_and_data(
                 self.config, self.ctx, self.amp_dtype
             )
+        # the regularizer's preparation (RIFT's reference statistics, DELTA's channel
+        # attention, L2-SP's snapshot), the teacher, the optimizer
+        with self.timer.phase("regularizer_setup"):
             self.training = build_training(
                 self.config, self.ctx, self.model, self.data, self.pretrained, self.method,
                 self.amp_dtype,
@@ -246,11 +252,12 @@ class Finetuner:
         self._claim_run_dir()
         self.state = TrainState(best_value=initial_best(self.config.training.select_on))
         if self.config.output.resume:
-            built = self.timer.seconds("reference_pass")  # this session's, before the restore
+            built = {phase: self.timer.seconds(phase) for phase in BUILD_PHASES}  # this session's
             self.state, name = self.checkpointer.restore(
                 self.model, self._stateful(), optional=("timing",)
             )
-            self.timer.add("reference_pass", built)  # the restore replaced the totals
+            for phase, seconds in built.items():  # the restore replaced the totals
+                self.timer.add(phase, seconds)
             if self.budget is not None:
                 self.training.step.lam = self.budget.value
             self.progress.log(
