@@ -149,7 +149,7 @@ def test_a_layer_that_is_not_a_cut_point_is_refused(images):
 
 
 def test_the_default_32_images_give_the_attention_of_128_within_its_sampling_noise():
-    """The default (32 images, for a cost under one training epoch) against the previous
+    """The default (32 images, for a cost of about one training epoch) against the previous
     default (128) on real data: per layer the weights differ by a total variation of at most
     0.1 and by a median of at most 10% per channel (BENCHMARKS.md: 32 images' weights sit a
     median 4-10% from the whole training set's, 128 images' 2-6%)."""
