@@ -14,8 +14,10 @@ the d×d form in float64:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -25,6 +27,20 @@ from riftune.metrics.embeddings import collect_embeddings
 from riftune.models import build_classifier
 from riftune.regularizers.rift import RIFT
 from riftune.regularizers.rift.covariance import CovarianceMatching
+
+
+@contextlib.contextmanager
+def dense_form(enabled: bool = True) -> Iterator[None]:
+    """Inside the block (when ``enabled``) RIFT's covariance loss takes the d×d difference:
+    the low-rank form is switched off."""
+    low_rank = CovarianceMatching._low_rank_reference
+    if enabled:
+        CovarianceMatching._low_rank_reference = lambda *args: None
+    try:
+        yield
+    finally:
+        CovarianceMatching._low_rank_reference = low_rank
+
 
 VARIANTS = {"q=identity": {"q": "identity"}, "q=learned rank=64": {"q": "learned", "q_rank": 64}}
 
@@ -44,7 +60,6 @@ def main() -> None:
     features = embeddings.embeddings
     z0 = features[: args.batch] + 0.05 * torch.randn(args.batch, features.shape[1])
     torch.set_num_threads(1)
-    dense_form = CovarianceMatching._low_rank_reference
     regs, exact = {}, {}
     for rows in (int(r) for r in args.rows.split(",")):
         for name, kwargs in VARIANTS.items():
@@ -52,22 +67,17 @@ def main() -> None:
             regs[(rows, name)] = reg.fit_reference(features[:rows])
             wide = RIFT(features.shape[1], match="covariance", stats="batch", **kwargs).double()
             wide.load_state_dict(reg.state_dict())
-            CovarianceMatching._low_rank_reference = lambda *a: None
-            exact[(rows, name)] = wide(z0.double()).item()
-            CovarianceMatching._low_rank_reference = dense_form
+            with dense_form():
+                exact[(rows, name)] = wide(z0.double()).item()
 
     def calls(reg: RIFT, form: str, count: int) -> tuple[float, float]:
-        if form == "d×d":
-            CovarianceMatching._low_rank_reference = lambda *a: None
-        try:
+        with dense_form(form == "d×d"):
             start = time.process_time()
             for _ in range(count):
                 z = z0.clone().requires_grad_()
                 loss = reg(z)
                 loss.backward()
             return (time.process_time() - start) / count * 1000, loss.item()
-        finally:
-            CovarianceMatching._low_rank_reference = dense_form
 
     times = {(key, form): [] for key in regs for form in ("d×d", "low rank")}
     values = {}

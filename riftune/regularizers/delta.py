@@ -51,6 +51,7 @@ from torch import nn
 
 from riftune.metrics._distributed import all_reduce_sum
 from riftune.models.feature_maps import (
+    FeatureMapTap,
     channel_axis,
     default_layers,
     is_nhwc,
@@ -60,7 +61,7 @@ from riftune.modes import eval_mode
 from riftune.options import Section, option, positive
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.l2sp import BufferDict
-from riftune.speed import channels_last_meanwhile
+from riftune.speed import channels_last_input, channels_last_meanwhile
 
 TEMPERATURE = 5.0
 DEFAULT_ATTENTION_IMAGES = 32
@@ -102,21 +103,21 @@ def _masked_replicas(
     module: nn.Module,
     inputs: tuple,
     output: torch.Tensor,
-    cached: torch.Tensor,
+    kept: torch.Tensor,
     mask: torch.Tensor,
     nhwc: bool,
 ) -> torch.Tensor:
-    """Forward hook: replace the layer's output by m masked replicas of ``cached``, (m·n, ...).
+    """Forward hook: replace the layer's output by m masked replicas of ``kept``, (m·n, ...).
 
-    ``cached`` is this layer's output for the n images, kept from the plain pass; replica r
-    is it with its channels multiplied by mask row r. What the layers before ran on (a
-    stand-in of a few rows, see :func:`ablation_scores`) is dropped, so only the layers after
-    this one do work.
+    ``kept`` is this layer's map for the n images from the plain pass, channels first
+    (:class:`~riftune.models.feature_maps.FeatureMapTap`); replica r is it with its channels
+    multiplied by mask row r, returned in the layer's own layout. What the layers before ran
+    on (a stand-in of a few rows, see :func:`ablation_scores`) is dropped, so only the layers
+    after this one do work.
     """
-    axis = channel_axis(cached, nhwc)
-    shape = [mask.shape[0]] + [1] * cached.ndim
-    shape[axis if axis < 0 else axis + 1] = mask.shape[1]
-    return (cached.unsqueeze(0) * mask.view(shape).to(cached.dtype)).flatten(0, 1)
+    shape = [mask.shape[0], 1, mask.shape[1]] + [1] * (kept.ndim - 2)
+    replicas = (kept.unsqueeze(0) * mask.view(shape).to(kept.dtype)).flatten(0, 1)
+    return replicas.movedim(1, channel_axis(output, nhwc))
 
 
 def _stand_in_rows(images: torch.Tensor, replica_rows: int) -> torch.Tensor:
@@ -130,10 +131,7 @@ def _stand_in_rows(images: torch.Tensor, replica_rows: int) -> torch.Tensor:
     if replica_rows == 1:
         return images
     rows = 3 if replica_rows == 2 else 2
-    stand_in = images[:1].expand(rows, *images.shape[1:])
-    if images.ndim == 4:
-        return stand_in.contiguous(memory_format=torch.channels_last)
-    return stand_in.contiguous()
+    return channels_last_input(images[:1].expand(rows, *images.shape[1:]).contiguous())
 
 
 class _ActivationSizes:
@@ -154,35 +152,6 @@ class _ActivationSizes:
 
     def peak(self) -> int:
         return max([size for _, size in self.sizes] + [1])
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-class _OutputKeeper:
-    """Forward hooks that keep the given modules' latest outputs, as they are."""
-
-    def __init__(self, modules: Sequence[nn.Module]):
-        self._outputs: list[torch.Tensor | None] = [None] * len(modules)
-        self._handles = [
-            module.register_forward_hook(functools.partial(self._keep, index))
-            for index, module in enumerate(modules)
-        ]
-
-    def _keep(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._outputs[index] = output
-
-    @property
-    def outputs(self) -> list[torch.Tensor]:
-        """One output per module, in the order given.
-
-        Raises:
-            RuntimeError: a module did not run.
-        """
-        if any(out is None for out in self._outputs):
-            raise RuntimeError("a tapped layer did not run in the backbone's forward pass")
-        return list(self._outputs)
 
     def close(self) -> None:
         for handle in self._handles:
@@ -237,36 +206,28 @@ def ablation_scores(
     count = 0
     with torch.no_grad(), eval_mode(backbone), eval_mode(head), channels_last_meanwhile(backbone):
         for batch in batches:
-            images, labels = batch[0].to(device), batch[1].to(device)
-            if images.ndim == 4:  # the convolutions run channels last: faster, same values
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = channels_last_input(batch[0].to(device))  # faster, same values
+            labels = batch[1].to(device)
             n = images.shape[0]
             sizes = _ActivationSizes(backbone)
-            kept = _OutputKeeper(modules)
             try:
-                embeddings = backbone(images)
+                with FeatureMapTap(backbone, layers) as tap:
+                    embeddings = backbone(images)
+                    maps = tap.pop()
             finally:
                 sizes.close()
-                kept.close()
             base = F.cross_entropy(head(embeddings).float(), labels, reduction="sum")
             if sums is None:
-                sums = [
-                    torch.zeros(
-                        out.shape[channel_axis(out, nhwc)], dtype=torch.float64, device=device
-                    )
-                    for out in kept.outputs
-                ]
+                sums = [torch.zeros(fm.shape[1], dtype=torch.float64, device=device) for fm in maps]
             budget = max_images * sizes.peak()
-            for name, module, cached, total in zip(
-                layers, modules, kept.outputs, sums, strict=True
-            ):
-                c = total.shape[0]
+            for name, module, kept, total in zip(layers, modules, maps, sums, strict=True):
+                c = kept.shape[1]
                 per_pass = min(c, max(1, budget // (n * sizes.peak_after(module))))
                 for first in range(0, c, per_pass):
                     picked = torch.arange(first, min(first + per_pass, c), device=device)
                     mask = torch.ones(len(picked), c, device=device)
                     mask[torch.arange(len(picked), device=device), picked] = 0.0
-                    hook = functools.partial(_masked_replicas, cached=cached, mask=mask, nhwc=nhwc)
+                    hook = functools.partial(_masked_replicas, kept=kept, mask=mask, nhwc=nhwc)
                     handle = module.register_forward_hook(hook)
                     try:
                         ablated = backbone(_stand_in_rows(images, len(picked) * n))
