@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Subset
 from riftune.data import load_dataset
 from riftune.models import build_classifier
 from riftune.models.feature_maps import default_layers
+from riftune.models.speed import to_channels_last
 from riftune.regularizers import delta as current
 from riftune.regularizers.delta import fit_linear_probe
-from riftune.speed import to_channels_last
 
 
 def main() -> None:

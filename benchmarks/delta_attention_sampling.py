@@ -26,9 +26,9 @@ from riftune.data import load_dataset
 from riftune.metrics.embeddings import collect_embeddings
 from riftune.models import build_classifier
 from riftune.models.feature_maps import default_layers, resolve_layer
-from riftune.modes import eval_mode
+from riftune.models.modes import eval_mode
+from riftune.models.speed import channels_last_input, to_channels_last
 from riftune.regularizers.delta import ablation_scores, attention_from_scores, fit_linear_probe
-from riftune.speed import channels_last_input, to_channels_last
 
 GROUP, DRAWS = 8, 200
 

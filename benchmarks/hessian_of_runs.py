@@ -3,7 +3,7 @@
 The CPU grid trains with `--hessian-iters 0` (the power iteration costs about half a 28 px
 training run on this machine). This script adds it afterwards: for each run of the grid's
 runs.json (WiSE-FT rows excepted) it rebuilds the run, loads its best checkpoint and runs
-`riftune.evaluation.landscape_metrics` with `--hessian-iters ITERS` on the run's own fixed
+`riftune.engine.evaluation.landscape_metrics` with `--hessian-iters ITERS` on the run's own fixed
 landscape batches (its seed, its `--landscape-images`), exactly as `riftune finetune` would
 have. Each result goes to hessian.json in the run folder (runs that have one are skipped, so
 it resumes); the table (mean ± std over seeds) is printed and written to GRID/hessian.md.
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from riftune.compare import run_folder
-from riftune.evaluate_run import load_finished_run
-from riftune.evaluation import landscape_metrics
-from riftune.grid import RegularizerVariant
-from riftune.run_dir import write_json_atomic
+from riftune.commands.compare import run_folder
+from riftune.commands.evaluate import load_finished_run
+from riftune.commands.grid import RegularizerVariant
+from riftune.engine.evaluation import landscape_metrics
+from riftune.runs.folder import write_json_atomic
 
 
 def folder_of(grid: Path, record: dict) -> Path:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from riftune.data import load_dataset
 from riftune.models import build_classifier
-from riftune.speed import channels_last_input, to_channels_last
+from riftune.models.speed import channels_last_input, to_channels_last
 
 
 def main() -> None:

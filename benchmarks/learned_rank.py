@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from riftune import checkpoint
-from riftune.compare import run_folder
+from riftune.commands.compare import run_folder
 from riftune.regularizers.rift import HouseholderRotation
+from riftune.runs import checkpoint_file as checkpoint
 
 DATASETS = ("breastmnist", "pneumoniamnist")
 MATCHES = ("covariance", "paired")

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from riftune import distributed
 from riftune.data import load_dataset
+from riftune.engine.schedule import warmup_cosine
+from riftune.engine.step import TrainStep
 from riftune.models import build_classifier
 from riftune.regularizers.base import NoRegularizer
-from riftune.schedule import warmup_cosine
-from riftune.step import TrainStep
 from riftune.tuning import get as get_method
 
 WARMUP = 2

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from riftune import __version__
 from riftune.config import add_finetune_flags
+from riftune.engine.signals import PREEMPTED_EXIT, Preempted
 from riftune.errors import ArgumentParser, UserError
-from riftune.signals import PREEMPTED_EXIT, Preempted
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from riftune.evaluate_run import evaluate_run
+    from riftune.commands.evaluate import evaluate_run
 
     metrics = evaluate_run(args.run, device=args.device)
     print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -40,14 +40,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from riftune.demo import run_demo
+    from riftune.commands.demo import run_demo
 
     print(run_demo(args))
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from riftune.compare import GridStopped, run_compare
+    from riftune.commands.compare import GridStopped, run_compare
 
     try:
         print(run_compare(args, args.passthrough))
@@ -58,8 +58,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _wise_ft(args: argparse.Namespace) -> int:
+    from riftune.commands.wise_ft import parse_alphas, wise_ft
     from riftune.report import summary_table
-    from riftune.wise_ft import parse_alphas, wise_ft
 
     rows = wise_ft(args.run, parse_alphas(args.alphas), device=args.device)
     columns = [("alpha", "α", ".2f")] + [
@@ -72,19 +72,19 @@ def _wise_ft(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from riftune.export import export_command
+    from riftune.commands.export import export_command
 
     return export_command(args.run, args.out, args.device)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from riftune.predict import predict_command
+    from riftune.commands.predict import predict_command
 
     return predict_command(args.run, args.data, args.out, args.batch_size, args.device)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from riftune.bench import run_bench
+    from riftune.commands.bench import run_bench
 
     print(run_bench(args))
     return 0
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Finetune the default backbone on BreastMNIST twice with the same seed, "
         "without and with --reg rift, and print accuracy, AUC, CKA and time side by side.",
     )
-    from riftune.demo import add_demo_arguments
+    from riftune.commands.demo import add_demo_arguments
 
     add_demo_arguments(demo)
     demo.set_defaults(handler=_demo)
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "YAML); lambda is chosen on validation AUC. Writes report.md, tradeoff.png and runs.json "
         "to --out. Unknown flags (e.g. --epochs 5 --img-size 64) are passed to every finetune run.",
     )
-    from riftune.compare import add_compare_arguments
+    from riftune.commands.compare import add_compare_arguments
 
     add_compare_arguments(compare)
     compare.set_defaults(handler=_compare)
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "regularizer variant on the same model and batch (ratios to plain), the reference "
         "pass as a fraction of an epoch, and RIFT's own cost against d and n. See BENCHMARKS.md.",
     )
-    from riftune.bench import add_bench_arguments
+    from riftune.commands.bench import add_bench_arguments
 
     add_bench_arguments(bench)
     bench.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -9,14 +9,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from riftune import distributed
-from riftune.bench_penalty import penalty_cost, step_inputs
+from riftune.commands.bench_penalty import penalty_cost, step_inputs
 from riftune.data import load_dataset
+from riftune.engine.schedule import warmup_cosine
+from riftune.engine.step import TrainStep
 from riftune.models import build_classifier
 from riftune.regularizers import RIFT, PretrainedView, Regularizer, StepInputs
 from riftune.regularizers.base import NoRegularizer
 from riftune.regularizers.l2sp import L2SP
-from riftune.schedule import warmup_cosine
-from riftune.step import TrainStep
 
 
 class Recording(Regularizer):

@@ -182,7 +182,7 @@ def test_resume_without_checkpoint(tmp_path, capsys, medmnist_dir):
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(
     tmp_path, capsys, medmnist_dir
 ):
-    from riftune import checkpoint
+    from riftune.runs import checkpoint_file as checkpoint
 
     out = tmp_path / "run"
     argv = ["finetune", "--data-root", str(medmnist_dir), "--out", str(out), *TINY,
@@ -199,7 +199,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(
 def test_out_of_memory_names_the_flag_to_lower(tmp_path, capsys, medmnist_dir, monkeypatch):
     import torch
 
-    from riftune import step
+    from riftune.engine import step
 
     def out_of_memory(self, *args):  # a CUDA OOM cannot happen on this CPU machine
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -9,9 +9,14 @@ import pytest
 import yaml
 
 from riftune.cli import main
-from riftune.compare import add_compare_arguments
+from riftune.commands.compare import add_compare_arguments
+from riftune.commands.grid import (
+    finetune_flags,
+    parse_regularizer_entry,
+    parse_variant,
+    resolve_grid,
+)
 from riftune.errors import UserError
-from riftune.grid import finetune_flags, parse_regularizer_entry, parse_variant, resolve_grid
 
 TINY = ["--epochs", "1", "--img-size", "32", "--shots", "10", "--batch-size", "8",
         "--landscape-images", "16", "--hessian-iters", "2"]  # fmt: skip

@@ -10,7 +10,12 @@ from sklearn.metrics import roc_auc_score
 from riftune.config import RunConfig
 from riftune.data import load_dataset
 from riftune.distributed import DistributedContext
-from riftune.evaluation import eval_loader, evaluate_split, final_metrics, pretrained_embeddings
+from riftune.engine.evaluation import (
+    eval_loader,
+    evaluate_split,
+    final_metrics,
+    pretrained_embeddings,
+)
 from riftune.metrics import linear_cka
 from riftune.models import build_classifier
 

@@ -18,18 +18,18 @@ import timm
 import torch
 from PIL import Image
 
+from riftune.commands.evaluate import FinishedRun, load_finished_run
+from riftune.commands.export import export_loaded, export_run, info_path, timm_state_dict
+from riftune.commands.predict import predict_loaded, predict_run, read_new_images
 from riftune.config import RunConfig
 from riftune.data import DatasetSplits, ImageTensorDataset, load_dataset
 from riftune.distributed import DistributedContext
+from riftune.engine.evaluation import eval_loader
 from riftune.errors import UserError
-from riftune.evaluate_run import FinishedRun, load_finished_run
-from riftune.evaluation import eval_loader
-from riftune.export import export_loaded, export_run, info_path, timm_state_dict
 from riftune.metrics import collect
 from riftune.models import build_classifier
-from riftune.predict import predict_loaded, predict_run, read_new_images
 from riftune.report.predictions import read_predictions_csv
-from riftune.run_dir import RunDir
+from riftune.runs.folder import RunDir
 from riftune.tuning import VPT, AdaptFormer, Full, LoRA
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riftune.stats import StreamingMoments, distributed_world, gather_global_batch
+from riftune.regularizers.statistics import StreamingMoments, distributed_world, gather_global_batch
 
 
 def _np_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from riftune.cli import main
+from riftune.commands.wise_ft import interpolate, parse_alphas
 from riftune.errors import UserError
-from riftune.wise_ft import interpolate, parse_alphas
 
 
 def test_interpolate_is_the_weight_space_lerp():

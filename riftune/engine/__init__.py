@@ -10,8 +10,8 @@ from riftune import distributed
 from riftune.config import RunConfig, load_run_config
 from riftune.engine.build import autocast_dtype, build_model_and_data, build_training
 from riftune.engine.loop import Finetuner
-from riftune.signals import GracefulStop
-from riftune.step import NonFiniteLossError
+from riftune.engine.signals import GracefulStop
+from riftune.engine.step import NonFiniteLossError
 
 
 def finetune(config: RunConfig | dict | str | Path) -> dict:

@@ -16,16 +16,16 @@ from riftune.config import RunConfig
 from riftune.config.sections import TrainingConfig
 from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, load_dataset
 from riftune.data.sampling import train_batch_sampler
+from riftune.engine.evaluation import PretrainedEmbeddings, eval_loader, pretrained_embeddings
+from riftune.engine.losses import class_weights
+from riftune.engine.schedule import warmup_cosine
+from riftune.engine.step import Teacher, TrainStep
 from riftune.errors import UserError
-from riftune.evaluation import PretrainedEmbeddings, eval_loader, pretrained_embeddings
-from riftune.losses import class_weights
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
+from riftune.models.speed import to_channels_last, trains_batchnorm, use_channels_last
 from riftune.optim.spd import SPDAdamW, spd_anchors, spd_param_groups
 from riftune.regularizers import PretrainedView, Regularizer
-from riftune.schedule import warmup_cosine
-from riftune.speed import to_channels_last, trains_batchnorm, use_channels_last
-from riftune.step import Teacher, TrainStep
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -7,7 +7,7 @@ just before the next progress checkpoint (or when training stops on a non-finite
 crash between those two writes leaves a best model newer than the newest progress checkpoint;
 the resumed run replays those epochs and writes it again (on the CPU bit for bit), and the end
 of a run checks that the best model it evaluates is the one its validation chose. Files,
-checksums and atomic writes are :mod:`riftune.checkpoint`'s job.
+checksums and atomic writes are :mod:`riftune.runs.checkpoint_file`'s job.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from riftune import checkpoint as ckpt
-from riftune import rng
 from riftune.distributed import DistributedContext
 from riftune.errors import UserError
-from riftune.run_dir import RunDir
+from riftune.runs import checkpoint_file as ckpt
+from riftune.runs import rng_state as rng
+from riftune.runs.folder import RunDir
 
 KEEP = 2
 """Progress checkpoints kept (the newest ones)."""

@@ -25,16 +25,16 @@ from riftune.engine.build import (
     run_channels_last,
 )
 from riftune.engine.checkpointer import Checkpointer, TrainState
+from riftune.engine.evaluation import EvalResult, eval_loader, evaluate_split, final_metrics
 from riftune.engine.outputs import LiveOutputs, budget_weight, write_evaluation_outputs
+from riftune.engine.progress import Progress
+from riftune.engine.selection import initial_best, is_better
+from riftune.engine.signals import GracefulStop, Preempted
+from riftune.engine.step import NonFiniteLossError
+from riftune.engine.timing import PhaseTimer
 from riftune.errors import UserError
-from riftune.evaluation import EvalResult, eval_loader, evaluate_split, final_metrics
-from riftune.progress import Progress
-from riftune.run_dir import RunDir, check_claim, claim, run_lock, write_json_atomic
-from riftune.selection import initial_best, is_better
-from riftune.signals import GracefulStop, Preempted
-from riftune.speed import thread_report
-from riftune.step import NonFiniteLossError
-from riftune.timing import PhaseTimer
+from riftune.models.speed import thread_report
+from riftune.runs.folder import RunDir, check_claim, claim, run_lock, write_json_atomic
 
 #: the phases of building a run, timed anew by every attempt (a resume adds them)
 BUILD_PHASES = ("reference_pass", "regularizer_setup")

@@ -7,10 +7,10 @@ from riftune import distributed
 from riftune.budget import DualAscentWeight
 from riftune.config import RunConfig
 from riftune.engine.checkpointer import TrainState
-from riftune.evaluation import FinalEvaluation
+from riftune.engine.evaluation import FinalEvaluation
 from riftune.report.history import AppendingCSV
 from riftune.report.run_outputs import write_clinical_outputs
-from riftune.run_dir import RunDir
+from riftune.runs.folder import RunDir
 
 
 def budget_weight(config: RunConfig) -> DualAscentWeight | None:
@@ -42,7 +42,7 @@ class LiveOutputs:
         self.steps = AppendingCSV(run_dir.steps, state.steps)
         self.tensorboard = None
         if config.output.tensorboard:
-            from riftune.loggers import TensorBoardLogger
+            from riftune.engine.loggers import TensorBoardLogger
 
             purge = state.global_step + 1 if state.global_step else None
             self.tensorboard = TensorBoardLogger(run_dir.tensorboard, purge_step=purge)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from riftune.metrics._distributed import all_gather_rows
-from riftune.modes import eval_mode
+from riftune.models.modes import eval_mode
 
 if TYPE_CHECKING:
     from riftune.models.classifier import Classifier

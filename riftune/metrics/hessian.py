@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from riftune.metrics._distributed import all_reduce_sum, is_distributed
-from riftune.modes import eval_mode
+from riftune.models.modes import eval_mode
 
 
 def hessian_top_eigenvalue(

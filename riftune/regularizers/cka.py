@@ -30,7 +30,7 @@ import torch
 from riftune.metrics.similarity import linear_cka
 from riftune.options import Section, option
 from riftune.regularizers.base import Regularizer, StepInputs, register
-from riftune.stats import gather_global_batch
+from riftune.regularizers.statistics import gather_global_batch
 
 REFERENCE_CHOICES = ("teacher", "cache")
 

@@ -57,11 +57,11 @@ from riftune.models.feature_maps import (
     is_nhwc,
     resolve_layer,
 )
-from riftune.modes import eval_mode
+from riftune.models.modes import eval_mode
+from riftune.models.speed import channels_last_input, channels_last_meanwhile
 from riftune.options import Section, option, positive
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.l2sp import BufferDict
-from riftune.speed import channels_last_input, channels_last_meanwhile
 
 TEMPERATURE = 5.0
 DEFAULT_ATTENTION_IMAGES = 32
@@ -180,7 +180,7 @@ def ablation_scores(
     small, take all or most of their channels in a pass. This needs each tapped layer to be a
     cut point of the backbone (everything after it depends on the images only through its
     output), as the stage and block outputs of timm CNNs and ViTs are. Images and the
-    backbone's convolutions go in channels last (:func:`riftune.speed.channels_last_meanwhile`;
+    backbone's convolutions go in channels last (:func:`riftune.models.speed.channels_last_meanwhile`;
     the sums are reordered: equal to float32 rounding, and several times faster on a CPU where
     the model trains in NCHW). Under ``torch.distributed`` the sums and N are added over
     ranks, so every rank gets the same scores.

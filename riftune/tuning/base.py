@@ -73,7 +73,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from riftune.models.classifier import Classifier
-from riftune.modes import eval_mode  # noqa: F401  (re-exported for the methods)
+from riftune.models.modes import eval_mode  # noqa: F401  (re-exported for the methods)
 from riftune.options import NoOptions, Section
 from riftune.registry import Registry
 

@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from riftune import checkpoint as ckpt
 from riftune.data import load_dataset
 from riftune.errors import UserError
+from riftune.runs import checkpoint_file as ckpt
 
 pytestmark = pytest.mark.timeout(120)
 

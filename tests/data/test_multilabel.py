@@ -18,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 from riftune.data import load_dataset
 from riftune.data.medmnist import FLAGS, parse_flag
 from riftune.data.npz import read_npz
+from riftune.engine.losses import task_loss
 from riftune.errors import UserError
-from riftune.losses import task_loss
 from riftune.metrics import multilabel_accuracy, multilabel_auc
 from riftune.models import build_classifier
 

@@ -20,8 +20,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riftune import checkpoint
-from riftune.checkpoint import (
+from riftune.errors import UserError
+from riftune.runs import checkpoint_file as checkpoint
+from riftune.runs.checkpoint_file import (
     BEST,
     CheckpointWarning,
     flatten_state,
@@ -31,8 +32,7 @@ from riftune.checkpoint import (
     save_checkpoint,
     unflatten_state,
 )
-from riftune.errors import UserError
-from riftune.rng import capture_rng_state, restore_rng_state
+from riftune.runs.rng_state import capture_rng_state, restore_rng_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,7 +183,7 @@ _KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
 import torch
-import riftune.checkpoint as ck
+import riftune.runs.checkpoint_file as ck
 directory = Path(sys.argv[1])
 ck.save_checkpoint(directory, "step-1", {"w": torch.zeros(4096)}, {"value": 1})
 def die_halfway(fd, data):

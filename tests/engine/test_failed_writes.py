@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from riftune import checkpoint as ckpt
-from riftune import run_dir
 from riftune.cli import main
 from riftune.errors import UserError
-from riftune.run_dir import write_json_atomic
+from riftune.runs import checkpoint_file as ckpt
+from riftune.runs import folder as run_dir
+from riftune.runs.folder import write_json_atomic
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

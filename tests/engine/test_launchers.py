@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from riftune.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
-from riftune.run_dir import RunDir
-from riftune.signals import PREEMPTED_EXIT
+from riftune.commands.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
+from riftune.engine.signals import PREEMPTED_EXIT
+from riftune.runs.folder import RunDir
 
 submitit = pytest.importorskip("submitit")
 
@@ -56,7 +56,7 @@ LAUNCH = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from riftune.launchers import GridJob, LocalLauncher
+    from riftune.commands.launchers import GridJob, LocalLauncher
     worker, folders = sys.argv[1], sys.argv[2:]
     jobs = [GridJob((sys.executable, "-c", worker, f), Path(f)) for f in folders]
     outcome = LocalLauncher(jobs=2).run(jobs, log=lambda m: print(m, file=sys.stderr))

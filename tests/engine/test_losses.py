@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
+from riftune.engine.losses import balanced_class_weights, class_weights, task_loss
 from riftune.errors import UserError
-from riftune.losses import balanced_class_weights, class_weights, task_loss
 
 
 def test_single_label_loss_is_weighted_cross_entropy():

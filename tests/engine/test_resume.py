@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from riftune.signals import PREEMPTED_EXIT
+from riftune.engine.signals import PREEMPTED_EXIT
 
 FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "8",
          "--eval-batch-size", "64", "--epochs", "2", "--reg", "rift", "--checkpoint-every", "2",
@@ -24,7 +24,7 @@ KILL_AT_STEP = 3  # epoch 1 has 48 / 8 = 6 steps: a checkpoint at step 2, killed
 CRASHING_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    from riftune import step
+    from riftune.engine import step
     from riftune.cli import main
 
     calls = 0
@@ -104,7 +104,7 @@ def test_interrupted_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_d
 
 @pytest.mark.slow
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path, medmnist_dir):
-    from riftune import checkpoint
+    from riftune.runs import checkpoint_file as checkpoint
 
     env = _env(medmnist_dir)
     out = tmp_path / "run"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from riftune.errors import UserError
-from riftune.run_dir import RunDir, check_claim, claim
+from riftune.runs.folder import RunDir, check_claim, claim
 
 
 def _finished(root):

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from riftune.errors import UserError
-from riftune.run_dir import RunDir, run_lock
+from riftune.runs.folder import RunDir, run_lock
 
 REPO_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -21,7 +21,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from riftune.run_dir import RunDir, run_lock
+    from riftune.runs.folder import RunDir, run_lock
     from riftune.errors import UserError
 
     try:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from riftune.schedule import warmup_cosine
+from riftune.engine.schedule import warmup_cosine
 
 
 def _lrs(warmup: int, total: int, steps: int, base: float = 0.1) -> list[float]:

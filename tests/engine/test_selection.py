@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from riftune.engine.selection import initial_best, is_better
 from riftune.errors import UserError
-from riftune.selection import initial_best, is_better
 
 
 @pytest.mark.parametrize("metric", ["auc", "acc"])

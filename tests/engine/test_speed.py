@@ -1,4 +1,4 @@
-"""The faster paths of riftune.speed give the plain paths' results (shipped EfficientNet-Lite0,
+"""The faster paths of riftune.models.speed give the plain paths' results (shipped EfficientNet-Lite0,
 real BreastMNIST images at 28 px; compilation at 64 px)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from riftune.data import load_dataset
 from riftune.errors import UserError
 from riftune.models import build_classifier
-from riftune.speed import (
+from riftune.models.speed import (
     channels_last_input,
     channels_last_meanwhile,
     maybe_compile,
@@ -174,7 +174,7 @@ def test_thread_report_reads_the_settings_of_a_real_process():
     cpu = sorted(os.sched_getaffinity(0))[0]
     code = (
         f"import os, json; os.sched_setaffinity(0, {{{cpu}}}); "
-        "from riftune.speed import thread_report; print(json.dumps(thread_report()))"
+        "from riftune.models.speed import thread_report; print(json.dumps(thread_report()))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

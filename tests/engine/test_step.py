@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from riftune.distributed import DistributedContext
+from riftune.engine.schedule import warmup_cosine
+from riftune.engine.step import NonFiniteLossError, TrainStep
 from riftune.models import build_classifier
 from riftune.regularizers import RIFT
 from riftune.regularizers.base import NoRegularizer
-from riftune.schedule import warmup_cosine
-from riftune.step import NonFiniteLossError, TrainStep
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

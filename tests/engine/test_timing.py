@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from riftune import checkpoint as ckpt
-from riftune.timing import PhaseTimer
+from riftune.engine.timing import PhaseTimer
+from riftune.runs import checkpoint_file as ckpt
 
 
 def stepping_clock(*ticks: float):

@@ -15,9 +15,9 @@ import timm.models._hub
 import torch
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-from riftune.checkpoint import flatten_state
 from riftune.errors import UserError
 from riftune.models import build_classifier, load_imagenet_model
+from riftune.runs.checkpoint_file import flatten_state
 
 LITE = "efficientnet_lite0"
 

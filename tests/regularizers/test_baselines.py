@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from riftune import checkpoint as ckpt
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap, resolve_layer
@@ -35,6 +34,7 @@ from riftune.regularizers.delta import (
 )
 from riftune.regularizers.feature_distill import FeatureDistill
 from riftune.regularizers.l2sp import L2SP, squared_distance
+from riftune.runs import checkpoint_file as ckpt
 from riftune.tuning import LoRA
 from riftune.tuning.base import BackboneWeight
 

@@ -21,7 +21,8 @@ from riftune.data import load_dataset
 from riftune.metrics.embeddings import collect_embeddings
 from riftune.models import build_classifier
 from riftune.models.feature_maps import FeatureMapTap, channel_axis, default_layers, resolve_layer
-from riftune.modes import eval_mode
+from riftune.models.modes import eval_mode
+from riftune.models.speed import to_channels_last
 from riftune.regularizers.delta import (
     DEFAULT_ATTENTION_IMAGES,
     Delta,
@@ -29,7 +30,6 @@ from riftune.regularizers.delta import (
     attention_from_scores,
     fit_linear_probe,
 )
-from riftune.speed import to_channels_last
 
 
 def _zero_channels_before(module, inputs, output, mask, nhwc):

@@ -339,7 +339,8 @@ def test_paired_matches_numpy(n, d, q, w):
     rot = rotation_np(reg) if q == "learned" else None
     expected = np_paired_loss(z, reference, q, w, rot)
     got = reg(torch.tensor(z), torch.tensor(reference))
-    np.testing.assert_allclose(got.item(), expected, rtol=1e-9, atol=1e-11)
+    # float64 throughout; LAPACK's SVD rounds differently per CPU (3.6e-9 seen on a 2 x 3 case)
+    np.testing.assert_allclose(got.item(), expected, rtol=1e-8, atol=1e-11)
 
 
 @pytest.mark.parametrize("q", ["identity", "optimal"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from riftune.engine.loggers import TensorBoardLogger
 from riftune.errors import UserError
-from riftune.loggers import TensorBoardLogger
 
 
 def test_scalars_are_read_back_by_tensorboard(tmp_path):

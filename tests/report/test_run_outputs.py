@@ -8,7 +8,7 @@ import torch
 from riftune.metrics import Collected, bootstrap_ci
 from riftune.report.predictions import read_predictions_csv
 from riftune.report.run_outputs import confidence_intervals, write_clinical_outputs
-from riftune.run_dir import RunDir
+from riftune.runs.folder import RunDir
 
 
 def _split(n: int, seed: int) -> Collected:

@@ -20,11 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from riftune import regularizers, tuning
 from riftune.distributed import DistributedContext
+from riftune.engine.step import Teacher, TrainStep
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.regularizers import PretrainedView
 from riftune.regularizers.delta import default_layers
-from riftune.step import Teacher, TrainStep
 
 NUM_CLASSES = 3
 IMG = 32

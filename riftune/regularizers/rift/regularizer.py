@@ -30,7 +30,7 @@ from riftune.regularizers.rift.options import (
     choice,
 )
 from riftune.regularizers.rift.paired import PairedMatching
-from riftune.stats import StreamingMoments, gather_global_batch
+from riftune.regularizers.statistics import StreamingMoments, gather_global_batch
 
 
 @register
@@ -68,7 +68,7 @@ class RIFT(Regularizer):
     Statistics are computed in float32 or wider (autocast is disabled inside and bf16/fp16
     inputs are upcast). Under an initialized ``torch.distributed`` process group the batch
     (and the reference) are all-gathered differentiably
-    (:func:`riftune.stats.gather_global_batch`), so every formula holds for the global batch
+    (:func:`riftune.regularizers.statistics.gather_global_batch`), so every formula holds for the global batch
     and DDP-averaged gradients equal those of one process on it.
 
     Args:

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from riftune.distributed import DistributedContext
-from riftune.losses import task_loss
+from riftune.engine.losses import task_loss
 from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap
-from riftune.modes import eval_mode
+from riftune.models.modes import eval_mode
 from riftune.regularizers import Regularizer, StepInputs
 from riftune.tuning.base import BackboneWeights, plain_backbone_weights
 

@@ -17,7 +17,7 @@ unpickles arbitrary objects.
 
 Nested training state (model, optimizer, scheduler, scaler, RNG states) becomes
 ``(tensors, meta)`` with :func:`flatten_state` and comes back with :func:`unflatten_state`
-(:mod:`riftune.state_tree`, re-exported here).
+(:mod:`riftune.runs.state_tree`, re-exported here).
 Progress checkpoints are every file but ``best``; :func:`latest_valid_checkpoint` picks the
 newest one that verifies and :func:`rotate_checkpoints` prunes old ones.
 """
@@ -40,7 +40,7 @@ import safetensors.torch
 import torch
 
 from riftune.errors import UserError
-from riftune.state_tree import flatten_state, storable_tensors, unflatten_state
+from riftune.runs.state_tree import flatten_state, storable_tensors, unflatten_state
 
 FORMAT = "riftune-checkpoint/1"
 SUFFIX = ".safetensors"

@@ -25,9 +25,9 @@ import timm
 import torch
 from torch import nn
 
+from riftune.commands.evaluate import FinishedRun, load_finished_run
 from riftune.errors import UserError
-from riftune.evaluate_run import FinishedRun, load_finished_run
-from riftune.run_dir import write_json_atomic
+from riftune.runs.folder import write_json_atomic
 
 FORMAT = "riftune-export/1"
 SUFFIX = ".safetensors"

@@ -2,7 +2,7 @@
 
 Whole-step ratios swing ±20% from step to step on a shared machine; the penalty alone is the
 part a regularizer adds for certain. :func:`penalty_cost` times it on the inputs of a real step
-(:func:`step_inputs` builds them the way :class:`~riftune.step.TrainStep` does), with the
+(:func:`step_inputs` builds them the way :class:`~riftune.engine.step.TrainStep` does), with the
 backward stopped at the embeddings and feature maps: their copies are leaves, so the backbone
 is not part of the time, while penalties on the weights themselves (L2-SP) still reach the
 parameters as in training.
@@ -15,8 +15,8 @@ import time
 
 import torch
 
+from riftune.engine.step import TrainStep
 from riftune.regularizers import Regularizer, StepInputs
-from riftune.step import TrainStep
 
 
 def step_inputs(step: TrainStep, images: torch.Tensor, indices: torch.Tensor) -> StepInputs:

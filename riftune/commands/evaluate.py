@@ -7,16 +7,16 @@ from pathlib import Path
 
 import torch
 
-from riftune import checkpoint as ckpt
 from riftune import distributed
 from riftune.config import RunConfig, read_config
 from riftune.data import DatasetSplits
 from riftune.engine import autocast_dtype, build_model_and_data
+from riftune.engine.evaluation import PretrainedEmbeddings, final_metrics
 from riftune.engine.outputs import write_evaluation_outputs
 from riftune.errors import UserError
-from riftune.evaluation import PretrainedEmbeddings, final_metrics
 from riftune.models.classifier import Classifier
-from riftune.run_dir import RunDir, write_json_atomic
+from riftune.runs import checkpoint_file as ckpt
+from riftune.runs.folder import RunDir, write_json_atomic
 from riftune.tuning import FinetuningMethod
 
 

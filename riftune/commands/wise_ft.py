@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from riftune.commands.evaluate import load_finished_run
 from riftune.engine.build import build_pretrained_classifier, run_channels_last, to_device
+from riftune.engine.evaluation import eval_loader, evaluate_split
 from riftune.errors import UserError
-from riftune.evaluate_run import load_finished_run
-from riftune.evaluation import eval_loader, evaluate_split
-from riftune.run_dir import run_lock, write_json_atomic
+from riftune.runs.folder import run_lock, write_json_atomic
 
 
 def interpolate(

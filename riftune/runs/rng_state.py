@@ -1,7 +1,7 @@
 """Capture and restore every random number generator a training run draws from.
 
 The captured state is a nested dict of tensors, NumPy arrays, tuples and numbers, so it goes
-through :func:`riftune.checkpoint.flatten_state` into a checkpoint and comes back exactly.
+through :func:`riftune.runs.checkpoint_file.flatten_state` into a checkpoint and comes back exactly.
 States are per process: under torch.distributed each rank captures its own.
 """
 

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from riftune.commands.evaluate import FinishedRun, load_finished_run
 from riftune.data.csv_table import IMAGE_COLUMNS, LABEL_COLUMNS, _column, _image_paths
 from riftune.data.dataset import ImageTensorDataset
 from riftune.data.files import IMAGE_SUFFIXES, decode_images
 from riftune.data.load import _split_options
 from riftune.data.transforms import resize, to_nchw
+from riftune.engine.evaluation import eval_loader
 from riftune.errors import UserError
-from riftune.evaluate_run import FinishedRun, load_finished_run
-from riftune.evaluation import eval_loader
 from riftune.metrics import collect
 from riftune.report.predictions import write_predictions_csv
 

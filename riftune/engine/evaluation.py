@@ -13,7 +13,8 @@ from torch.utils.data import BatchSampler
 from riftune.config import RunConfig
 from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler, load_dataset
 from riftune.distributed import DistributedContext
-from riftune.losses import task_loss
+from riftune.engine.losses import task_loss
+from riftune.engine.timing import PhaseTimer
 from riftune.metrics import (
     Collected,
     collect,
@@ -29,7 +30,6 @@ from riftune.metrics import (
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
 from riftune.report.run_outputs import confidence_intervals
-from riftune.timing import PhaseTimer
 
 
 def eval_loader(

@@ -1,7 +1,7 @@
 """``riftune bench``: what each regularizer adds to a training step, as a ratio to plain finetuning.
 
 All variants train the same model on the same fixed batch with the engine's own
-:class:`~riftune.step.TrainStep`. Measurements are interleaved step by step: each round visits
+:class:`~riftune.engine.step.TrainStep`. Measurements are interleaved step by step: each round visits
 the variants in a shuffled order and, for each, alternates ``--steps`` steps of plain finetuning
 with ``--steps`` steps of the variant (plain, variant, variant, plain, ...), after ``--warmup``
 untimed steps of every variant. Drift of a shared machine over the seconds of one block hits
@@ -12,7 +12,7 @@ variant also gets an amortized ratio (and the standard error of its round ratios
 how well this machine's noise lets the run resolve it): the total time of all its timed steps over the total
 time of the plain steps interleaved with them. Whole steps swing by ±20% on a shared CPU, so
 each variant also gets the forward and backward of its penalty alone (on the step's own
-embeddings, :func:`~riftune.bench_penalty.penalty_cost`) as a fraction of the plain step. On CUDA the peak memory of each variant's
+embeddings, :func:`~riftune.commands.bench_penalty.penalty_cost`) as a fraction of the plain step. On CUDA the peak memory of each variant's
 steps is measured too (``torch.cuda.max_memory_allocated``).
 
 Also measured: the reference pass (pretrained embeddings of one epoch's images, eval mode, plus
@@ -37,16 +37,16 @@ from pathlib import Path
 import torch
 
 from riftune import distributed, regularizers
-from riftune.bench_penalty import penalty_cost, step_inputs
+from riftune.commands.bench_penalty import penalty_cost, step_inputs
 from riftune.config import RegularizerConfig
 from riftune.engine.build import autocast_dtype, build_optimizer, build_teacher
+from riftune.engine.schedule import warmup_cosine
+from riftune.engine.step import TrainStep
 from riftune.models import build_classifier
+from riftune.models.speed import to_channels_last, use_channels_last
 from riftune.options import from_mapping
 from riftune.regularizers import PretrainedView
 from riftune.report import summary_table
-from riftune.schedule import warmup_cosine
-from riftune.speed import to_channels_last, use_channels_last
-from riftune.step import TrainStep
 from riftune.tuning import get as get_method
 
 

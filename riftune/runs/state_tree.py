@@ -1,5 +1,5 @@
 """Nested training state (model, optimizer, scheduler, scaler, RNG states) as named tensors and
-a JSON skeleton, and back: what a checkpoint file stores (:mod:`riftune.checkpoint`)."""
+a JSON skeleton, and back: what a checkpoint file stores (:mod:`riftune.runs.checkpoint_file`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def flatten_state(state: Mapping[Any, Any]) -> tuple[dict[str, torch.Tensor], di
     Handles dicts (any hashable keys of the kinds below, order kept), lists, tuples, tensors,
     NumPy arrays, ``None``, bools, ints, floats and strings: e.g. ``state_dict()`` of a model,
     ``torch.optim`` optimizer, LR scheduler or ``torch.amp.GradScaler``, and
-    :func:`riftune.rng.capture_rng_state`. Tensors are named by their path
+    :func:`riftune.runs.rng_state.capture_rng_state`. Tensors are named by their path
     (``optimizer/state/0/exp_avg``), detached, moved to the CPU and made contiguous. In the
     skeleton a tensor becomes ``{"__tensor__": name}``, an array ``{"__ndarray__": name}``, a
     tuple ``{"__tuple__": [...]}`` and a dict whose keys are not all strings (or that uses one
