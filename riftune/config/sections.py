@@ -140,7 +140,7 @@ class TrainingConfig(Section):
         "store the model's convolution weights channels last (NHWC), the layout oneDNN and "
         "cuDNN convolve fastest (2.2-3.0x the training throughput of the default recipe on a "
         "2-core CPU, BENCHMARKS.md); auto = on unless BatchNorm trains (--no-freeze-bn), where "
-        "the CPU's channels-last BatchNorm backward lost precision (tests/engine/test_speed.py). "
+        "the CPU's channels-last BatchNorm backward lost precision (tests/models/test_speed.py). "
         "Same values, another order of sums (off before 2026-12)",
     )
     checkpoint_every: int = option(

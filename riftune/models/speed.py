@@ -76,7 +76,7 @@ def use_channels_last(mode: ChannelsLast, model: nn.Module, freeze_bn: bool) -> 
     With frozen (eval mode) BatchNorm, the default, channels-last weight gradients are as
     close to float64 as the NCHW ones (within 1e-3 relative on EfficientNet-Lite0, 28 px);
     through train-mode BatchNorm the CPU's channels-last backward is not (over 1e-3 where
-    NCHW is within it: the strict xfail in ``tests/engine/test_speed.py``).
+    NCHW is within it: the strict xfail in ``tests/models/test_speed.py``).
     """
     if mode == "auto":
         return not trains_batchnorm(model, freeze_bn)

@@ -1,7 +1,7 @@
 """Baseline regularizers (cka, feature-distill, l2sp, delta).
 
 Every penalty is checked against an independent NumPy computation; the distributed parts in a
-real 2-process gloo group (the feature-map tap itself: tests/test_feature_maps.py).
+real 2-process gloo group (the feature-map tap itself: tests/models/test_feature_maps.py).
 """
 
 from __future__ import annotations

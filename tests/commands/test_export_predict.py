@@ -32,7 +32,7 @@ from riftune.report.predictions import read_predictions_csv
 from riftune.runs.folder import RunDir
 from riftune.tuning import VPT, AdaptFormer, Full, LoRA
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMG = 28  # breastmnist's native size: image files written from it decode to the same pixels
 
 
