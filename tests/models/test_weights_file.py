@@ -122,8 +122,8 @@ class _Payload:
          r"1 tensors have other shapes .* e\.g\. conv_stem\.weight \(16, 3, 3, 3\) vs \(32, 3, 3, 3\)"),
         (lambda p, w: torch.save([torch.zeros(1)], p), "does not hold a state dict"),
         (lambda p, w: torch.save({"fc.weight": torch.zeros(2, 2)}, p), "none of its 1 tensors"),
-        (lambda p, w: torch.save(_Payload(), p), "cannot be read"),
-        (lambda p, w: p.write_bytes(b"not a weights file at all"), "cannot be read"),
+        (lambda p, w: torch.save(_Payload(), p), "is neither a safetensors file"),
+        (lambda p, w: p.write_bytes(b"not a weights file at all"), "is neither a safetensors file"),
     ],
 )  # fmt: skip
 def test_files_that_do_not_fit_are_refused_in_one_line(tmp_path, backbone_weights, write, message):
@@ -138,7 +138,7 @@ def test_a_truncated_safetensors_file_and_a_missing_one_are_refused(tmp_path, ba
     path = tmp_path / "weights.safetensors"
     safetensors.torch.save_file(backbone_weights, path)
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(UserError, match="cannot be read as safetensors"):
+    with pytest.raises(UserError, match="is neither a safetensors file"):
         build_classifier(LITE, 2, pretrained_file=path)
     with pytest.raises(UserError, match="does not exist"):
         build_classifier(LITE, 2, pretrained_file=tmp_path / "nowhere.safetensors")
