@@ -217,8 +217,9 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
     the grid's runs.
     """
     out = Path(args.out)
+    plan = _plan(args, passthrough)  # every cell checked before the folder is created
     with run_lock(RunDir(out)):
-        return _compare(args, passthrough, out)
+        return _compare(args, plan, out)
 
 
 def _check_flags(grid: dict, flags: dict, variants: Sequence[RegularizerVariant]) -> None:
@@ -234,13 +235,24 @@ def _check_flags(grid: dict, flags: dict, variants: Sequence[RegularizerVariant]
                 )
 
 
-def _compare(args: argparse.Namespace, passthrough: Sequence[str], out: Path) -> str:
+def _plan(
+    args: argparse.Namespace, passthrough: Sequence[str]
+) -> tuple[dict, dict, list[RegularizerVariant]]:
+    """The grid, each (dataset, size)'s finetune flags and the variants, every cell's
+    configuration checked; nothing is created."""
     grid = resolve_grid(args)
     flags = {
         (d, k): finetune_flags(grid, passthrough, d, k) for d in grid["data"] for k in grid["shots"]
     }
     variants = [parse_regularizer_entry(entry) for entry in grid["regs"]]
     _check_flags(grid, flags, variants)
+    return grid, flags, variants
+
+
+def _compare(
+    args: argparse.Namespace, plan: tuple[dict, dict, list[RegularizerVariant]], out: Path
+) -> str:
+    grid, flags, variants = plan
     log = (
         (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     )

@@ -118,10 +118,16 @@ def resolve_grid(args: argparse.Namespace) -> dict:
         path = Path(args.grid)
         if not path.is_file():
             raise UserError(f"grid file {path} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise UserError(f"{path} is not a YAML grid file ({type(err).__name__})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: a grid file is a mapping of keys (data, regs, ...)")
         unknown = set(loaded) - set(grid)
         if unknown:
             raise UserError(f"{path}: unknown keys {sorted(unknown)}; use {sorted(grid)}")
+        _check_types(loaded, path)
         grid.update(loaded)
     unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
     if unknown:  # checked against the file's datasets: --data may run a subset of them
@@ -149,9 +155,35 @@ def resolve_grid(args: argparse.Namespace) -> dict:
         grid["shots"] = args.shots.split(",")
     grid["shots"] = [shots_value(k) for k in grid["shots"]]
     seeds = grid["select_seeds"]
-    if not isinstance(seeds, int) or seeds < 1:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"select_seeds {seeds!r}: give a positive integer")
     return grid
+
+
+# the entries of each list a grid file holds (shots' values are checked by shots_value)
+_LIST_KEYS = {"data": str, "methods": str, "lams": (int, float), "seeds": int, "wise_ft": str,
+              "shots": (int, str, type(None)), "regs": (str, dict)}  # fmt: skip
+_MAPPING_KEYS = ("finetune", "dataset_finetune", "shots_finetune", "slurm")
+
+
+def _check_types(loaded: dict, path: Path) -> None:
+    """Refuse a grid file whose values have the wrong type (a string where a list belongs
+    would otherwise run one job per letter)."""
+    for key, kinds in _LIST_KEYS.items():
+        if loaded.get(key) is None:
+            continue
+        value = loaded[key]
+        if not isinstance(value, list):
+            raise UserError(f"{path}: {key} must be a list ({key}: [...]), not {value!r}")
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, kinds)]
+        if bad:
+            raise UserError(f"{path}: {key} holds {bad[0]!r}, which is not a valid entry")
+    for key in _MAPPING_KEYS:
+        if loaded.get(key) is not None and not isinstance(loaded[key], dict):
+            raise UserError(f"{path}: {key} must be a mapping (key: value lines)")
+    alphas = loaded.get("wise_ft_alphas")
+    if alphas is not None and not isinstance(alphas, str | list):
+        raise UserError(f"{path}: wise_ft_alphas must be a list or 'START,STEP,...,END'")
 
 
 def shots_value(value) -> int | None:

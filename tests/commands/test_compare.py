@@ -165,3 +165,31 @@ def test_shots_are_a_grid_dimension(tmp_path, medmnist_dir, monkeypatch):
         run = out / "runs" / f"breastmnist-{shots}shots" / "full" / "none" / "no-lam" / "seed0"
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["data"]["shots"] == shots
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: breastmnist\n", "data must be a list"),
+        ("seeds: zero\n", "seeds must be a list"),
+        ("seeds: [0, one]\n", "seeds holds 'one'"),
+        ("lams: [0.1, true]\n", "lams holds True"),
+        ("regs: [none, 3]\n", "regs holds 3"),
+        ("finetune: [epochs, 1]\n", "finetune must be a mapping"),
+        ("select_seeds: yes\n", "select_seeds"),
+        ('regs: ["rift[colour=blue]"]\n', "--rift-colour"),
+        ("regs: [none]\nfinetune: {epochs: -1}\n", "epochs"),
+        ("data: [breastmnist\n", "not a YAML grid file"),
+        ("- data\n", "a mapping of keys"),
+    ],
+)
+def test_a_bad_grid_is_one_line_and_creates_nothing(tmp_path, capsys, text, message):
+    """A string where a list belongs once ran one job per letter; a grid refused for any
+    reason (types, a variant, a cell's configuration) leaves no --out folder behind."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    out = tmp_path / "out"
+    assert main(["compare", "--grid", str(grid), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
