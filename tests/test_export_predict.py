@@ -20,11 +20,16 @@ from PIL import Image
 
 from riftune.commands.evaluate import FinishedRun, load_finished_run
 from riftune.commands.export import export_loaded, export_run, info_path, timm_state_dict
-from riftune.commands.predict import predict_loaded, predict_run, read_new_images
+from riftune.commands.predict import predict_loaded, predict_run
 from riftune.config import RunConfig
-from riftune.data import DatasetSplits, ImageTensorDataset, load_dataset
+from riftune.data import (
+    DatasetSplits,
+    ImageTensorDataset,
+    eval_loader,
+    load_dataset,
+    load_new_images,
+)
 from riftune.distributed import DistributedContext
-from riftune.engine.evaluation import eval_loader
 from riftune.errors import UserError
 from riftune.metrics import collect
 from riftune.models import build_classifier
@@ -251,7 +256,8 @@ def test_unreadable_new_data_is_one_line(tmp_path):
     (tmp_path / "no_images.npz").write_bytes(b"")
     np.savez(tmp_path / "labels_only.npz", test_labels=np.zeros(3, dtype=np.int64))
     cases = {
-        tmp_path / "x.txt": "not a .npz file, an image folder or a .csv file",
+        tmp_path / "x.txt": "not a readable .npz",
+        "nothing_known": "unknown dataset 'nothing_known'; give a MedMNIST flag",
         tmp_path / "missing.csv": "does not exist",
         tmp_path / "missing.npz": "does not exist",
         tmp_path / "empty": "holds no images",
@@ -260,5 +266,5 @@ def test_unreadable_new_data_is_one_line(tmp_path):
     }
     for data, message in cases.items():
         with pytest.raises(UserError, match=message) as caught:
-            read_new_images(data, 28, ["a", "b"], 2)
+            load_new_images(str(data), 28, ["a", "b"], 2)
         assert "\n" not in str(caught.value)
