@@ -142,6 +142,31 @@ def test_predict_npz_gives_the_runs_test_probabilities(runs, full_run, tmp_path,
     np.testing.assert_allclose(got, expected[:10], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_predict_a_medmnist_flag_from_the_command_line(runs, full_run, tmp_path, medmnist_dir):
+    """``riftune predict --data breastmnist``, the README's dataset: every split of the file,
+    found through the run's --data-root (no $RIFTUNE_DATA, an empty home)."""
+    _, expected = full_run
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    env.pop("RIFTUNE_DATA", None)
+    out = tmp_path / "p.csv"
+    subprocess.run(
+        [sys.executable, "-m", "riftune", "predict", "--run", str(runs["full"]), "--data",
+         "breastmnist", "--out", str(out), "--device", "cpu"],
+        check=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    rows = read_predictions_csv(out)
+    with np.load(medmnist_dir / "breastmnist.npz") as source:
+        labels = {split: source[f"{split}_labels"][:, 0] for split in ("train", "val", "test")}
+    assert [(r["split"], r["index"], r["label"]) for r in rows] == [
+        (split, i, int(label)) for split, split_labels in labels.items()
+        for i, label in enumerate(split_labels)
+    ]  # fmt: skip
+    test = [r for r in rows if r["split"] == "test"]
+    got = np.array([[r["p_malignant"], r["p_normal, benign"]] for r in test])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
 def _test_images(medmnist_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     with np.load(medmnist_dir / "breastmnist.npz") as source:
         return source["test_images"][:count], source["test_labels"][:count, 0]

@@ -6,7 +6,8 @@ are ``(image, label, index)``: the image float32 (3, S, S) normalized, its class
 position in the split. :func:`load_dataset` is the entry point for labelled splits,
 :func:`load_new_images` for images to classify; :mod:`.sampling` holds the samplers and
 loaders that make distributed training, evaluation and resumption exact. Modules here import
-only each other, :mod:`riftune.errors` and :mod:`riftune.registry`.
+only each other, :mod:`riftune.errors` and :mod:`riftune.registry` (and, for a type hint,
+:mod:`riftune.distributed`).
 """
 
 from riftune.data.dataset import DatasetSplits, ImageTensorDataset
