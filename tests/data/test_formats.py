@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from riftune.config import RunConfig
 from riftune.data import load_dataset, load_new_images
 from riftune.data.formats import (
     DataFormat,
@@ -136,6 +137,15 @@ def test_options_and_table_columns_only_where_a_format_takes_them(medmnist_dir, 
         load_dataset("breastmnist", data_root=medmnist_dir, group_column="patient")
     with pytest.raises(UserError, match="takes no options after '\\?' here"):
         load_new_images(f"imagefolder:{tmp_path}?val=0.2", 28, None, 2)
+
+
+def test_the_configuration_asks_the_registry_which_data_takes_table_columns(tmp_path):
+    bare_csv = {"data": str(tmp_path / "t.csv"), "group_column": "patient", "label_columns": "a,b"}
+    assert RunConfig.from_dict({"data": bare_csv}).data.group_column == "patient"
+    for data in ("breastmnist", str(tmp_path), "x.npz"):
+        for option in ("group_column", "label_columns"):
+            with pytest.raises(UserError, match="applies to csv:FILE data only"):
+                RunConfig.from_dict({"data": {"data": data, option: "a"}})
 
 
 def test_images_to_classify_from_every_format(medmnist_dir, tmp_path, breast):
