@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from riftune import __version__
 from riftune.config import add_finetune_flags
+from riftune.data.formats import forms_help
 from riftune.engine.signals import PREEMPTED_EXIT, Preempted
 from riftune.errors import ArgumentParser, UserError
 
@@ -211,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--data",
         required=True,
-        help="new images: a MedMNIST-format .npz, an image folder (optionally with class "
-        "subfolders), or a CSV with an image path column (csv:FILE?image=COL&label=COL)",
+        help=f"new images, in any form finetune's --data takes: {forms_help()}",
     )
     predict.add_argument("--out", required=True, help="the predictions CSV to write")
     predict.add_argument("--batch-size", type=_positive_int, default=128)

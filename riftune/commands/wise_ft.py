@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from riftune.commands.evaluate import load_finished_run
+from riftune.data import eval_loader
 from riftune.engine.build import build_pretrained_classifier, run_channels_last, to_device
-from riftune.engine.evaluation import eval_loader, evaluate_split
+from riftune.engine.evaluation import evaluate_split
 from riftune.errors import UserError
 from riftune.runs.folder import run_lock, write_json_atomic
 

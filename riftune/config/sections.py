@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from riftune.data.formats import forms_help, resolve
 from riftune.errors import UserError
 from riftune.models import DEFAULT_BACKBONE
 from riftune.options import (
@@ -28,11 +29,7 @@ DEFAULT_DATA = "breastmnist"
 class DataConfig(Section):
     """Which images, at what size, and how many."""
 
-    data: str = option(
-        DEFAULT_DATA,
-        "a MedMNIST 2D flag with optional size (breastmnist, breastmnist_64, pneumoniamnist, "
-        "retinamnist_128, ...), a MedMNIST-format .npz path, imagefolder:PATH or csv:FILE",
-    )
+    data: str = option(DEFAULT_DATA, forms_help())
     data_root: str | None = option(
         None, "folder searched first for MedMNIST files (then $RIFTUNE_DATA, then ~/.medmnist)"
     )
@@ -62,7 +59,7 @@ class DataConfig(Section):
 
     def check(self) -> None:
         for name in ("group_column", "label_columns"):
-            if getattr(self, name) and not self.data.startswith("csv:"):
+            if getattr(self, name) and not resolve(self.data).format.table_columns:
                 raise UserError(f"--{name.replace('_', '-')} applies to csv:FILE data only")
 
 

@@ -72,6 +72,42 @@ def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSpl
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise UserError(f"unknown csv option(s) {unknown}; valid: {', '.join(OPTIONS)}")
+    header, rows = read_rows(file)
+    image_col = find_column(header, options.get("image"), IMAGE_COLUMNS, "image", file)
+    split_col = find_column(
+        header, options.get("split"), SPLIT_COLUMNS, "split", file, required=False
+    )
+    group_col = (
+        find_column(header, options["group"], (), "group", file) if "group" in options else None
+    )
+    label_option = options.get("label")
+    if label_option is not None and "," in label_option:
+        columns = [find_column(header, name, (), "label", file) for name in label_option.split(",")]
+        labels, class_names = _multilabel(rows, columns, file)
+    elif (
+        label_col := find_column(header, label_option, LABEL_COLUMNS, "label", file, required=False)
+    ) is not None:
+        labels, class_names = _labels(rows, label_col, file)
+    else:
+        labels, class_names = _one_hot(
+            rows, [c for c in header if c not in (image_col, split_col, group_col)], file
+        )
+    paths = image_paths(rows, image_col, file, options)
+    groups = _groups(rows, group_col, file) if group_col is not None else None
+    indices = _split_rows(rows, split_col, labels, groups, options, file)
+    return FileSplits(
+        paths={split: [paths[i] for i in idx] for split, idx in indices.items()},
+        labels={split: labels[idx] for split, idx in indices.items()},
+        class_names=class_names,
+    )
+
+
+def read_rows(file: Path) -> tuple[list[str], list[dict]]:
+    """The header and the rows (column name → value) of a UTF-8 CSV file.
+
+    Raises:
+        UserError: a missing file, text that is not UTF-8 or not CSV, or no data rows.
+    """
     if not file.is_file():
         raise UserError(f"csv file {file} does not exist; check the path")
     try:
@@ -87,32 +123,10 @@ def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSpl
         raise UserError(f"csv file {file} cannot be parsed ({err}); check the file") from err
     if not rows:
         raise UserError(f"csv file {file} has no data rows")
-    image_col = _column(header, options.get("image"), IMAGE_COLUMNS, "image", file)
-    split_col = _column(header, options.get("split"), SPLIT_COLUMNS, "split", file, required=False)
-    group_col = _column(header, options["group"], (), "group", file) if "group" in options else None
-    label_option = options.get("label")
-    if label_option is not None and "," in label_option:
-        columns = [_column(header, name, (), "label", file) for name in label_option.split(",")]
-        labels, class_names = _multilabel(rows, columns, file)
-    elif (
-        label_col := _column(header, label_option, LABEL_COLUMNS, "label", file, required=False)
-    ) is not None:
-        labels, class_names = _labels(rows, label_col, file)
-    else:
-        labels, class_names = _one_hot(
-            rows, [c for c in header if c not in (image_col, split_col, group_col)], file
-        )
-    paths = _image_paths(rows, image_col, file, options)
-    groups = _groups(rows, group_col, file) if group_col is not None else None
-    indices = _split_rows(rows, split_col, labels, groups, options, file)
-    return FileSplits(
-        paths={split: [paths[i] for i in idx] for split, idx in indices.items()},
-        labels={split: labels[idx] for split, idx in indices.items()},
-        class_names=class_names,
-    )
+    return header, rows
 
 
-def _column(
+def find_column(
     header: list[str],
     chosen: str | None,
     candidates: tuple[str, ...],
@@ -120,6 +134,11 @@ def _column(
     file: Path,
     required: bool = True,
 ) -> str | None:
+    """The header's column ``chosen`` (any case), else the first of ``candidates`` present.
+
+    Raises:
+        UserError: ``chosen`` is missing, or ``required`` and no candidate is present.
+    """
     by_lower = {name.strip().lower(): name for name in header}
     if chosen is not None:
         if chosen.strip().lower() not in by_lower:
@@ -193,7 +212,13 @@ def _one_hot(rows: list[dict], columns: list[str], file: Path) -> tuple[np.ndarr
     ]
 
 
-def _image_paths(rows: list[dict], column: str, file: Path, options: dict[str, str]) -> list[Path]:
+def image_paths(rows: list[dict], column: str, file: Path, options: dict[str, str]) -> list[Path]:
+    """Each row's image file: ``column``'s value in ``template``/with ``ext``, under the CSV's
+    folder (a value with no extension that names no file also tried with image extensions).
+
+    Raises:
+        UserError: a template without ``{}``, or listed images that do not exist.
+    """
     template = options.get("template") or "{}" + options.get("ext", "")
     if "{}" not in template:
         raise UserError(f"csv template {template!r} needs a {{}} where the {column!r} value goes")

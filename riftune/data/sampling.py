@@ -6,18 +6,23 @@ batch whatever the world size, and a resumed run continues from the exact step i
 :class:`BalancedBatchSampler` does the same over a class-balanced draw with replacement.
 :class:`ShardedEvalSampler` gives each rank a strided shard of an evaluation set, without
 padding or duplicates. :class:`BatchLoader` turns index batches into tensor batches straight
-from an in-memory dataset; :func:`make_loader` does it through a ``torch`` DataLoader.
+from an in-memory dataset (:func:`eval_loader`: this rank's shard of an evaluation set);
+:func:`make_loader` does it through a ``torch`` DataLoader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from riftune.data.dataset import ImageTensorDataset, Item
 from riftune.errors import UserError
+
+if TYPE_CHECKING:
+    from riftune.distributed import DistributedContext
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -281,3 +286,16 @@ def train_batch_sampler(
     if kind == "balanced":
         return BalancedBatchSampler(labels, global_batch_size, seed, world_size, rank)
     raise UserError(f"unknown --sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def eval_loader(
+    dataset: ImageTensorDataset, batch_size: int, ctx: DistributedContext
+) -> BatchLoader:
+    """Batches of this rank's strided shard of ``dataset`` (items rank, rank + W, ...), in order.
+
+    :func:`riftune.metrics.collect` gathers the shards, so every rank sees the whole split.
+    """
+    shard = ShardedEvalSampler(len(dataset), world_size=ctx.world_size, rank=ctx.rank)
+    return BatchLoader(
+        dataset.without_augmentation(), BatchSampler(shard, batch_size, drop_last=False)
+    )

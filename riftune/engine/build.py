@@ -14,9 +14,9 @@ import torch
 from riftune import distributed, tuning
 from riftune.config import RunConfig
 from riftune.config.sections import TrainingConfig
-from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, load_dataset
+from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, eval_loader, load_dataset
 from riftune.data.sampling import train_batch_sampler
-from riftune.engine.evaluation import PretrainedEmbeddings, eval_loader, pretrained_embeddings
+from riftune.engine.evaluation import PretrainedEmbeddings, pretrained_embeddings
 from riftune.engine.losses import class_weights
 from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import Teacher, TrainStep

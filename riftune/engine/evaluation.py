@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import BatchSampler
 
 from riftune.config import RunConfig
-from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler, load_dataset
+from riftune.data import BatchLoader, ImageTensorDataset, eval_loader, load_dataset
 from riftune.distributed import DistributedContext
 from riftune.engine.losses import task_loss
 from riftune.engine.timing import PhaseTimer
@@ -30,19 +29,6 @@ from riftune.metrics import (
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
 from riftune.report.run_outputs import confidence_intervals
-
-
-def eval_loader(
-    dataset: ImageTensorDataset, batch_size: int, ctx: DistributedContext
-) -> BatchLoader:
-    """Batches of this rank's strided shard of ``dataset`` (items rank, rank + W, ...), in order.
-
-    :func:`riftune.metrics.collect` gathers the shards, so every rank sees the whole split.
-    """
-    shard = ShardedEvalSampler(len(dataset), world_size=ctx.world_size, rank=ctx.rank)
-    return BatchLoader(
-        dataset.without_augmentation(), BatchSampler(shard, batch_size, drop_last=False)
-    )
 
 
 @dataclass

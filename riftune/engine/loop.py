@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from riftune import distributed, report
 from riftune.config import RunConfig, read_config, write_config
+from riftune.data import eval_loader
 from riftune.engine.build import (
     autocast_dtype,
     build_model_and_data,
@@ -25,7 +26,7 @@ from riftune.engine.build import (
     run_channels_last,
 )
 from riftune.engine.checkpointer import Checkpointer, TrainState
-from riftune.engine.evaluation import EvalResult, eval_loader, evaluate_split, final_metrics
+from riftune.engine.evaluation import EvalResult, evaluate_split, final_metrics
 from riftune.engine.outputs import LiveOutputs, budget_weight, write_evaluation_outputs
 from riftune.engine.progress import Progress
 from riftune.engine.selection import initial_best, is_better

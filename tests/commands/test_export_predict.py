@@ -20,11 +20,16 @@ from PIL import Image
 
 from riftune.commands.evaluate import FinishedRun, load_finished_run
 from riftune.commands.export import export_loaded, export_run, info_path, timm_state_dict
-from riftune.commands.predict import predict_loaded, predict_run, read_new_images
+from riftune.commands.predict import predict_loaded, predict_run
 from riftune.config import RunConfig
-from riftune.data import DatasetSplits, ImageTensorDataset, load_dataset
+from riftune.data import (
+    DatasetSplits,
+    ImageTensorDataset,
+    eval_loader,
+    load_dataset,
+    load_new_images,
+)
 from riftune.distributed import DistributedContext
-from riftune.engine.evaluation import eval_loader
 from riftune.errors import UserError
 from riftune.metrics import collect
 from riftune.models import build_classifier
@@ -135,6 +140,31 @@ def test_predict_npz_gives_the_runs_test_probabilities(runs, full_run, tmp_path,
     ]
     got = np.array([[r["p_malignant"], r["p_normal, benign"]] for r in rows])
     np.testing.assert_allclose(got, expected[:10], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_a_medmnist_flag_from_the_command_line(runs, full_run, tmp_path, medmnist_dir):
+    """``riftune predict --data breastmnist``, the README's dataset: every split of the file,
+    found through the run's --data-root (no $RIFTUNE_DATA, an empty home)."""
+    _, expected = full_run
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    env.pop("RIFTUNE_DATA", None)
+    out = tmp_path / "p.csv"
+    subprocess.run(
+        [sys.executable, "-m", "riftune", "predict", "--run", str(runs["full"]), "--data",
+         "breastmnist", "--out", str(out), "--device", "cpu"],
+        check=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    rows = read_predictions_csv(out)
+    with np.load(medmnist_dir / "breastmnist.npz") as source:
+        labels = {split: source[f"{split}_labels"][:, 0] for split in ("train", "val", "test")}
+    assert [(r["split"], r["index"], r["label"]) for r in rows] == [
+        (split, i, int(label)) for split, split_labels in labels.items()
+        for i, label in enumerate(split_labels)
+    ]  # fmt: skip
+    test = [r for r in rows if r["split"] == "test"]
+    got = np.array([[r["p_malignant"], r["p_normal, benign"]] for r in test])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
 def _test_images(medmnist_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +281,8 @@ def test_unreadable_new_data_is_one_line(tmp_path):
     (tmp_path / "no_images.npz").write_bytes(b"")
     np.savez(tmp_path / "labels_only.npz", test_labels=np.zeros(3, dtype=np.int64))
     cases = {
-        tmp_path / "x.txt": "not a .npz file, an image folder or a .csv file",
+        tmp_path / "x.txt": "not a readable .npz",
+        "nothing_known": "unknown dataset 'nothing_known'; give a MedMNIST flag",
         tmp_path / "missing.csv": "does not exist",
         tmp_path / "missing.npz": "does not exist",
         tmp_path / "empty": "holds no images",
@@ -260,5 +291,5 @@ def test_unreadable_new_data_is_one_line(tmp_path):
     }
     for data, message in cases.items():
         with pytest.raises(UserError, match=message) as caught:
-            read_new_images(data, 28, ["a", "b"], 2)
+            load_new_images(str(data), 28, ["a", "b"], 2)
         assert "\n" not in str(caught.value)

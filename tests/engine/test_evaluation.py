@@ -8,14 +8,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from riftune.config import RunConfig
-from riftune.data import load_dataset
+from riftune.data import eval_loader, load_dataset
 from riftune.distributed import DistributedContext
-from riftune.engine.evaluation import (
-    eval_loader,
-    evaluate_split,
-    final_metrics,
-    pretrained_embeddings,
-)
+from riftune.engine.evaluation import evaluate_split, final_metrics, pretrained_embeddings
 from riftune.metrics import linear_cka
 from riftune.models import build_classifier
 
