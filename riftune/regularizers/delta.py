@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.distributed as dist
 
+from riftune.distributed import world_size
 from riftune.models.feature_maps import default_layers
 from riftune.options import Section, option, positive
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
@@ -123,8 +123,7 @@ class Delta(Regularizer):
             self.feature_layers = default_layers(backbone)
         device = next(backbone.parameters()).device
         probe = fit_linear_probe(pretrained.train_embeddings, labels).to(device)
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        images = first_images(batches(), math.ceil(self.attention_images / world))
+        images = first_images(batches(), math.ceil(self.attention_images / world_size()))
         scores = ablation_scores(backbone, self.feature_layers, probe, images)
         for index, layer_scores in enumerate(scores):
             self.attention[str(index)] = attention_from_scores(layer_scores)

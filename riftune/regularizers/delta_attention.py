@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from riftune.metrics._distributed import all_reduce_sum
+from riftune.distributed import all_reduce_sum
 from riftune.models.feature_maps import FeatureMapTap, channel_axis, is_nhwc, resolve_layer
 from riftune.models.modes import eval_mode
 from riftune.models.speed import channels_last_input, channels_last_meanwhile
