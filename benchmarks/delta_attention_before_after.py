@@ -1,6 +1,7 @@
 """DELTA's channel-attention estimate (the ablation scores) at a git revision against now.
 
-Loads riftune/regularizers/delta.py as it was at REV next to the working tree's and runs both
+Loads riftune/regularizers/delta.py as it was at REV (the attention code lived there then) next
+to the working tree's riftune/regularizers/delta_attention.py and runs both
 ``ablation_scores`` on the same images, interleaved in one process (CPU seconds, one thread,
 median over rounds): EfficientNet-Lite0 with its shipped weights, DELTA's default layers, a
 linear probe on the pretrained embeddings of the images, the first IMAGES BreastMNIST
@@ -27,8 +28,8 @@ from riftune.data import load_dataset
 from riftune.models import build_classifier
 from riftune.models.feature_maps import default_layers
 from riftune.models.speed import to_channels_last
-from riftune.regularizers import delta as current
-from riftune.regularizers.delta import fit_linear_probe
+from riftune.regularizers import delta_attention as current
+from riftune.regularizers.delta_attention import fit_linear_probe
 
 
 def main() -> None:

@@ -23,7 +23,11 @@ from riftune.data import load_dataset
 from riftune.metrics.embeddings import collect_embeddings
 from riftune.models import build_classifier
 from riftune.models.feature_maps import default_layers
-from riftune.regularizers.delta import ablation_scores, attention_from_scores, fit_linear_probe
+from riftune.regularizers.delta_attention import (
+    ablation_scores,
+    attention_from_scores,
+    fit_linear_probe,
+)
 
 GROUP, IMAGES = 8, 128
 

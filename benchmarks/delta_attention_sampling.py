@@ -1,9 +1,9 @@
 """How far DELTA's channel attention from N images sits from the whole training set's.
 
-Ablation scores (``riftune.regularizers.delta.ablation_scores``) of EfficientNet-Lite0 (shipped
-weights, channels last, DELTA's default layers, a linear probe on the pretrained embeddings of
-the whole training split, as ``Delta.prepare`` fits it) for every BreastMNIST training image,
-in groups of 8. For N images (200 random draws of N/8 groups) it prints, per layer, the mean
+Ablation scores (``riftune.regularizers.delta_attention.ablation_scores``) of EfficientNet-Lite0
+(shipped weights, channels last, DELTA's default layers, a linear probe on the pretrained
+embeddings of the whole training split, as ``Delta.prepare`` fits it) for every BreastMNIST
+training image, in groups of 8. For N images (200 random draws of N/8 groups) it prints, per layer, the mean
 over draws of the total variation ½Σ|w_N − w_all| and of the median relative error per channel
 |w_N / w_all − 1|, against how far the whole set's attention is from uniform weights. Last, a
 first-order estimate of the same scores, −Σ_positions ∂CE/∂F_c · F_c (all channels from one
@@ -28,7 +28,11 @@ from riftune.models import build_classifier
 from riftune.models.feature_maps import default_layers, resolve_layer
 from riftune.models.modes import eval_mode
 from riftune.models.speed import channels_last_input, to_channels_last
-from riftune.regularizers.delta import ablation_scores, attention_from_scores, fit_linear_probe
+from riftune.regularizers.delta_attention import (
+    ablation_scores,
+    attention_from_scores,
+    fit_linear_probe,
+)
 
 GROUP, DRAWS = 8, 200
 

@@ -1,8 +1,14 @@
-"""Process-group set-up for torchrun, and BatchNorm that normalizes over the global batch.
+"""Process-group set-up for torchrun, the collectives riftune uses, and BatchNorm that
+normalizes over the global batch.
 
 ``torchrun --nproc_per_node N -m riftune finetune ...`` sets RANK, WORLD_SIZE and LOCAL_RANK;
 :func:`setup` reads them and joins the group (nccl on CUDA, gloo on the CPU). A plain
 ``riftune finetune`` is a world of one and initializes nothing.
+
+Every collective of the library lives here: a float64 sum (:func:`all_reduce_sum`), a gather
+of rows whose count differs by rank (:func:`all_gather_rows`, and its differentiable form
+:func:`gather_global_batch`), and the global BatchNorm. Each is the identity outside an
+initialized process group, so single-process code calls them unconditionally.
 """
 
 from __future__ import annotations
@@ -90,6 +96,113 @@ def setup(device: str = "auto") -> DistributedContext:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------- collectives
+def in_process_group() -> bool:
+    """Whether a default process group is initialized (so results must be reduced)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """The number of ranks of the default process group, or 1 when none is initialized."""
+    return dist.get_world_size() if in_process_group() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group, or 0 when none is initialized."""
+    return dist.get_rank() if in_process_group() else 0
+
+
+def communication_device() -> torch.device:
+    """The device the backend communicates on: the current CUDA device for NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over ranks, in one float64 all-reduce; the identity without a group.
+
+    Shape:
+        Any shapes; the result has the shapes, dtype float64, and devices of ``tensors``.
+    """
+    if not in_process_group():
+        return [t.double() for t in tensors]
+    device = communication_device()
+    flat = torch.cat([t.detach().double().reshape(-1).to(device) for t in tensors])
+    dist.all_reduce(flat)
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset : offset + t.numel()].reshape(t.shape).to(t.device))
+        offset += t.numel()
+    return out
+
+
+def _gather_padded(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's rows of ``x`` in rank order, and each rank's row count (not differentiable).
+
+    Rows are padded to the longest rank's count for the gather and cut back after it.
+
+    Shape:
+        x: (n_r, ...) on rank r, on the communication device. Returns (Σ_r n_r, ...).
+    """
+    count = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:s] for g, s in zip(gathered, sizes, strict=True)]), sizes
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Rows of ``t`` from every rank, concatenated in rank order; row counts may differ.
+
+    Shape:
+        t: (n_r, ...) on rank r. Returns (Σ_r n_r, ...) on ``t``'s device.
+    """
+    if not in_process_group():
+        return t
+    rows, _ = _gather_padded(t.detach().to(communication_device()))
+    return rows.to(t.device)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of (n_r, d) row blocks whose backward sums the gradients over ranks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rows, sizes = _gather_padded(x)
+        ctx.start, ctx.count = sum(sizes[: dist.get_rank()]), x.shape[0]
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.start : ctx.start + ctx.count]
+
+
+def gather_global_batch(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's batch, differentiably; ``x`` itself without a process group.
+
+    Rank r's rows come r-th, so the result is the global batch in rank order. The backward
+    pass returns to each rank the gradient of the rows it contributed, **summed over
+    ranks**: every rank computes the same loss L on the global batch, so the summed
+    gradient is W·∂L/∂x_r, and DDP's averaging of parameter gradients over the W ranks
+    then gives exactly the single-process gradient ∂L/∂θ on the global batch. (Without that
+    averaging, divide by W.) Batches of different sizes are allowed.
+
+    Shape:
+        - x: (n_r, ...) on rank r.
+        - output: (Σ_r n_r, ...).
+    """
+    if world_size() == 1:
+        return x
+    return _GatherRows.apply(x)
 
 
 class _GlobalBatchNorm2d:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from riftune import distributed
 from riftune.config import RunConfig, read_config
 from riftune.data import DatasetSplits
 from riftune.engine import autocast_dtype, build_model_and_data
+from riftune.engine.build import build_pretrained_classifier
 from riftune.engine.evaluation import PretrainedEmbeddings, final_metrics
 from riftune.engine.outputs import write_evaluation_outputs
 from riftune.errors import UserError
@@ -55,7 +57,8 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     The result reproduces the ``test`` and ``val`` entries of the run's metrics.json.
     """
     r = load_finished_run(run, device)
-    final = final_metrics(r.model, r.data, r.pretrained, r.config, r.ctx, r.amp_dtype)
+    reference = functools.partial(build_pretrained_classifier, r.config)
+    final = final_metrics(r.model, r.data, r.pretrained, reference, r.config, r.ctx, r.amp_dtype)
     if r.ctx.is_main:
         write_json_atomic(final.metrics, r.run_dir.root / "evaluation.json")
         write_evaluation_outputs(r.run_dir, final, r.data)

@@ -17,7 +17,6 @@ adds parameters the timm architecture lacks (VPT prompts, AdaptFormer adapters) 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import safetensors.torch
@@ -122,14 +121,6 @@ def export_info(run: FinishedRun) -> dict:
             "weights": cfg.get("weights"),
         },
     }
-
-
-def load_exported(out_file: str | Path) -> tuple[nn.Module, dict]:
-    """The model :func:`export_run` wrote (timm, eval mode, CPU) and its JSON description."""
-    info = json.loads(info_path(out_file).read_text())
-    model = _create(info)
-    model.load_state_dict(safetensors.torch.load_file(str(out_file)), strict=True)
-    return model.eval(), info
 
 
 def _create(info: dict) -> nn.Module:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from riftune.config.run import flag_targets
+from riftune.config.routing import flag_targets
 from riftune.errors import UserError
 
 _VARIANT = re.compile(r"^(?P<name>[\w-]+)(\[(?P<options>[^\]]*)\])?$")

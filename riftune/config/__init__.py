@@ -2,7 +2,11 @@
 
 - :mod:`riftune.config.sections`: data, backbone, training, evaluation and output sections;
 - :mod:`riftune.config.run`: :class:`RunConfig`, composed with the chosen method's and
-  regularizer's options, and its YAML form (old flat config.yaml files included);
+  regularizer's options, and its YAML form;
+- :mod:`riftune.config.routing`: where each flag's value goes (a section's field or a
+  component's option);
+- :mod:`riftune.config.legacy`: config files of earlier versions (the flat config.yaml before
+  typed configs, options added since) in today's form;
 - :mod:`riftune.config.flags`: ``riftune finetune``'s flags, generated from the dataclasses.
 """
 

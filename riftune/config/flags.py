@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from riftune import regularizers, tuning
-from riftune.config.run import SECTIONS, RunConfig, dest_of, nest_given, nested_form, read_yaml
-from riftune.config.sections import OutputConfig
+from riftune.config.legacy import nested_form
+from riftune.config.routing import dest_of, nest_given
+from riftune.config.run import RunConfig, read_yaml
+from riftune.config.sections import SECTIONS, OutputConfig
 from riftune.errors import ArgumentParser
 from riftune.options import Section, field_types, flag_of, literal_choices
 

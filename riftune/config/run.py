@@ -12,7 +12,9 @@ regularizer's sections hold only the chosen component's options:
     evaluation: {eval_batch_size: 128, ...}
 
 Run folders written before typed configs hold one flat mapping of every flag's value
-(``rift_q: optimal``, ``lora_rank: 8``, ...); :meth:`RunConfig.from_dict` reads both forms.
+(``rift_q: optimal``, ``lora_rank: 8``, ...); :meth:`RunConfig.from_dict` reads both forms
+(:mod:`riftune.config.legacy` converts the old one). Where each flag's value goes is
+:mod:`riftune.config.routing`'s job.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import yaml
 
 from riftune import regularizers, tuning
 from riftune.budget import budget_for_similarity
+from riftune.config.legacy import FORMAT, FORMAT_KEY, nested_form, with_predated_options
+from riftune.config.routing import component
 from riftune.config.sections import (
+    SECTIONS,
     BudgetConfig,
     DataConfig,
     EvaluationConfig,
@@ -36,27 +41,7 @@ from riftune.config.sections import (
     TrainingConfig,
 )
 from riftune.errors import UserError
-from riftune.options import (
-    NoOptions,
-    Section,
-    allows_none,
-    field_types,
-    flag_of,
-    from_mapping,
-    non_negative,
-)
-
-FORMAT_KEY = "riftune_config"
-FORMAT = 2
-
-SECTIONS: dict[str, type[Section]] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-    "evaluation": EvaluationConfig,
-    "budget": BudgetConfig,
-}
-"""The sections that belong to no component, by their key in the YAML form."""
+from riftune.options import NoOptions, Section, from_mapping, non_negative
 
 
 @dataclass
@@ -67,9 +52,9 @@ class MethodConfig:
     options: Section = field(default_factory=NoOptions)
 
     def __post_init__(self) -> None:
-        component = _component(tuning, self.name, "method")
-        if not isinstance(self.options, component.Options):
-            raise UserError(f"--method {self.name}: options must be {component.Options.__name__}")
+        registered = component(tuning, self.name, "method")
+        if not isinstance(self.options, registered.Options):
+            raise UserError(f"--method {self.name}: options must be {registered.Options.__name__}")
 
     def build(self) -> tuning.FinetuningMethod:
         return tuning.get(self.name).from_options(self.options)
@@ -87,15 +72,15 @@ class RegularizerConfig:
     options: Section = field(default_factory=NoOptions)
 
     def __post_init__(self) -> None:
-        component = _component(regularizers, self.name, "regularizer")
-        if not isinstance(self.options, component.Options):
-            raise UserError(f"--reg {self.name}: options must be {component.Options.__name__}")
+        registered = component(regularizers, self.name, "regularizer")
+        if not isinstance(self.options, registered.Options):
+            raise UserError(f"--reg {self.name}: options must be {registered.Options.__name__}")
         if (problem := non_negative(self.lam)) is not None:
             raise UserError(f"--lam {self.lam}: {problem}")
         if self.name == "none":
             self.lam = None
         elif self.lam is None:
-            self.lam = component.default_lam
+            self.lam = registered.default_lam
 
     @property
     def weight(self) -> float:
@@ -167,7 +152,8 @@ class RunConfig:
                     "--target-similarity with --reg rift needs --rift-match paired (the "
                     "covariance penalty is no similarity); give --budget EPS instead"
                 )
-            assert self.epsilon is not None  # budget_for_similarity refuses other regularizers
+            # a UserError for a regularizer without a similarity of fixed scale
+            budget_for_similarity(name, self.budget.target_similarity)
 
     @property
     def epsilon(self) -> float | None:
@@ -216,7 +202,7 @@ class RunConfig:
         """Build from the nested form, or from a flat pre-typed-config mapping."""
         if not isinstance(values, dict):
             raise UserError(f"{where} does not hold a riftune configuration")
-        values = {k: v for k, v in nested_form(values).items() if k != FORMAT_KEY}
+        values = nested_form(values)
         known = {*SECTIONS, "method", "regularizer", "output"}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -230,11 +216,11 @@ class RunConfig:
         }
         method = dict(values.get("method", {}))
         name = method.pop("name", "full")
-        options = _component(tuning, name, "method").Options
+        options = component(tuning, name, "method").Options
         reg = dict(values.get("regularizer", {}))
         reg_name = reg.pop("name", "none")
         lam = reg.pop("lam", None)
-        reg_options = _component(regularizers, reg_name, "regularizer").Options
+        reg_options = component(regularizers, reg_name, "regularizer").Options
         with _naming(f"--method {name}"):
             method_options = from_mapping(options, method, f"{where}.method")
         with _naming(f"--reg {reg_name}"):
@@ -256,124 +242,21 @@ def _default_budget(
     a budget was given (``--reg rift`` alone keeps a similarity of 0.8: README, "Defaults")."""
     if lam is not None or budget.active:
         return budget
-    similarity = _component(regularizers, reg_name, "regularizer").default_budget_similarity(
-        options
-    )
+    similarity = component(regularizers, reg_name, "regularizer").default_budget_similarity(options)
     if similarity is None:
         return budget
     return dataclasses.replace(budget, target_similarity=similarity)
 
 
 @contextlib.contextmanager
-def _naming(component: str):
+def _naming(label: str):
     """Prefix a component's option errors with the component (``--reg rift: ...``)."""
     try:
         yield
     except UserError as error:
-        if str(error).startswith(component):
+        if str(error).startswith(label):
             raise
-        raise UserError(f"{component}: {error}") from None
-
-
-def _component(registry, name: str, what: str) -> type:
-    try:
-        return registry.get(name)
-    except ValueError:
-        raise UserError(
-            f"unknown {what} {name!r}; choose one of: {', '.join(registry.available())}"
-        ) from None
-
-
-# --------------------------------------------------------------------- flags and old files
-@dataclass(frozen=True)
-class FlagTarget:
-    """Where a flag's value goes: a section's field, or a component's option."""
-
-    section: str  # "data", ..., "method", "regularizer", "output"
-    field: str
-    component: str | None = None  # the method or regularizer that owns the option
-
-
-def flag_targets() -> dict[str, list[FlagTarget]]:
-    """Every flag (by its argparse dest, which is also its key in old flat config files) and
-    where its value goes. A flag shared by several components (``--reference``) has a target in
-    each."""
-    targets: dict[str, list[FlagTarget]] = {
-        "method": [FlagTarget("method", "name")],
-        "reg": [FlagTarget("regularizer", "name")],
-        "lam": [FlagTarget("regularizer", "lam")],
-    }
-    for key, section in {**SECTIONS, "output": OutputConfig}.items():
-        for f in dataclasses.fields(section):
-            targets.setdefault(dest_of(section, f), []).append(FlagTarget(key, f.name))
-    for key, registry in (("method", tuning), ("regularizer", regularizers)):
-        for name in registry.available():
-            options = registry.get(name).Options
-            for f in dataclasses.fields(options):
-                targets.setdefault(dest_of(options, f), []).append(FlagTarget(key, f.name, name))
-    return targets
-
-
-def dest_of(section: type, f: dataclasses.Field) -> str:
-    """The argparse dest of a field's flag: ``--rift-q-rank`` -> ``rift_q_rank``."""
-    return flag_of(section, f)[2:].replace("-", "_")
-
-
-def nest_given(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Put flat flag values (by dest) into the nested form, on top of ``base``.
-
-    Options of components other than the chosen method and regularizer are ignored, so one set
-    of flags can serve a grid of several methods.
-    """
-    nested = {k: dict(v) for k, v in (base or {}).items() if k != FORMAT_KEY}
-    targets = flag_targets()
-    chosen = {
-        "method": given.get("method", nested.get("method", {}).get("name", "full")),
-        "regularizer": given.get("reg", nested.get("regularizer", {}).get("name", "none")),
-    }
-    for key in ("method", "regularizer"):
-        section = nested.setdefault(key, {})
-        if section.get("name", chosen[key]) != chosen[key]:  # another component: drop its options
-            nested[key] = {"lam": section["lam"]} if "lam" in section else {}
-        nested[key]["name"] = chosen[key]
-    for dest, value in given.items():
-        for target in targets.get(dest, []):
-            if target.component is None or target.component == chosen[target.section]:
-                nested.setdefault(target.section, {})[target.field] = value
-    return nested
-
-
-def nested_form(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` in the nested form: as they are, or converted from an old flat config."""
-    if FORMAT_KEY in values or all(isinstance(v, dict) for v in values.values()):
-        return values
-    return nest_legacy(values)
-
-
-def nest_legacy(flat: dict[str, Any]) -> dict[str, Any]:
-    """A flat config.yaml of a run written before typed configs, in the nested form.
-
-    It stored every flag. Flags that no longer exist are dropped, ``no_pretrained`` becomes
-    ``pretrained``, ``null`` stands for a field's default where the field does not take None,
-    and a component's ``from_legacy`` (if any) drops options its run did not use.
-    """
-    flat = dict(flat)
-    if "no_pretrained" in flat:
-        flat["pretrained"] = not flat.pop("no_pretrained")
-    given = {k: v for k, v in flat.items() if k in flag_targets()}
-    nested = nest_given(given)
-    nested.pop("output", None)
-    for key, registry in (("method", tuning), ("regularizer", regularizers)):
-        name = nested[key]["name"]
-        options = _component(registry, name, key).Options
-        types = field_types(options)
-        values = {k: v for k, v in nested[key].items() if k not in ("name", "lam")}
-        values = {k: v for k, v in values.items() if v is not None or allows_none(types[k])}
-        if hasattr(options, "from_legacy"):
-            values = options.from_legacy(values)
-        head = {k: v for k, v in nested[key].items() if k in ("name", "lam")}
-        nested[key] = head | values
-    return nested
+        raise UserError(f"{label}: {error}") from None
 
 
 # ----------------------------------------------------------------------------- files
@@ -394,17 +277,11 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
-#: (section, option) added after runs were written, and what those runs did without it
-WRITTEN_WITHOUT = {("training", "channels_last"): "off"}
-
-
 def read_config(path: Path) -> RunConfig:
     """The configuration of a run folder's config.yaml (either form); an option it predates
-    takes the value its run used (:data:`WRITTEN_WITHOUT`), not today's default."""
-    values = nested_form(read_yaml(path))
-    for (section, key), value in WRITTEN_WITHOUT.items():
-        if isinstance(values.get(section, {}), dict):
-            values[section] = {key: value} | values.get(section, {})
+    takes the value its run used (:func:`~riftune.config.legacy.with_predated_options`), not
+    today's default."""
+    values = with_predated_options(nested_form(read_yaml(path)))
     return RunConfig.from_dict(values, where=str(path))
 
 

@@ -278,3 +278,14 @@ class OutputConfig(Section):
     def check(self) -> None:
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other; pass only one")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "budget": BudgetConfig,
+}
+"""The sections that belong to no component, by their key in the YAML form (``output`` is
+not written there)."""

@@ -38,7 +38,8 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_pretrained_classifier(config: RunConfig, num_classes: int = 1) -> Classifier:
-    """The configured backbone with its starting weights and a new head."""
+    """The configured backbone with its starting weights (``--pretrained-file``'s when given)
+    and a new head: the model a run trains, and every pretrained reference it compares with."""
     return build_classifier(
         config.model.backbone,
         num_classes=num_classes,

@@ -1,9 +1,15 @@
 """Evaluation of a finetuned classifier: accuracy, AUC (with bootstrap intervals), ECE, CKA to
 the pretrained embeddings, sharpness, the top Hessian eigenvalue, corrupted-data accuracy and
-AUC, and retained generalizability on another dataset."""
+AUC, and retained generalizability on another dataset.
+
+Metric orchestration only: the pretrained reference (its embeddings, and for
+``--transfer-data`` the pretrained model itself) comes from the engine's builder
+(:mod:`riftune.engine.build`), so it has the run's starting weights (``--pretrained-file``
+included)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +32,6 @@ from riftune.metrics import (
     sharpness,
     task_metrics,
 )
-from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
 from riftune.report.run_outputs import confidence_intervals
 
@@ -161,25 +166,25 @@ def landscape_metrics(
 
 
 def transfer_metrics(
-    model: Classifier, config: RunConfig, ctx: DistributedContext, amp_dtype: torch.dtype | None
+    model: Classifier,
+    pretrained: Classifier,
+    config: RunConfig,
+    ctx: DistributedContext,
+    amp_dtype: torch.dtype | None,
 ) -> dict[str, float]:
-    """Retained generalizability on ``--transfer-data``: finetuned vs pretrained embeddings.
+    """Retained generalizability on ``--transfer-data``: ``model``'s embeddings against those of
+    ``pretrained`` (the run's starting backbone, on ``ctx.device``).
 
     k-NN accuracy (k = 20, cosine, DINO's weighted vote) on the other dataset's test split with
-    its train split (``--transfer-shots`` images per class when given) as memory, and the accuracy of a linear probe (L2 logistic regression)
-    trained on its train split; ``retained`` = finetuned / pretrained for each.
+    its train split (``--transfer-shots`` images per class when given) as memory, and the
+    accuracy of a linear probe (L2 logistic regression) trained on its train split;
+    ``retained`` = finetuned / pretrained for each.
     """
     norm, ev, seed = model.pretrained_cfg, config.evaluation, config.training.seed
     other = load_dataset(
         ev.transfer_data, data_root=config.data.data_root, img_size=config.data.img_size,
         mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=seed, shots=ev.transfer_shots,
     )  # fmt: skip
-    pretrained = build_classifier(
-        config.model.backbone,
-        num_classes=1,
-        pretrained=config.model.pretrained,
-        img_size=config.data.img_size,
-    ).to(ctx.device)
     scores: dict[str, dict[str, float]] = {}
     for name, net in (("finetuned", model), ("pretrained", pretrained)):
         train = collect(
@@ -218,6 +223,7 @@ def final_metrics(
     model: Classifier,
     data,
     pretrained: PretrainedEmbeddings,
+    pretrained_model: Callable[[], Classifier],
     config: RunConfig,
     ctx: DistributedContext,
     amp_dtype: torch.dtype | None,
@@ -226,7 +232,13 @@ def final_metrics(
     """The evaluation of the selected checkpoint (also ``riftune evaluate``): test and
     validation metrics with their bootstrap 95% intervals, sharpness and the Hessian
     eigenvalue, and on request corrupted-data (``robust``) and transfer metrics. ``timer``
-    gets each part's wall time."""
+    gets each part's wall time.
+
+    Args:
+        pretrained_model: builds the run's pretrained classifier
+            (:func:`riftune.engine.build.build_pretrained_classifier`); called only for
+            ``--transfer-data``, whose metrics compare with it.
+    """
     timer = timer or PhaseTimer()
     ev, batch = config.evaluation, config.evaluation.eval_batch_size
     multilabel = data.multilabel
@@ -251,5 +263,6 @@ def final_metrics(
             )
     if ev.transfer_data:
         with timer.phase("transfer"):
-            metrics["transfer"] = transfer_metrics(model, config, ctx, amp_dtype)
+            reference = pretrained_model().to(ctx.device)
+            metrics["transfer"] = transfer_metrics(model, reference, config, ctx, amp_dtype)
     return FinalEvaluation(metrics, test, val)

@@ -9,6 +9,7 @@ and prints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from riftune.data import eval_loader
 from riftune.engine.build import (
     autocast_dtype,
     build_model_and_data,
+    build_pretrained_classifier,
     build_training,
     run_channels_last,
 )
@@ -309,8 +311,9 @@ class Finetuner:
         self.ctx.barrier()  # rank 0 may still be writing the best checkpoint
         self.checkpointer.load_best(self.model, s.best_epoch)
         final = final_metrics(
-            self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype,
-            self.timer,
+            self.model, self.data, self.pretrained,
+            functools.partial(build_pretrained_classifier, self.config), self.config, self.ctx,
+            self.amp_dtype, self.timer,
         )  # fmt: skip
         test = final.test
         if self.ctx.is_main:

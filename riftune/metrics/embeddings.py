@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from riftune.metrics._distributed import all_gather_rows
+from riftune.distributed import all_gather_rows
 from riftune.models.modes import eval_mode
 
 if TYPE_CHECKING:

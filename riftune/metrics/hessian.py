@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from riftune.metrics._distributed import all_reduce_sum, is_distributed
+from riftune.distributed import all_reduce_sum, in_process_group
 from riftune.models.modes import eval_mode
 
 
@@ -103,7 +103,7 @@ def _hessian_vector_product(
             if h is not None:
                 t.add_(h.detach())
     count = torch.tensor(float(len(batches)))
-    if is_distributed():
+    if in_process_group():
         *reduced, count = all_reduce_sum([*total, count])
         total = [r.to(t.dtype) for r, t in zip(reduced, total, strict=True)]
     if float(count) == 0:

@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import BatchSampler
 
 from riftune.data import BatchLoader, ImageTensorDataset, ShardedEvalSampler
+from riftune.distributed import rank, world_size
 from riftune.metrics.classification import accuracy, auc
 from riftune.metrics.embeddings import collect
 
@@ -148,8 +148,7 @@ def _scores(
     amp_dtype: torch.dtype | None,
 ) -> dict[str, float]:
     """Accuracy and AUC of ``model`` on ``dataset``, each rank running its strided shard."""
-    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-    shard = ShardedEvalSampler(len(dataset), world_size=world, rank=rank)
+    shard = ShardedEvalSampler(len(dataset), world_size=world_size(), rank=rank())
     loader = BatchLoader(dataset, BatchSampler(shard, batch_size, drop_last=False))
     out = collect(model, loader, device, amp_dtype=amp_dtype)
     return {"acc": accuracy(out.logits, out.labels), "auc": auc(out.logits, out.labels)}

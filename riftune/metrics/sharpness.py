@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from riftune.metrics._distributed import all_reduce_sum, is_distributed
+from riftune.distributed import all_reduce_sum, in_process_group
 from riftune.models.modes import eval_mode
 
 
@@ -82,7 +82,7 @@ def sharpness(
         with torch.no_grad():
             for p, w in zip(params, origin, strict=True):
                 p.copy_(w)
-    if is_distributed():
+    if in_process_group():
         total_t, count_t = all_reduce_sum(
             [torch.tensor(total, dtype=torch.float64), torch.tensor(float(count))]
         )

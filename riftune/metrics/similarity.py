@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from riftune.metrics._distributed import all_reduce_sum, is_distributed
+from riftune.distributed import all_reduce_sum, in_process_group
 
 _TINY = torch.finfo(torch.float64).tiny
 
@@ -220,7 +220,7 @@ class StreamingCKA:
         if self._stats is None:
             raise ValueError("StreamingCKA.compute() called before update(); feed it batches first")
         values = [self._stats[name] for name in _STAT_NAMES]
-        if is_distributed():
+        if in_process_group():
             values = all_reduce_sum(values)
         s = dict(zip(_STAT_NAMES, values, strict=True))
         n = round(float(s["n"]))

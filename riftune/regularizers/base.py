@@ -14,7 +14,7 @@ module in ``riftune/regularizers/__init__.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -106,9 +106,13 @@ class Regularizer(nn.Module):
         optimizer: ``"adamw"``, or ``"spd"``: the engine steps with
             :class:`~riftune.optim.spd.SPDAdamW` of strength λ (Selective Projection Decay).
 
-    Instance attribute:
+    Instance attributes:
         param_lr: the learning rate the engine gives the regularizer's own parameters (RIFT's
             learned Q); ``None``: the head's (``--head-lr``).
+        feature_layers: when :attr:`needs_feature_maps`, the backbone module names whose
+            outputs :class:`StepInputs` carries in ``feature_maps`` (and, from the teacher, in
+            ``reference_feature_maps``), in this order; set at the latest by :meth:`prepare`,
+            since the engine taps them after it. Empty (the default) otherwise.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +126,7 @@ class Regularizer(nn.Module):
     splits_over_micro_batches: ClassVar[bool] = False
     optimizer: ClassVar[Literal["adamw", "spd"]] = "adamw"
     param_lr: float | None = None
+    feature_layers: Sequence[str] = ()
 
     Options: ClassVar[type[Section]] = NoOptions
     """This regularizer's options: a :class:`~riftune.options.Section` dataclass whose fields

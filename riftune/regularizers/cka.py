@@ -27,10 +27,10 @@ from typing import Literal
 
 import torch
 
+from riftune.distributed import gather_global_batch
 from riftune.metrics.similarity import linear_cka
 from riftune.options import Section, option
 from riftune.regularizers.base import Regularizer, StepInputs, register
-from riftune.regularizers.statistics import gather_global_batch
 
 REFERENCE_CHOICES = ("teacher", "cache")
 

@@ -1,15 +1,11 @@
 """Streaming sufficient statistics, reduced across ranks under ``torch.distributed``.
 
-Two tools, one for each kind of statistic riftune computes:
-
-* :class:`StreamingMoments`: the mean and unbiased covariance of a stream of (n, d) batches,
-  accumulated exactly in float64 (count, mean, and the centered sum of outer products,
-  merged with Chan et al.'s pairwise update, which keeps the centering exact instead of
-  subtracting two large sums at the end). Not differentiable; used for reference statistics
-  that are fitted once.
-* :func:`gather_global_batch`: the differentiable concatenation of every rank's batch, so that
-  a loss on batch statistics computed from it equals the single-process loss on the global
-  batch, value and gradient alike.
+:class:`StreamingMoments`: the mean and unbiased covariance of a stream of (n, d) batches,
+accumulated exactly in float64 (count, mean, and the centered sum of outer products, merged
+with Chan et al.'s pairwise update, which keeps the centering exact instead of subtracting two
+large sums at the end). Not differentiable; used for reference statistics that are fitted
+once. (The differentiable gather of a global batch, for losses on batch statistics, is
+:func:`riftune.distributed.gather_global_batch`.)
 """
 
 from __future__ import annotations
@@ -18,12 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-def distributed_world() -> int:
-    """The number of ranks of the default process group, or 1 when none is initialized."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+from riftune.distributed import communication_device, world_size
 
 
 class StreamingMoments:
@@ -109,9 +100,9 @@ class StreamingMoments:
         counts and sums first, which give the global mean, then each rank's scatter re-centred
         on that mean (the same merge formula as above, applied to all ranks at once).
         """
-        if distributed_world() == 1:
+        if world_size() == 1:
             return self
-        device = self._mean.device if self._mean is not None else _collective_device()
+        device = self._mean.device if self._mean is not None else communication_device()
         mean = (
             self._mean
             if self._mean is not None
@@ -148,54 +139,3 @@ class StreamingMoments:
             )
         cov = self._scatter / (self.count - 1)
         return (cov + cov.T) / 2
-
-
-def _collective_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather of (n_r, d) row blocks whose backward sums the gradients over ranks."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        sizes = torch.tensor([x.shape[0]], device=x.device)
-        all_sizes = [torch.empty_like(sizes) for _ in range(world)]
-        dist.all_gather(all_sizes, sizes)
-        counts = [int(s.item()) for s in all_sizes]
-        longest = max(counts)
-        padded = x.new_zeros((longest, *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        blocks = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(blocks, padded.contiguous())
-        ctx.start = sum(counts[:rank])
-        ctx.count = counts[rank]
-        return torch.cat([b[:c] for b, c in zip(blocks, counts, strict=True)])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad[ctx.start : ctx.start + ctx.count]
-
-
-def gather_global_batch(x: Tensor) -> Tensor:
-    """Concatenate every rank's batch, differentiably; ``x`` itself without a process group.
-
-    Rank r's rows come r-th, so the result is the global batch in rank order. The backward
-    pass returns to each rank the gradient of the rows it contributed, **summed over
-    ranks**: every rank computes the same loss L on the global batch, so the summed
-    gradient is W·∂L/∂x_r, and DDP's averaging of parameter gradients over the W ranks
-    then gives exactly the single-process gradient ∂L/∂θ on the global batch. (Without that
-    averaging, divide by W.) Batches of different sizes are allowed.
-
-    Shape:
-        - x: (n_r, ...) on rank r.
-        - output: (Σ_r n_r, ...).
-    """
-    if distributed_world() == 1:
-        return x
-    return _GatherRows.apply(x)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,21 @@ def test_bad_values_are_refused_with_the_flag_named(flags, message):
     with pytest.raises(UserError) as error:
         _config(*flags.split())
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_a_similarity_budget_without_a_similarity_is_refused_under_python_optimize():
+    """The check is no ``assert``, which ``python -O`` would drop."""
+    result = subprocess.run(
+        [sys.executable, "-O", "-m", "riftune", "finetune", "--reg", "l2sp",
+         "--target-similarity", "0.8", "--print-config"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith(
+        "error: --target-similarity applies to --reg rift (paired) and cka; --reg l2sp"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_python_form_is_checked_like_the_flags():

@@ -26,8 +26,8 @@ from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap, resolve_layer
 from riftune.regularizers.base import PretrainedView, StepInputs
 from riftune.regularizers.cka import CKAPenalty
-from riftune.regularizers.delta import (
-    Delta,
+from riftune.regularizers.delta import Delta
+from riftune.regularizers.delta_attention import (
     ablation_scores,
     attention_from_scores,
     fit_linear_probe,

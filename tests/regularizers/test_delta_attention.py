@@ -23,9 +23,8 @@ from riftune.models import build_classifier
 from riftune.models.feature_maps import FeatureMapTap, channel_axis, default_layers, resolve_layer
 from riftune.models.modes import eval_mode
 from riftune.models.speed import to_channels_last
-from riftune.regularizers.delta import (
-    DEFAULT_ATTENTION_IMAGES,
-    Delta,
+from riftune.regularizers.delta import DEFAULT_ATTENTION_IMAGES, Delta
+from riftune.regularizers.delta_attention import (
     ablation_scores,
     attention_from_scores,
     fit_linear_probe,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from riftune.distributed import gather_global_batch
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.rift import flags
 from riftune.regularizers.rift.covariance import CovarianceMatching
@@ -30,7 +31,7 @@ from riftune.regularizers.rift.options import (
     choice,
 )
 from riftune.regularizers.rift.paired import PairedMatching
-from riftune.regularizers.statistics import StreamingMoments, gather_global_batch
+from riftune.regularizers.statistics import StreamingMoments
 
 
 @register
