@@ -58,8 +58,9 @@ class LossWeight:
     checkpoint_key: ClassVar[str | None] = None
     value: float
 
-    def update(self, penalty: float) -> None:
-        """Take this step's penalty D_t into account for the next step's λ."""
+    def update(self, penalty: float) -> float:
+        """Take this step's penalty D_t into account; returns the next step's λ."""
+        return self.value
 
     def step_log(self) -> dict[str, float]:
         """The columns of steps.csv this weight adds for the step just taken (none here)."""
@@ -147,8 +148,8 @@ class DualAscentWeight(LossWeight):
         self.updates = 0
         self.applied = self.value  # the λ that weighed the last penalty given to update()
 
-    def update(self, penalty: float) -> None:
-        """Fold this step's penalty into D̄ and take one dual step (the new λ is :attr:`value`).
+    def update(self, penalty: float) -> float:
+        """Fold this step's penalty into D̄ and take one dual step; returns the new λ.
 
         Args:
             penalty: D_t, the step's penalty (all-reduced mean under torch.distributed).
@@ -169,6 +170,7 @@ class DualAscentWeight(LossWeight):
         else:
             self.value = max(self.floor, self.value * math.exp(self.lr * excess))
         self.updates += 1
+        return self.value
 
     def step_log(self) -> dict[str, float]:
         """``lam``, the λ that weighed the step's penalty, and ``reg_mean``, D̄ after it."""

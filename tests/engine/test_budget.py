@@ -85,9 +85,7 @@ def test_state_round_trips_exactly_and_resumes_the_same_trajectory():
     second.load_state_dict(torch.load(buffer))
     assert second.state_dict() == first.state_dict() and second.updates == 17
     for d in penalties[17:]:
-        first.update(d)
-        second.update(d)
-        assert first.value == second.value
+        assert first.update(d) == second.update(d) == first.value
     assert first.running == second.running
     fresh = DualAscentWeight(budget=0.7, lr=0.3)
     assert fresh.state_dict() == {"value": 0.0, "running": None, "updates": 0}
@@ -160,8 +158,7 @@ def test_paired_rift_budget_is_two_minus_twice_the_procrustes_similarity():
 
 def test_a_constant_weight_never_moves_and_has_nothing_to_log_or_keep():
     weight = ConstantWeight(0.3)
-    for d in (0.0, 5.0, float("nan")):
-        weight.update(d)
+    assert [weight.update(d) for d in (0.0, 5.0, float("nan"))] == [0.3] * 3
     assert weight.value == 0.3 and weight.checkpoint_key is None and not weight.adapts
     assert weight.step_log() == weight.epoch_log() == weight.state_dict() == {}
 
