@@ -23,6 +23,7 @@ from riftune import distributed
 from riftune.data import load_dataset
 from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import TrainStep
+from riftune.engine.weight import ConstantWeight
 from riftune.models import build_classifier
 from riftune.regularizers.base import NoRegularizer
 from riftune.tuning import get as get_method
@@ -57,7 +58,7 @@ def main() -> None:
         warmup_cosine(optimizer, 0, 10**6),
         torch.amp.GradScaler("cpu", enabled=False),
         distributed.setup("cpu"),
-        lam=0.0,
+        weight=ConstantWeight(0.0),
         grad_clip=1.0,
         amp_dtype=None,
     )

@@ -42,6 +42,7 @@ from riftune.config import RegularizerConfig
 from riftune.engine.build import autocast_dtype, build_optimizer, build_teacher
 from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import TrainStep
+from riftune.engine.weight import ConstantWeight
 from riftune.models import build_classifier
 from riftune.models.speed import to_channels_last, use_channels_last
 from riftune.options import from_mapping
@@ -125,7 +126,7 @@ class _Runner:
         )
         reg.to(ctx.device)
         optimizer = build_optimizer(
-            method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01, lam=1.0
+            method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01, spd_strength=1.0
         )
         teacher = build_teacher(reg, method, model)
         self.step = TrainStep(
@@ -135,7 +136,7 @@ class _Runner:
             warmup_cosine(optimizer, 0, 10**9),
             torch.amp.GradScaler(ctx.device.type, enabled=False),
             ctx,
-            lam=1.0,
+            weight=ConstantWeight(1.0),
             grad_clip=1.0,
             amp_dtype=amp_dtype,
             reference_cache=cache if reg.reference == "cache" else None,

@@ -28,7 +28,6 @@ from typing import Any
 import yaml
 
 from riftune import regularizers, tuning
-from riftune.budget import budget_for_similarity
 from riftune.config.legacy import FORMAT, FORMAT_KEY, nested_form, with_predated_options
 from riftune.config.routing import component
 from riftune.config.sections import (
@@ -143,23 +142,18 @@ class RunConfig:
         if not self.budget.active:
             return
         name, reg = self.regularizer.name, regularizers.get(self.regularizer.name)
-        if name == "none" or not getattr(reg, "has_penalty", True):
+        if name == "none" or not reg.has_penalty:
             raise UserError(f"--budget needs a regularizer with a penalty, not --reg {name}")
-        if self.budget.target_similarity is not None:
-            options = self.regularizer.options
-            if name == "rift" and options.match != "paired":
-                raise UserError(
-                    "--target-similarity with --reg rift needs --rift-match paired (the "
-                    "covariance penalty is no similarity); give --budget EPS instead"
-                )
-            # a UserError for a regularizer without a similarity of fixed scale
-            budget_for_similarity(name, self.budget.target_similarity)
+        if self.budget.target_similarity is not None:  # refused here if it has no meaning
+            reg.budget_for_similarity(self.budget.target_similarity, self.regularizer.options)
 
     @property
     def epsilon(self) -> float | None:
         """The budget ε on the penalty (from --budget or --target-similarity), or None."""
         if self.budget.target_similarity is not None:
-            return budget_for_similarity(self.regularizer.name, self.budget.target_similarity)
+            return regularizers.get(self.regularizer.name).budget_for_similarity(
+                self.budget.target_similarity, self.regularizer.options
+            )
         return self.budget.budget
 
     @property

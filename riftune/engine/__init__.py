@@ -1,6 +1,9 @@
 """Running a finetuning: :mod:`~riftune.engine.build` assembles it from a
-:class:`~riftune.config.RunConfig`, :mod:`~riftune.engine.loop` trains and evaluates, and
-:mod:`~riftune.engine.checkpointer` saves and restores its progress."""
+:class:`~riftune.config.RunConfig`, :mod:`~riftune.engine.run_claim` takes the run folder,
+:mod:`~riftune.engine.loop` trains and evaluates (each :mod:`~riftune.engine.step` weighing
+the penalty by its :mod:`~riftune.engine.weight` schedule, the one owner of λ;
+:mod:`~riftune.engine.ddp` under torchrun), and :mod:`~riftune.engine.checkpointer` saves and
+restores its progress."""
 
 from __future__ import annotations
 

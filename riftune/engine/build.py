@@ -20,6 +20,7 @@ from riftune.engine.evaluation import PretrainedEmbeddings, pretrained_embedding
 from riftune.engine.losses import class_weights
 from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import Teacher, TrainStep
+from riftune.engine.weight import ConstantWeight, DualAscentWeight, LossWeight
 from riftune.errors import UserError
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
@@ -118,6 +119,17 @@ def build_teacher(
     )
 
 
+def build_loss_weight(config: RunConfig) -> LossWeight:
+    """λ's schedule for the train step: dual ascent under the run's similarity budget, else
+    the fixed ``--lam``."""
+    if not config.budget.active:
+        return ConstantWeight(config.regularizer.weight)
+    budget = config.budget
+    return DualAscentWeight(
+        config.epsilon, budget.lr, ema=budget.ema, mode=budget.mode, initial=config.initial_lam
+    )
+
+
 def build_optimizer(
     method: tuning.FinetuningMethod,
     model: Classifier,
@@ -125,11 +137,12 @@ def build_optimizer(
     lr: float,
     head_lr: float,
     weight_decay: float,
-    lam: float,
+    spd_strength: float,
 ) -> torch.optim.AdamW:
     """AdamW over the method's groups and the regularizer's own parameters (no decay); with
-    ``--reg spd`` its Selective Projection Decay variant of strength ``lam``, anchored at the
-    parameters' values now (call it before any update or checkpoint load)."""
+    an optimizer-side regularizer (``reg.optimizer == "spd"``) its Selective Projection Decay
+    variant of strength ``spd_strength`` (``--reg spd --lam``), anchored at the parameters'
+    values now (call it before any update or checkpoint load)."""
     reg_lr = head_lr if reg.param_lr is None else reg.param_lr
     groups = method.param_groups(model, backbone_lr=lr, head_lr=head_lr) + [
         {"params": list(reg.parameters()), "lr": reg_lr, "weight_decay": 0.0}
@@ -137,7 +150,7 @@ def build_optimizer(
     if reg.optimizer == "spd":
         anchors = spd_anchors(model, method)
         return SPDAdamW(
-            spd_param_groups(groups, anchors), anchors, spd_lam=lam, lr=lr,
+            spd_param_groups(groups, anchors), anchors, spd_lam=spd_strength, lr=lr,
             weight_decay=weight_decay,
         )  # fmt: skip
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
@@ -156,13 +169,16 @@ class Training:
     step: TrainStep
 
     def stateful(self) -> dict[str, object]:
-        """The objects whose ``state_dict`` a checkpoint holds, by their checkpoint key."""
+        """The objects whose ``state_dict`` a checkpoint holds, by their checkpoint key (the
+        step's λ schedule under its own key, ``budget``, when it has a state)."""
+        weight = self.step.weight
+        keep_weight = weight is not None and weight.checkpoint_key is not None
         return {
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "scaler": self.scaler,
             "regularizer": self.regularizer,
-        }
+        } | ({weight.checkpoint_key: weight} if keep_weight else {})
 
 
 def build_training(
@@ -192,8 +208,9 @@ def build_training(
     cache = pretrained.train.embeddings.to(device) if reg.reference == "cache" else None
     distributed.synchronize_batchnorm(model)
     optimizer = build_optimizer(
-        method, model, reg, train.lr, train.head_lr, train.weight_decay, config.regularizer.weight
-    )
+        method, model, reg, train.lr, train.head_lr, train.weight_decay,
+        spd_strength=config.regularizer.weight,
+    )  # fmt: skip
     sampler = train_batch_sampler(
         train.sampler,
         data.train.labels,
@@ -214,7 +231,7 @@ def build_training(
         scheduler,
         scaler,
         ctx,
-        lam=0.0 if reg.optimizer == "spd" else config.initial_lam,
+        weight=build_loss_weight(config) if reg.has_penalty else None,
         grad_clip=train.grad_clip,
         amp_dtype=amp_dtype,
         reference_cache=cache,

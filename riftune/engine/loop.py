@@ -14,11 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-from torch.nn.parallel import DistributedDataParallel
-
-from riftune import distributed, report
-from riftune.config import RunConfig, read_config, write_config
+from riftune import distributed
+from riftune.config import RunConfig
 from riftune.data import eval_loader
 from riftune.engine.build import (
     autocast_dtype,
@@ -28,16 +25,17 @@ from riftune.engine.build import (
     run_channels_last,
 )
 from riftune.engine.checkpointer import Checkpointer, TrainState
+from riftune.engine.ddp import wrap_model
 from riftune.engine.evaluation import EvalResult, evaluate_split, final_metrics
-from riftune.engine.outputs import LiveOutputs, budget_weight, write_evaluation_outputs
+from riftune.engine.outputs import LiveOutputs, write_evaluation_outputs, write_figures
 from riftune.engine.progress import Progress
+from riftune.engine.run_claim import claim_run_dir, preflight
 from riftune.engine.selection import initial_best, is_better
 from riftune.engine.signals import GracefulStop, Preempted
 from riftune.engine.step import NonFiniteLossError
 from riftune.engine.timing import PhaseTimer
-from riftune.errors import UserError
 from riftune.models.speed import thread_report
-from riftune.runs.folder import RunDir, check_claim, claim, run_lock, write_json_atomic
+from riftune.runs.folder import RunDir, write_json_atomic
 
 #: the phases of building a run, timed anew by every attempt (a resume adds them)
 BUILD_PHASES = ("reference_pass", "regularizer_setup")
@@ -64,61 +62,6 @@ class Finetuner:
         self._trainable_names: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------------------- set-up
-    def _on_main(self, work) -> None:
-        """Run ``work()`` on the main rank; its UserError reaches every rank."""
-        error = None
-        if self.ctx.is_main:
-            try:
-                work()
-            except UserError as caught:
-                error = str(caught)
-        error = self.ctx.broadcast_object(error)
-        if error is not None:
-            raise UserError(error)
-
-    def _preflight(self) -> None:
-        """Refuse a run that could not start in its folder, before building anything."""
-        out = self.config.output
-        self._on_main(lambda: check_claim(self.run_dir, out.resume, out.overwrite))
-
-    def _claim_run_dir(self) -> None:
-        """Take the folder's writer lock (held until the run ends), claim it, write
-        config.yaml; only now is anything written, so bad input leaves no folder behind."""
-        out = self.config.output
-
-        def claim_and_record() -> None:
-            self.lock.enter_context(run_lock(self.run_dir))
-            claim(self.run_dir, resume=out.resume, overwrite=out.overwrite)
-            if out.resume:
-                self._check_same_config()
-            else:
-                write_config(self.config, self.run_dir.config)
-
-        self._on_main(claim_and_record)
-
-    def _check_same_config(self) -> None:
-        """A resumed run must train as the interrupted one did (its convolution weights in the
-        same layout, however ``--channels-last`` says it); evaluation options may change."""
-        stored_config = read_config(self.run_dir.config)
-        stored, now = stored_config.training_part(), self.config.training_part()
-        changed = sorted(
-            f"{section}.{key}"
-            for section in stored.keys() | now.keys()
-            if isinstance(stored.get(section, {}), dict)
-            for key in stored.get(section, {}).keys() | now.get(section, {}).keys()
-            if stored.get(section, {}).get(key) != now.get(section, {}).get(key)
-        )
-        layouts = [run_channels_last(c.training, self.model) for c in (stored_config, self.config)]
-        if layouts[0] != layouts[1]:
-            changed.append(
-                f"training.channels_last (give --channels-last {'on' if layouts[0] else 'off'})"
-            )
-        if changed:
-            raise UserError(
-                f"--resume needs the training options of the interrupted run; these differ: "
-                f"{', '.join(changed)} (see {self.run_dir.config})"
-            )
-
     def _build(self) -> None:
         with self.timer.phase("reference_pass"):  # the data, the model, pretrained embeddings
             self.model, self.data, self.pretrained, self.method = build_model_and_data(
@@ -132,7 +75,6 @@ class Finetuner:
                 self.amp_dtype,
             )  # fmt: skip
         self.steps_per_epoch = self.training.sampler.steps_per_epoch
-        self.budget = budget_weight(self.config)
         self.val_loader = eval_loader(
             self.data.val, self.config.evaluation.eval_batch_size, self.ctx
         )
@@ -145,17 +87,12 @@ class Finetuner:
         self.method.configure(self.model, epoch, train.epochs, freeze_bn=train.freeze_bn)
         names = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
         if self.ctx.is_distributed and names != self._trainable_names:
-            self.training.step.forward_model = DistributedDataParallel(
-                self.model,
-                device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+            self.training.step.forward_model = wrap_model(self.model, self.ctx)
         self._trainable_names = names
 
     def _stateful(self) -> dict:
-        """What a checkpoint holds besides the model (the budget's λ and running mean too)."""
-        budget = {"budget": self.budget} if self.budget else {}
-        return self.training.stateful() | budget | {"timing": self.timer}
+        """What a checkpoint holds besides the model (the step's λ schedule among them)."""
+        return self.training.stateful() | {"timing": self.timer}
 
     def _save(self) -> None:
         with self.timer.phase("checkpointing"):
@@ -185,7 +122,7 @@ class Finetuner:
         for images, labels, indices in t.loader:
             s.data_ms.append((time.perf_counter() - tick) * 1000.0)
             try:
-                losses = self._global_mean(t.step(images, labels, indices))
+                losses = t.step(images, labels, indices)
             except NonFiniteLossError:
                 self.checkpointer.flush_best()
                 raise NonFiniteLossError(
@@ -197,9 +134,8 @@ class Finetuner:
             s.global_step += 1
             s.step_in_epoch += 1
             row = {"step": s.global_step, **losses, "lr": t.scheduler.get_last_lr()[0]}
-            if self.budget is not None:  # λ of this step, then the dual step for the next
-                row |= {"lam": t.step.lam, "reg_mean": self.budget.update(losses["reg"])}
-                row["reg_mean"], t.step.lam = self.budget.running, self.budget.value
+            if t.step.weight is not None:  # under a budget: the λ of this step and D̄ after it
+                row |= t.step.weight.step_log()
             s.steps.append(row)
             self.outputs.step(row)
             for key in sums:
@@ -227,14 +163,6 @@ class Finetuner:
         self.ctx.barrier()  # torchrun ends the others as soon as one rank exits
         raise Preempted(self.stop.signal_name, self.state.global_step, self.run_dir.checkpoints)
 
-    def _global_mean(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Losses of the global batch: the mean over ranks of each rank's (equal-sized) batch."""
-        stacked = torch.stack([losses[k].float() for k in sorted(losses)])
-        if self.ctx.is_distributed:
-            torch.distributed.all_reduce(stacked)
-            stacked /= self.ctx.world_size
-        return dict(zip(sorted(losses), stacked.tolist(), strict=True))
-
     def _validate(self) -> EvalResult:
         with self.timer.phase("validation"):
             return evaluate_split(
@@ -250,9 +178,9 @@ class Finetuner:
 
     def _run(self) -> dict:
         self._started = time.perf_counter()
-        self._preflight()
+        preflight(self.run_dir, self.config, self.ctx)
         self._build()
-        self._claim_run_dir()
+        claim_run_dir(self.run_dir, self.config, self.model, self.ctx, self.lock)
         self.state = TrainState(best_value=initial_best(self.config.training.select_on))
         if self.config.output.resume:
             built = {phase: self.timer.seconds(phase) for phase in BUILD_PHASES}  # this session's
@@ -261,8 +189,6 @@ class Finetuner:
             )
             for phase, seconds in built.items():  # the restore replaced the totals
                 self.timer.add(phase, seconds)
-            if self.budget is not None:
-                self.training.step.lam = self.budget.value
             self.progress.log(
                 f"resumed from {name} at epoch {self.state.epoch + 1}, step "
                 f"{self.state.step_in_epoch}"
@@ -282,8 +208,8 @@ class Finetuner:
                 **val.prefixed("val_"),
                 "lr": self.training.scheduler.get_last_lr()[0],
             }
-            if self.budget is not None:
-                row["lam"] = self.training.step.lam
+            if self.training.step.weight is not None:  # under a budget: λ now
+                row |= self.training.step.weight.epoch_log()
             s.history.append(row)
             self.outputs.epoch(row, s.global_step)
             select_on = self.config.training.select_on
@@ -319,20 +245,8 @@ class Finetuner:
         if self.ctx.is_main:
             with self.timer.phase("figures"):
                 self.outputs.close(final.metrics)
-                report.plot_training(s.history, self.run_dir.training_plot)
+                write_figures(self.run_dir, s.history, final, self.pretrained, self.data)
                 write_evaluation_outputs(self.run_dir, final, self.data)
-                labels, names = test.collected.labels, self.data.class_names
-                if self.data.multilabel:  # colour by how many labels an image has
-                    labels = labels.sum(1)
-                    names = [f"{k} positive labels" for k in range(self.data.num_classes + 1)]
-                report.plot_embeddings(
-                    self.pretrained.test.embeddings.numpy(),
-                    test.collected.embeddings.numpy(),
-                    labels.numpy(),
-                    self.run_dir.embeddings_plot,
-                    class_names=names,
-                    cka=test.cka,
-                )
         wall = s.wall_seconds + (time.perf_counter() - self._started)
         metrics = {
             **final.metrics,

@@ -1,26 +1,15 @@
-"""What a run writes besides checkpoints: the live logs while it trains, and the per-image and
-clinical outputs of its final evaluation. Only the main rank writes."""
+"""What a run writes besides checkpoints: the live logs while it trains, and the figures, the
+per-image and the clinical outputs of its final evaluation. Only the main rank writes."""
 
 from __future__ import annotations
 
-from riftune import distributed
-from riftune.budget import DualAscentWeight
+from riftune import distributed, report
 from riftune.config import RunConfig
 from riftune.engine.checkpointer import TrainState
-from riftune.engine.evaluation import FinalEvaluation
+from riftune.engine.evaluation import FinalEvaluation, PretrainedEmbeddings
 from riftune.report.history import AppendingCSV
 from riftune.report.run_outputs import write_clinical_outputs
 from riftune.runs.folder import RunDir
-
-
-def budget_weight(config: RunConfig) -> DualAscentWeight | None:
-    """λ as a Lagrange multiplier when the run has a similarity budget, else None."""
-    if not config.budget.active:
-        return None
-    budget = config.budget
-    return DualAscentWeight(
-        config.epsilon, budget.lr, ema=budget.ema, mode=budget.mode, initial=config.initial_lam
-    )
 
 
 class LiveOutputs:
@@ -79,3 +68,29 @@ def write_evaluation_outputs(run_dir: RunDir, final: FinalEvaluation, data) -> N
         return
     splits = {"test": final.test.collected, "val": final.val.collected}
     write_clinical_outputs(run_dir.root, splits, data.class_names)
+
+
+def write_figures(
+    run_dir: RunDir,
+    history: list[dict],
+    final: FinalEvaluation,
+    pretrained: PretrainedEmbeddings,
+    data,
+) -> None:
+    """training.png from the per-epoch ``history``, and embeddings.png: the test split's
+    pretrained and finetuned embeddings side by side, coloured by class (multi-label tasks: by
+    how many labels an image has)."""
+    test = final.test
+    report.plot_training(history, run_dir.training_plot)
+    labels, names = test.collected.labels, data.class_names
+    if data.multilabel:
+        labels = labels.sum(1)
+        names = [f"{k} positive labels" for k in range(data.num_classes + 1)]
+    report.plot_embeddings(
+        pretrained.test.embeddings.numpy(),
+        test.collected.embeddings.numpy(),
+        labels.numpy(),
+        run_dir.embeddings_plot,
+        class_names=names,
+        cka=test.cka,
+    )

@@ -1,13 +1,13 @@
 """One training step, shared by ``riftune finetune`` and ``riftune bench``.
 
-    loss = task_loss(head(z), y) + lam * regularizer.penalty(z, reference, ...)
+    loss = task_loss(head(z), y) + λ * regularizer.penalty(z, reference, ...)
 
-with the task loss cross-entropy (per-label binary cross-entropy for multi-label data), ``lam``
-fixed or set before each step by a similarity budget,
-
-where z are the finetuned embeddings of the batch and ``reference`` the pretrained embeddings of
-the same images, read from the per-sample cache or computed by a frozen teacher pass, only when
-the regularizer asks for them.
+with the task loss cross-entropy (per-label binary cross-entropy for multi-label data), λ read
+from the step's weight schedule (:mod:`riftune.engine.weight`: fixed, or a similarity budget
+that the step updates with each step's penalty), z the finetuned embeddings of the batch and
+``reference`` the pretrained embeddings of the same images, read from the per-sample cache or
+computed by a frozen teacher pass, only when the regularizer asks for them. A regularizer that
+acts through the optimizer alone (``has_penalty`` False, SPD) has no λ here: loss = task.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from riftune.distributed import DistributedContext
+from riftune.engine.ddp import mean_over_ranks
 from riftune.engine.losses import task_loss
+from riftune.engine.weight import LossWeight
 from riftune.models.classifier import Classifier
 from riftune.models.feature_maps import FeatureMapTap
 from riftune.models.modes import eval_mode
@@ -79,6 +81,9 @@ class TrainStep:
         model: the classifier (unwrapped); ``forward_model`` is what the forward pass calls
             (the DDP wrapper under torchrun, else ``model``).
         regularizer: its ``reference`` attribute picks cache, teacher or nothing.
+        weight: λ's schedule, the only owner of λ (read before each step, updated after it
+            with the global batch's penalty); None for a regularizer with no penalty to weigh
+            (``has_penalty`` False).
         reference_cache: pretrained embeddings of the training split in dataset order,
             on the device. Shape: (N, d).
         teacher: per-batch pretrained pass, when the regularizer needs one.
@@ -102,7 +107,7 @@ class TrainStep:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         scaler: torch.amp.GradScaler,
         ctx: DistributedContext,
-        lam: float,
+        weight: LossWeight | None,
         grad_clip: float,
         amp_dtype: torch.dtype | None,
         reference_cache: torch.Tensor | None = None,
@@ -120,7 +125,7 @@ class TrainStep:
         self.scheduler = scheduler
         self.scaler = scaler
         self.ctx = ctx
-        self.lam = lam
+        self.weight = weight
         self.grad_clip = grad_clip
         self.amp_dtype = amp_dtype
         self.reference_cache = reference_cache
@@ -132,8 +137,9 @@ class TrainStep:
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Run the step; returns the detached losses ``loss``, ``task``, ``reg`` (on device).
+    ) -> dict[str, float]:
+        """Run the step and update λ's schedule; returns the losses ``loss``, ``task``, ``reg``
+        of the global batch (under torchrun the mean over ranks, equal on every rank).
 
         Raises:
             NonFiniteLossError: the loss is NaN or infinite on some rank (no update is made).
@@ -167,7 +173,10 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {k: v / len(parts) for k, v in sums.items()}
+        losses = mean_over_ranks({k: v / len(parts) for k, v in sums.items()}, self.ctx)
+        if self.weight is not None:
+            self.weight.update(losses["reg"])
+        return losses
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """DDP reduces gradients on the last micro-batch only; before it, they accumulate."""
@@ -205,4 +214,5 @@ class TrainStep:
                     backbone_weights=self.backbone_weights,
                 )
             ).float()
-        return {"loss": task + self.lam * reg_loss, "task": task, "reg": reg_loss}
+        loss = task if self.weight is None else task + self.weight.value * reg_loss
+        return {"loss": loss, "task": task, "reg": reg_loss}

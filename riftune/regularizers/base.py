@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from riftune.errors import UserError
 from riftune.options import NoOptions, Section
 from riftune.registry import Registry
 from riftune.tuning.base import BackboneWeights, plain_backbone_weights
@@ -99,12 +100,14 @@ class Regularizer(nn.Module):
             outputs (embeddings or feature maps), so it is constant when a method cannot
             change them (``linear``); the engine then refuses the combination.
         has_penalty: ``False`` for a regularizer that acts through the optimizer alone (its
-            penalty is 0, so a similarity budget has nothing to bound).
+            penalty is 0, so the train step weighs none and a similarity budget has nothing
+            to bound).
         splits_over_micro_batches: whether the penalty is a mean of per-sample terms or a
             function of the parameters alone, so the mean of its values on equal micro-batches
             is its value on the batch (``--micro-batches``); ``False`` for batch statistics.
         optimizer: ``"adamw"``, or ``"spd"``: the engine steps with
-            :class:`~riftune.optim.spd.SPDAdamW` of strength λ (Selective Projection Decay).
+            :class:`~riftune.optim.spd.SPDAdamW` (Selective Projection Decay) of strength
+            ``--lam``, the optimizer's option.
 
     Instance attributes:
         param_lr: the learning rate the engine gives the regularizer's own parameters (RIFT's
@@ -137,6 +140,19 @@ class Regularizer(nn.Module):
         """The similarity to keep when neither ``--lam`` nor a budget is given (None: weigh
         the penalty by :attr:`default_lam`)."""
         return cls.default_similarity
+
+    @classmethod
+    def budget_for_similarity(cls, similarity: float, options: Section) -> float:
+        """ε such that ``penalty <= ε`` means a similarity to the pretrained representation of at
+        least ``similarity`` s ∈ [0, 1] (``--target-similarity``).
+
+        Raises:
+            UserError: the penalty is no similarity of fixed scale (this base's answer).
+        """
+        raise UserError(
+            f"--target-similarity needs a penalty that is a similarity of fixed scale; --reg "
+            f"{cls.name}'s is not: give --budget directly"
+        )
 
     @classmethod
     def from_options(cls, options: Section, dim: int) -> Regularizer:

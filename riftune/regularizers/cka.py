@@ -100,6 +100,11 @@ class CKAPenalty(ReferencePenalty):
     name = "cka"
     min_batch_size = 2  # CKA of one sample is undefined
 
+    @classmethod
+    def budget_for_similarity(cls, similarity: float, options: ReferenceOptions) -> float:
+        """ε = 1 − s: the penalty is D = 1 − CKA."""
+        return 1.0 - similarity
+
     def penalty(self, step: StepInputs) -> torch.Tensor:
         """1 − CKA(z, z₀) over the global batch (float64 inside, returned as float32).
 

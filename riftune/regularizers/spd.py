@@ -23,7 +23,8 @@ from riftune.regularizers.base import Regularizer, StepInputs, register
 
 @register
 class SelectiveProjectionDecay(Regularizer):
-    """``--reg spd``: the engine builds the SPD optimizer with strength λ; the penalty is 0."""
+    """``--reg spd``: the engine builds the SPD optimizer with strength ``--lam``; no penalty
+    (the train step's loss is the task loss alone)."""
 
     name = "spd"
     splits_over_micro_batches = True

@@ -13,6 +13,7 @@ from riftune.commands.bench_penalty import penalty_cost, step_inputs
 from riftune.data import load_dataset
 from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import TrainStep
+from riftune.engine.weight import ConstantWeight
 from riftune.models import build_classifier
 from riftune.regularizers import RIFT, PretrainedView, Regularizer, StepInputs
 from riftune.regularizers.base import NoRegularizer
@@ -54,7 +55,7 @@ def train_step(model, reg, cache=None) -> TrainStep:
         warmup_cosine(optimizer, 0, 10),
         torch.amp.GradScaler("cpu", enabled=False),
         distributed.setup("cpu"),
-        lam=1.0,
+        weight=ConstantWeight(1.0),
         grad_clip=0.0,
         amp_dtype=None,
         reference_cache=cache,

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from riftune.budget import DualAscentWeight, budget_for_similarity
+from riftune.budget import ConstantWeight, DualAscentWeight, budget_for_similarity
+from riftune.config import RunConfig
 from riftune.errors import UserError
 from riftune.regularizers import RIFT, StepInputs
 from riftune.regularizers import get as get_regularizer
+from riftune.regularizers.rift.flags import RiftOptions
 
 TARGET = torch.tensor([3.0, 0.0], dtype=torch.float64)
 
@@ -83,7 +85,7 @@ def test_state_round_trips_exactly_and_resumes_the_same_trajectory():
     second.load_state_dict(torch.load(buffer))
     assert second.state_dict() == first.state_dict() and second.updates == 17
     for d in penalties[17:]:
-        assert first.update(d) == second.update(d)
+        assert first.update(d) == second.update(d) == first.value
     assert first.running == second.running
     fresh = DualAscentWeight(budget=0.7, lr=0.3)
     assert fresh.state_dict() == {"value": 0.0, "running": None, "updates": 0}
@@ -114,6 +116,10 @@ def test_the_running_mean_and_steps_follow_the_formula():
         lambda: DualAscentWeight(budget=1.0, lr=1.0, mode="geco"),  # initial 0
         lambda: budget_for_similarity("cka", 1.5),
         lambda: budget_for_similarity("feature-distill", 0.9),
+        lambda: budget_for_similarity("rift", 0.9, RiftOptions(match="covariance")),
+        lambda: RunConfig.from_dict(
+            {"regularizer": {"name": "feature-distill"}, "budget": {"target_similarity": 0.9}}
+        ),
     ],
 )
 def test_bad_settings_are_user_errors(build):
@@ -148,3 +154,24 @@ def test_paired_rift_budget_is_two_minus_twice_the_procrustes_similarity():
     rift = RIFT(dim=z.shape[1], match="paired", q="optimal")
     penalty = float(rift.penalty(StepInputs(embeddings=z, reference=z0)))
     assert budget_for_similarity("rift", similarity) == pytest.approx(penalty, abs=1e-6)
+
+
+def test_a_constant_weight_never_moves_and_has_nothing_to_log_or_keep():
+    weight = ConstantWeight(0.3)
+    assert [weight.update(d) for d in (0.0, 5.0, float("nan"))] == [0.3] * 3
+    assert weight.value == 0.3 and weight.checkpoint_key is None and not weight.adapts
+    assert weight.step_log() == weight.epoch_log() == weight.state_dict() == {}
+
+
+def test_the_logged_lambda_is_the_one_that_weighed_the_penalty():
+    weight = DualAscentWeight(budget=1.0, lr=0.5, ema=0.0, initial=0.2)
+    weight.update(3.0)  # weighed by 0.2; then λ = 0.2 + 0.5·(3 − 1)
+    assert weight.step_log() == {"lam": 0.2, "reg_mean": 3.0}
+    assert weight.epoch_log() == {"lam": 1.2}
+
+
+def test_the_budget_of_a_run_config_is_its_regularizers_answer():
+    config = RunConfig.from_dict(
+        {"regularizer": {"name": "cka"}, "budget": {"target_similarity": 0.75}}
+    )
+    assert config.epsilon == 0.25

@@ -230,3 +230,32 @@ def test_a_resumed_optimizer_continues_bit_identically(pristine):
     train(resumed, resumed_optimizer, batches[2:])
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_reg_spd_lam_is_the_optimizers_strength_and_the_step_weighs_no_penalty(
+    tmp_path, medmnist_dir, stored
+):
+    """``--reg spd --lam 2.5`` (flags, or a stored config.yaml) builds SPDAdamW of strength
+    2.5; the train step has no λ (its loss is the task loss alone)."""
+    from riftune import distributed
+    from riftune.config import finetune_parser, read_config, run_config_from_args, write_config
+    from riftune.engine import Finetuner
+
+    args = finetune_parser().parse_args(
+        ["--data", "breastmnist", "--data-root", str(medmnist_dir), "--img-size", "32",
+         "--shots", "20", "--batch-size", "16", "--out", str(tmp_path / "run"), "--reg", "spd",
+         "--lam", "2.5"]
+    )  # fmt: skip
+    config = run_config_from_args(args)
+    if stored:
+        write_config(config, tmp_path / "config.yaml")
+        config = read_config(tmp_path / "config.yaml")
+    finetuner = Finetuner(config, distributed.setup("cpu"))
+    try:
+        finetuner._build()
+    finally:
+        distributed.teardown()
+    training = finetuner.training
+    assert isinstance(training.optimizer, SPDAdamW) and training.optimizer.spd_lam == 2.5
+    assert training.step.weight is None and "budget" not in training.stateful()

@@ -8,6 +8,7 @@ token).
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import timm
@@ -21,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from riftune import regularizers, tuning
 from riftune.distributed import DistributedContext
 from riftune.engine.step import Teacher, TrainStep
+from riftune.engine.weight import ConstantWeight
 from riftune.errors import UserError
 from riftune.models.classifier import Classifier
 from riftune.regularizers import PretrainedView
@@ -587,14 +589,14 @@ def test_oft_trains_through_the_training_step_with_every_regularizer(pristine, r
         model, reg, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
         torch.amp.GradScaler("cpu", enabled=False),
         DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
-        lam=1.0, grad_clip=1.0, amp_dtype=None,
+        weight=ConstantWeight(1.0), grad_clip=1.0, amp_dtype=None,
         reference_cache=reference if reg.reference == "cache" else None, teacher=teacher,
     )  # fmt: skip
     before = _snapshot(model)
     model.train()
     method.configure(model, 0, 1)
     losses = [step(images, labels, indices) for _ in range(4)]
-    assert all(torch.isfinite(out["loss"]) for out in losses)
+    assert all(math.isfinite(out["loss"]) for out in losses)
     assert losses[-1]["task"] < losses[0]["task"]
     if reg.has_penalty and reg_name != "none":  # the representation moved, so the penalty did
         assert losses[-1]["reg"] != losses[0]["reg"]

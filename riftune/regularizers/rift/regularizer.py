@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from riftune.distributed import gather_global_batch
+from riftune.errors import UserError
 from riftune.regularizers.base import PretrainedView, Regularizer, StepInputs, register
 from riftune.regularizers.rift import flags
 from riftune.regularizers.rift.covariance import CovarianceMatching
@@ -298,6 +299,21 @@ class RIFT(Regularizer):
         """:data:`~riftune.regularizers.rift.flags.CLI_DEFAULT_TARGET_SIMILARITY` for paired
         matching; None for the covariance penalty, which is no similarity."""
         return cls.default_similarity if options.match == "paired" else None
+
+    @classmethod
+    def budget_for_similarity(cls, similarity: float, options: RiftOptions) -> float:
+        """ε = 2 − 2s for paired matching: D = ‖ẑ − r̂Q‖²_F = 2 − 2s, s the Procrustes
+        similarity (with ``q=identity`` the trace similarity).
+
+        Raises:
+            UserError: covariance matching, whose penalty is no similarity.
+        """
+        if options.match != "paired":
+            raise UserError(
+                "--target-similarity with --reg rift needs --rift-match paired (the "
+                "covariance penalty is no similarity); give --budget EPS instead"
+            )
+        return 2.0 - 2.0 * similarity
 
     @classmethod
     def from_options(cls, options: RiftOptions, dim: int) -> RIFT:
