@@ -117,7 +117,8 @@ def test_a_similarity_budget_without_a_similarity_is_refused_under_python_optimi
     )  # fmt: skip
     assert result.returncode == 2, result.stdout
     assert result.stderr.startswith(
-        "error: --target-similarity applies to --reg rift (paired) and cka; --reg l2sp"
+        "error: --target-similarity needs a penalty that is a similarity of fixed scale; "
+        "--reg l2sp's is not"
     ), result.stderr
     assert "Traceback" not in result.stderr
 
