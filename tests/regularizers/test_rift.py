@@ -108,12 +108,12 @@ def build(d, features, q, match="covariance", seed=0, dtype=torch.float64, **kwa
     if q == "learned":
         with torch.no_grad():
             gen = torch.randn(d, d, generator=torch.Generator().manual_seed(seed + 7))
-            reg.learned_rotation.reflectors.copy_(gen)
+            reg.q.rotation.reflectors.copy_(gen)
     return reg
 
 
 def rotation_np(reg):
-    return np_householder(reg.learned_rotation.reflectors.detach().double().numpy())
+    return np_householder(reg.q.rotation.reflectors.detach().double().numpy())
 
 
 def call(reg, z, reference=None):
@@ -365,7 +365,7 @@ def test_gradients_match_finite_differences(match, q, stats):
     reg = build(4, features, q, match=match, stats=stats, mean_weight=0.4)
     reg.eval()  # keep the running estimate fixed across gradcheck's evaluations
     zt = torch.tensor(z, requires_grad=True)
-    inputs = (zt, reg.learned_rotation.reflectors) if q == "learned" else (zt,)
+    inputs = (zt, reg.q.rotation.reflectors) if q == "learned" else (zt,)
     rt = torch.tensor(reference)
 
     def loss(zz, *_):
@@ -616,7 +616,7 @@ def test_finite_values_and_gradients(match, q, stats, case):
     assert torch.isfinite(loss)
     assert torch.isfinite(z.grad).all()
     if q == "learned":
-        assert torch.isfinite(reg.learned_rotation.reflectors.grad).all()
+        assert torch.isfinite(reg.q.rotation.reflectors.grad).all()
 
 
 @pytest.mark.parametrize(("match", "q"), [(m, q) for m in ("covariance", "paired") for q in QS])
@@ -626,7 +626,7 @@ def test_bf16_autocast_input_gives_float32_accurate_loss(match, q):
     exact = build(24, features, q, match=match, dtype=torch.float64)
     if q == "learned":
         with torch.no_grad():
-            exact.learned_rotation.reflectors.copy_(reg.learned_rotation.reflectors.double())
+            exact.q.rotation.reflectors.copy_(reg.q.rotation.reflectors.double())
         if match == "covariance":
             exact.ref_cov.copy_(reg.ref_cov.double())  # same float32-rounded Σ₀
     z16 = torch.tensor(z).bfloat16()
@@ -654,7 +654,7 @@ def test_streaming_fit_equals_one_shot_and_numpy():
     np.testing.assert_allclose(one.ref_cov_sq_norm.item(), np.sum(sigma0**2), rtol=1e-12)
     np.testing.assert_allclose(one.ref_trace.item(), np.trace(sigma0), rtol=1e-12)
     np.testing.assert_allclose(
-        one.ref_eigvals.numpy(), np.sort(np.linalg.eigvalsh(sigma0))[::-1], atol=1e-12
+        one.q.ref_eigvals.numpy(), np.sort(np.linalg.eigvalsh(sigma0))[::-1], atol=1e-12
     )
     assert one.ref_count.item() == 90
     np.testing.assert_allclose(one.running_cov.numpy(), sigma0, rtol=1e-12)
@@ -670,10 +670,10 @@ def test_state_dict_round_trip(match, q, stats):
     expected_keys = {"ref_count", "ref_mean", "ref_cov_sq_norm", "ref_trace"}
     expected_keys |= {"ref_cov"} if match == "covariance" else set()  # paired never reads Σ₀
     expected_keys |= {"running_cov", "running_mean"} if stats == "ema" else set()
-    expected_keys |= {"learned_rotation.reflectors"} if q == "learned" else set()
-    expected_keys |= {"ref_eigvals"} if (match, q) == ("covariance", "optimal") else set()
+    expected_keys |= {"q.rotation.reflectors"} if q == "learned" else set()
+    expected_keys |= {"q.ref_eigvals"} if (match, q) == ("covariance", "optimal") else set()
     if (match, q, stats) == ("covariance", "optimal", "ema"):
-        expected_keys |= {"spectral_target", "spectral_age"}
+        expected_keys |= {"q.spectral_target", "q.spectral_age"}
     assert set(state) == expected_keys
     fresh = RIFT(5, match=match, q=q, stats=stats)
     fresh.load_state_dict(state)
@@ -779,20 +779,20 @@ def test_prepare_and_penalty():
 
 def test_cli_flags_defaults_and_options():
     reg = _rift([])
-    assert (reg.match, reg.q) == (flags.CLI_DEFAULT_MATCH, flags.CLI_DEFAULT_Q)
+    assert (reg.match, reg.q.name) == (flags.CLI_DEFAULT_MATCH, flags.CLI_DEFAULT_Q)
     assert (reg.stats, reg.momentum, reg.mean_weight, reg.normalize) == ("batch", 0.1, 0.0, True)
     assert reg.reference == "cache"  # paired matching reads the cache unless told otherwise
     assert _rift("--rift-match covariance").reference is None
     argv = "--rift-match covariance --rift-q learned --rift-stats ema --rift-momentum 0.2 "
     argv += "--rift-mean-weight 0.5 --no-rift-normalize"
     reg = _rift(argv)
-    assert (reg.match, reg.q, reg.stats, reg.momentum) == ("covariance", "learned", "ema", 0.2)
+    assert (reg.match, reg.q.name, reg.stats, reg.momentum) == ("covariance", "learned", "ema", 0.2)
     assert (reg.mean_weight, reg.normalize) == (0.5, False)
-    assert reg.learned_rotation.rank is None  # the default rank 64 is all of d = 7
-    assert _rift(argv, dim=100).learned_rotation.rank == 64
-    assert _rift(argv + " --rift-q-rank 4").learned_rotation.reflectors.shape == (7, 4)
+    assert reg.q.rotation.rank is None  # the default rank 64 is all of d = 7
+    assert _rift(argv, dim=100).q.rotation.rank == 64
+    assert _rift(argv + " --rift-q-rank 4").q.rotation.reflectors.shape == (7, 4)
     reg = _rift(argv + " --rift-q-rank all", dim=100)
-    assert reg.learned_rotation.reflectors.shape == (100, 100)
+    assert reg.q.rotation.reflectors.shape == (100, 100)
     assert reg.param_lr is None  # the engine gives learned Q the head's learning rate
     assert _rift(argv + " --rift-q-lr 2e-5").param_lr == 2e-5
     assert _rift("--rift-match paired --rift-reference teacher").reference == "teacher"
@@ -822,9 +822,9 @@ def test_cli_flags_defaults_and_options():
 def test_an_explicit_q_rank_needs_learned_q_whatever_its_value(q, rank):
     with pytest.raises(UserError, match="--rift-q-rank applies to --rift-q learned only"):
         _rift(["--rift-q", q, "--rift-q-rank", rank])
-    assert _rift(["--rift-q", q]).q == q  # unset, the rank goes with any Q
+    assert _rift(["--rift-q", q]).q.name == q  # unset, the rank goes with any Q
     learned = _rift(["--rift-q", "learned", "--rift-q-rank", rank], dim=100)
-    assert learned.learned_rotation.reflectors.shape == (100, 100 if rank == "all" else int(rank))
+    assert learned.q.rotation.reflectors.shape == (100, 100 if rank == "all" else int(rank))
 
 
 def test_the_q_rank_in_a_run_config_is_there_with_learned_q_only():
@@ -839,7 +839,7 @@ def test_the_q_rank_in_a_run_config_is_there_with_learned_q_only():
     old = RunConfig.from_dict({"reg": "rift", "rift_q": "optimal", "rift_q_rank": 64})
     assert old.to_dict() == optimal.to_dict()
     # the constructor's own default is unchanged: RIFT(q=...) with q_rank=64 is accepted
-    assert RIFT(8, q="optimal", q_rank=DEFAULT_Q_RANK).q == "optimal"
+    assert RIFT(8, q="optimal", q_rank=DEFAULT_Q_RANK).q.name == "optimal"
 
 
 def test_reg_rift_alone_keeps_the_default_similarity_budget():
@@ -960,11 +960,11 @@ def test_rank_k_rotation_starts_at_identity_and_moves_the_chosen_subspace():
 def test_fit_reference_starts_a_rank_k_q_at_the_top_principal_directions():
     features, z, reference = make_data(40, 8, seed=3)
     reg = RIFT(8, match="paired", q="learned", q_rank=4).double()
-    assert reg.learned_rotation.reflectors.shape == (8, 4)
+    assert reg.q.rotation.reflectors.shape == (8, 4)
     reg.fit_reference(torch.tensor(features))
     _, vectors = np.linalg.eigh(np_cov(features))
     top = vectors[:, ::-1][:, :2]
-    u = reg.learned_rotation.reflectors.detach().numpy()
+    u = reg.q.rotation.reflectors.detach().numpy()
     np.testing.assert_allclose(np.abs(u[:, 0::2].T @ top), np.eye(2), atol=1e-8)
     np.testing.assert_allclose(u[:, 0::2], u[:, 1::2])
     torch.testing.assert_close(reg.rotation.detach(), torch.eye(8).double(), rtol=0, atol=1e-12)
@@ -985,7 +985,7 @@ def test_rank_k_learned_q_reaches_the_procrustes_optimum_of_a_low_rank_rotation(
     z = reference @ plane
     reg = RIFT(d, match="paired", q="learned", q_rank=2)
     with torch.no_grad():  # pairs started off the plane, so the optimizer has to find it
-        reg.learned_rotation.start_at(torch.ones(d, 1))
+        reg.q.rotation.start_at(torch.ones(d, 1))
     assert call(reg, z, reference).item() > 0.1
     final = _optimize_rotation(reg, z, reference, steps=1500, lr=0.05)
     assert final == pytest.approx(0.0, abs=1e-5)
@@ -1001,7 +1001,7 @@ def test_bad_rank_is_a_clear_error(rank):
 
 @pytest.mark.parametrize("rank", [8, 10])
 def test_rank_of_at_least_d_is_the_full_rotation(rank):
-    rot = RIFT(8, q="learned", q_rank=rank).learned_rotation
+    rot = RIFT(8, q="learned", q_rank=rank).q.rotation
     assert rot.rank is None and rot.reflectors.shape == (8, 8)
 
 
