@@ -22,18 +22,6 @@ def settings(q_rank=None, covariance=True, running=False, eigh_every=1) -> QSett
     return QSettings(D, q_rank, eigh_every, covariance, running)
 
 
-def np_cov(x):
-    return np.cov(x, rowvar=False, ddof=1)
-
-
-def np_householder(reflectors):
-    """−H(u_1)⋯H(u_d), H(u) = I − 2uuᵀ/uᵀu, one reflection at a time."""
-    q = -np.eye(len(reflectors))
-    for u in reflectors.T:
-        q = q @ (np.eye(len(u)) - 2 * np.outer(u, u) / (u @ u))
-    return q
-
-
 @pytest.fixture
 def batch():
     rng = np.random.default_rng(3)
@@ -69,7 +57,7 @@ def test_identity_q_against_numpy(batch):
 
 
 @pytest.mark.parametrize("with_mean", [False, True])
-def test_learned_q_against_numpy(batch, with_mean):
+def test_learned_q_against_numpy(batch, with_mean, np_householder):
     z, r, _ = batch
     q = LearnedQ(settings()).double()
     with torch.no_grad():
@@ -88,7 +76,7 @@ def test_learned_q_against_numpy(batch, with_mean):
     assert set(q.state_dict()) == {"rotation.reflectors"}
 
 
-def test_learned_q_of_rank_k_fits_its_pairs_to_the_top_principal_directions(batch):
+def test_learned_q_of_rank_k_fits_its_pairs_to_the_top_principal_directions(batch, np_cov):
     _, _, features = batch
     q = LearnedQ(settings(q_rank=4)).double()
     q.fit(torch.tensor(np_cov(features)))
@@ -99,7 +87,7 @@ def test_learned_q_of_rank_k_fits_its_pairs_to_the_top_principal_directions(batc
     np.testing.assert_allclose(q.matrix(torch.zeros(0)).detach().numpy(), np.eye(D), atol=1e-12)
 
 
-def test_optimal_q_against_numpy(batch):
+def test_optimal_q_against_numpy(batch, np_cov):
     z, r, features = batch
     q = OptimalQ(settings()).double()
     q.fit(torch.tensor(np_cov(features)))
@@ -120,7 +108,9 @@ def test_optimal_q_against_numpy(batch):
         q.matrix(zt)
 
 
-def test_optimal_q_running_target_is_the_reference_spectrum_in_the_running_eigenbasis(batch):
+def test_optimal_q_running_target_is_the_reference_spectrum_in_the_running_eigenbasis(
+    batch, np_cov
+):
     _, _, features = batch
     q = OptimalQ(settings(running=True, eigh_every=2)).double()
     q.fit(torch.tensor(np_cov(features)))
@@ -165,7 +155,7 @@ def fixed_q():
 
 
 @pytest.mark.parametrize("stats", ["batch", "ema"])
-def test_a_new_q_registered_once_works_in_covariance_matching(fixed_q, batch, stats):
+def test_a_new_q_registered_once_works_in_covariance_matching(fixed_q, batch, stats, np_cov):
     z, _, features = batch
     w = 0.6
     reg = RIFT(D, q=fixed_q, mean_weight=w, stats=stats, momentum=0.25).double()
