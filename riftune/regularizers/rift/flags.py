@@ -24,7 +24,7 @@ from riftune.options import (
     positive_finite,
 )
 from riftune.regularizers.rift.options import DEFAULT_Q_RANK
-from riftune.regularizers.rift.q import Q_STRATEGIES, q_strategy
+from riftune.regularizers.rift.q import Q_STRATEGIES, names_taking, q_strategy
 
 #: the names of the registered Q (``--rift-q``'s choices)
 Q_NAMES = tuple(Q_STRATEGIES)
@@ -140,7 +140,7 @@ class RiftOptions(Section):
         q_class = q_strategy(self.q)
         refused = q_class.refused_option({"q_rank": self.q_rank, "q_lr": self.q_lr})
         if refused is not None:
-            takers = " or ".join(n for n, c in Q_STRATEGIES.items() if refused in c.options)
+            takers = " or ".join(names_taking(refused))
             raise UserError(
                 f"{flag(RiftOptions, refused)} applies to --rift-q {takers} only, got "
                 f"--rift-q {self.q}"

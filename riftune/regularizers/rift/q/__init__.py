@@ -16,6 +16,7 @@ from riftune.regularizers.rift.q.base import (
     Q_STRATEGIES,
     QSettings,
     QStrategy,
+    names_taking,
     q_strategy,
     register_q,
 )
@@ -23,4 +24,4 @@ from riftune.regularizers.rift.q.base import (
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["Q_STRATEGIES", "QSettings", "QStrategy", "q_strategy", "register_q"]
+__all__ = ["Q_STRATEGIES", "QSettings", "QStrategy", "names_taking", "q_strategy", "register_q"]

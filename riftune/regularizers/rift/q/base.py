@@ -74,9 +74,8 @@ class QStrategy(nn.Module):
         given_rank = None if settings.q_rank == DEFAULT_Q_RANK else settings.q_rank
         refused = self.refused_option({"q_rank": given_rank})
         if refused is not None:
-            raise ValueError(
-                f"{refused} applies to {_takers(refused, 'q={!r}')} only, got q={self.name!r}"
-            )
+            takers = " or ".join(f"q={name!r}" for name in names_taking(refused))
+            raise ValueError(f"{refused} applies to {takers} only, got q={self.name!r}")
         self.dim = settings.dim
 
     @classmethod
@@ -168,6 +167,6 @@ def q_strategy(name: str) -> type[QStrategy]:
     return Q_STRATEGIES[name]
 
 
-def _takers(option: str, form: str) -> str:
-    """The Q names that take ``option``, each written as ``form`` (e.g. ``"q={!r}"``)."""
-    return " or ".join(form.format(n) for n, c in Q_STRATEGIES.items() if option in c.options)
+def names_taking(option: str) -> list[str]:
+    """The names of the registered Q that take ``option`` (e.g. ``"q_rank"``)."""
+    return [name for name, cls in Q_STRATEGIES.items() if option in cls.options]
