@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from riftune.regularizers.rift import (
-    RIFT,
-)
+from riftune.regularizers.rift import RIFT
 from riftune.regularizers.rift import covariance as covariance_module
 
 SHAPES = [(5, 12), (40, 6), (7, 7), (2, 3)]  # n < d, n > d, n = d, the smallest batch
@@ -23,16 +21,7 @@ QS = ["identity", "learned", "optimal"]
 @pytest.mark.parametrize("q", QS)
 @pytest.mark.parametrize(("normalize", "w"), [(True, 0.0), (False, 0.7), (True, 1.3)])
 def test_covariance_batch_matches_numpy(
-    n,
-    d,
-    q,
-    normalize,
-    w,
-    np_cov,
-    np_covariance_loss,
-    make_data,
-    build,
-    rotation_np,
+    n, d, q, normalize, w, np_cov, np_covariance_loss, make_data, build, rotation_np
 ):
     features, z, _ = make_data(n, d, seed=n * 31 + d)
     reg = build(d, features, q, normalize=normalize, mean_weight=w)
@@ -46,15 +35,7 @@ def test_covariance_batch_matches_numpy(
 @pytest.mark.parametrize("q", ["identity", "learned"])
 @pytest.mark.parametrize(("normalize", "w"), [(True, 0.0), (False, 0.7)])
 def test_covariance_batch_against_a_low_rank_reference_matches_numpy(
-    monkeypatch,
-    q,
-    normalize,
-    w,
-    np_cov,
-    np_covariance_loss,
-    make_data,
-    build,
-    rotation_np,
+    monkeypatch, q, normalize, w, np_cov, np_covariance_loss, make_data, build, rotation_np
 ):
     """Σ₀ of 16 rows has rank 15; with n = 5 rows and d = 40, n + 15 < d, so the loss comes
     from the n×n and n×15 products (``low_rank_covariance_gap``), not the d×d difference."""
@@ -98,14 +79,7 @@ def test_a_loaded_reference_replaces_the_low_rank_factor_of_the_fitted_one(make_
 @pytest.mark.parametrize("q", QS)
 @pytest.mark.parametrize(("n", "d"), [(4, 6), (20, 5)])
 def test_covariance_ema_matches_numpy(
-    q,
-    n,
-    d,
-    np_cov,
-    np_covariance_loss,
-    make_data,
-    build,
-    rotation_np,
+    q, n, d, np_cov, np_covariance_loss, make_data, build, rotation_np
 ):
     """Learned Q: the running estimates live in Q's frame, R ← (1 − m)R + m·QΣ(z)Qᵀ, and the
     loss compares them with Σ₀, μ₀ directly. Optimal Q with eigh_every=1: exact spectra."""

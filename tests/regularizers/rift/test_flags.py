@@ -1,7 +1,5 @@
 """``--reg rift``'s flags and config section (rift/flags.py): defaults, options, the learned-Q
 options' rule and the default similarity budget and λ.
-
-Shared NumPy references and helpers are fixtures in conftest.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """RIFT's pure math (rift/functional.py): fast paths against dense and NumPy computations,
 and the eigensolver's recovery where LAPACK fails.
-
-Shared NumPy references and helpers are fixtures in conftest.py.
 """
 
 from __future__ import annotations
@@ -35,9 +33,7 @@ def test_low_rank_covariance_gap_is_the_dense_frobenius_gap():
     ("float32_failures", "vectors_dtype"), [(1, torch.float32), (9, torch.float64)]
 )
 def test_large_eigenproblems_recover_where_lapack_fails(
-    monkeypatch,
-    float32_failures,
-    vectors_dtype,
+    monkeypatch, float32_failures, vectors_dtype
 ):
     """LAPACK can fail to converge on a low-rank d × d covariance (d > 512; seen in float32 on
     the default recipe's running covariance, and in float64 a few steps later). The solver

@@ -17,6 +17,16 @@ from riftune.regularizers.rift import (
 )
 
 
+def torch_reflections(u):
+    """H(u_1)⋯H(u_k) for the columns of u (d, k), in torch, one reflection at a time."""
+    d = u.shape[0]
+    q = torch.eye(d, dtype=u.dtype)
+    for i in range(u.shape[1]):
+        col = u[:, i : i + 1]
+        q = q @ (torch.eye(d, dtype=u.dtype) - 2 * col @ col.T / (col.T @ col))
+    return q
+
+
 @pytest.mark.parametrize("block", [1, 3, 7, 64])
 def test_householder_rotation_matches_numpy_for_any_block_size(monkeypatch, block, np_householder):
     monkeypatch.setattr(householder, "BLOCK_DEFAULT", block)
@@ -39,9 +49,7 @@ def test_householder_rotation_matches_numpy_for_any_block_size(monkeypatch, bloc
 @pytest.mark.parametrize("block", [1, 3, 7])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_householder_gradient_matches_the_reflection_by_reflection_product(
-    monkeypatch,
-    block,
-    transpose,
+    monkeypatch, block, transpose
 ):
     """The blocked WY form's gradients (reflectors and rows) equal those of the plain product."""
     monkeypatch.setattr(householder, "BLOCK_DEFAULT", block)
@@ -51,15 +59,8 @@ def test_householder_gradient_matches_the_reflection_by_reflection_product(
     x0 = torch.randn(4, d, generator=gen).double()
     weights = torch.randn(4, d, generator=gen).double()
 
-    def dense(u):  # −H(u_1)⋯H(u_d) in torch, one reflection at a time
-        q = -torch.eye(d, dtype=u.dtype)
-        for i in range(d):
-            col = u[:, i : i + 1]
-            q = q @ (torch.eye(d, dtype=u.dtype) - 2 * col @ col.T / (col.T @ col))
-        return q
-
     u_ref, x_ref = reflectors.clone().requires_grad_(), x0.clone().requires_grad_()
-    q = dense(u_ref)
+    q = -torch_reflections(u_ref)  # −H(u_1)⋯H(u_d)
     ((x_ref @ (q if transpose else q.T)) * weights).sum().backward()
     rot = HouseholderRotation(d).double()
     with torch.no_grad():
@@ -110,15 +111,8 @@ def test_rank_k_rotation_matches_its_reflection_product(monkeypatch, block, tran
     assert np.linalg.det(q_np) == pytest.approx(1.0)
     assert np.linalg.matrix_rank(q_np - np.eye(d), tol=1e-9) <= k
 
-    def dense(u):
-        q = torch.eye(d, dtype=u.dtype)
-        for i in range(k):
-            col = u[:, i : i + 1]
-            q = q @ (torch.eye(d, dtype=u.dtype) - 2 * col @ col.T / (col.T @ col))
-        return q
-
     u_ref, x_ref = reflectors.clone().requires_grad_(), x0.clone().requires_grad_()
-    q = dense(u_ref)
+    q = torch_reflections(u_ref)
     expected = x_ref @ (q if transpose else q.T)
     (expected * weights).sum().backward()
     rot = HouseholderRotation(d, rank=k).double()

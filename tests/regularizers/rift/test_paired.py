@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from riftune.regularizers.rift import (
-    RIFT,
-)
+from riftune.regularizers.rift import RIFT
 
 SHAPES = [(5, 12), (40, 6), (7, 7), (2, 3)]  # n < d, n > d, n = d, the smallest batch
 QS = ["identity", "learned", "optimal"]
@@ -67,8 +65,7 @@ def test_learned_q_stays_orthogonal_and_reaches_procrustes_optimum(make_data, op
 
 
 def test_rank_k_learned_q_reaches_the_procrustes_optimum_of_a_low_rank_rotation(
-    call,
-    optimize_rotation,
+    call, optimize_rotation
 ):
     """Paired data rotated in a 2-D plane: a rank-2 learned Q finds the optimum (float32)."""
     d, n = 8, 6

@@ -14,9 +14,7 @@ from hypothesis import strategies as st
 from scipy.stats import special_ortho_group
 
 from riftune.regularizers.base import PretrainedView, StepInputs, get
-from riftune.regularizers.rift import (
-    RIFT,
-)
+from riftune.regularizers.rift import RIFT
 
 QS = ["identity", "learned", "optimal"]
 VARIANTS = [("covariance", q, s) for q in QS for s in ("batch", "ema")] + [
