@@ -50,9 +50,14 @@ def _rotation(folder: Path) -> tuple[float, float] | None:
     if path is None:
         return None
     tensors, meta = checkpoint.load_checkpoint(path)
-    reflectors = checkpoint.unflatten_state(tensors, meta)["regularizer"][
-        "learned_rotation.reflectors"
-    ].double()
+    state = checkpoint.unflatten_state(tensors, meta)["regularizer"]
+    # runs from before Q was a strategy module kept the reflectors under the old key
+    key = (
+        "q.rotation.reflectors"
+        if "q.rotation.reflectors" in state
+        else "learned_rotation.reflectors"
+    )
+    reflectors = state[key].double()
     d, k = reflectors.shape
     rotation = HouseholderRotation(d, rank=k if k < d else None).double()
     with torch.no_grad():

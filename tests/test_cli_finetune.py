@@ -169,7 +169,7 @@ def test_learned_q_gets_its_own_learning_rate(tmp_path, medmnist_dir, flags, q_l
         finetuner._build()
     finally:
         distributed.teardown()
-    reflectors = finetuner.training.regularizer.learned_rotation.reflectors
+    reflectors = finetuner.training.regularizer.q.rotation.reflectors
     groups = finetuner.training.optimizer.param_groups
     (group,) = [g for g in groups if any(p is reflectors for p in g["params"])]
     # the schedule scales every group alike from its initial learning rate

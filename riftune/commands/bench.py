@@ -68,14 +68,16 @@ class Variant:
 
 #: batches of the bench's reference "training set" (the batch and noisy copies of it)
 REFERENCE_BATCHES = 17
-# learned Q as a rotation of all d dimensions and of rank 64 (``--rift-q-rank``)
-_LEARNED_RANKS = {"q=learned rank=d": "all", "q=learned rank=64": 64}
 
 
 def _rotations() -> list[tuple[str, dict]]:
-    """(label, options) of each Q: identity, learned (all of ℝᵈ and rank 64), optimal."""
-    learned = [(label, {"q": "learned", "q_rank": rank}) for label, rank in _LEARNED_RANKS.items()]
-    return [("q=identity", {"q": "identity"}), *learned, ("q=optimal", {"q": "optimal"})]
+    """(label, options) of each registered Q's bench variants: identity, learned (all of ℝᵈ
+    and rank 64), optimal."""
+    return [
+        (" ".join(filter(None, (f"q={name}", suffix))), {"q": name, **flags})
+        for name, q_class in regularizers.rift.Q_STRATEGIES.items()
+        for suffix, flags in q_class.bench_variants.items()
+    ]
 
 
 def default_variants() -> list[Variant]:

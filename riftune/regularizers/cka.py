@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from riftune.distributed import gather_global_batch
 from riftune.metrics.similarity import linear_cka
@@ -66,7 +67,30 @@ def paired_embeddings(step: StepInputs, who: str) -> tuple[torch.Tensor, torch.T
             f"{who} pairs each sample's finetuned and pretrained embeddings; got shapes "
             f"{tuple(step.embeddings.shape)} and {tuple(step.reference.shape)}"
         )
-    return step.embeddings, step.reference.detach()
+    return step.embeddings, step.reference
+
+
+class CKADistance(nn.Module):
+    r"""1 − linear CKA between a batch's finetuned and pretrained embeddings, engine-free.
+
+    Kornblith et al., ICML 2019 (https://arxiv.org/abs/1905.00414); the pairwise
+    representation-similarity constraint (RSC) of the RIFT paper (arXiv 2503.07399):
+
+    .. math::
+        Ω(Z, Z_0) = 1 − \frac{‖Z_cᵀZ_{0,c}‖²_F}{‖Z_cᵀZ_c‖_F\,‖Z_{0,c}ᵀZ_{0,c}‖_F}
+
+    with ·_c column centering over the batch. Z₀ is a constant (no gradient). Under an
+    initialized ``torch.distributed`` process group both are all-gathered differentiably, so
+    CKA is that of the global batch. Computed in float64, returned as float32.
+
+    Shape:
+        - z, z0: (n, d), n ≥ 2, the same samples in the same order.
+        - output: scalar, float32.
+    """
+
+    def forward(self, z: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
+        z, z0 = gather_global_batch(z), gather_global_batch(z0.detach())
+        return 1.0 - linear_cka(z, z0).float()
 
 
 class ReferencePenalty(Regularizer):
@@ -91,7 +115,7 @@ class ReferencePenalty(Regularizer):
 
 @register
 class CKAPenalty(ReferencePenalty):
-    """``--reg cka``: penalty 1 − linear CKA(z, z₀) on the (global) batch; formula above.
+    """``--reg cka``: :class:`CKADistance` of the step's embeddings and their references.
 
     Args:
         reference: where z₀ comes from, ``"teacher"`` or ``"cache"``.
@@ -100,17 +124,15 @@ class CKAPenalty(ReferencePenalty):
     name = "cka"
     min_batch_size = 2  # CKA of one sample is undefined
 
+    def __init__(self, reference: str = "teacher"):
+        super().__init__(reference)
+        self.distance = CKADistance()
+
     @classmethod
     def budget_for_similarity(cls, similarity: float, options: ReferenceOptions) -> float:
         """ε = 1 − s: the penalty is D = 1 − CKA."""
         return 1.0 - similarity
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
-        """1 − CKA(z, z₀) over the global batch (float64 inside, returned as float32).
-
-        Shape:
-            step.embeddings, step.reference: (n, d) each. Returns a scalar.
-        """
-        z, z0 = paired_embeddings(step, "--reg cka")
-        z, z0 = gather_global_batch(z), gather_global_batch(z0)
-        return 1.0 - linear_cka(z, z0).float()
+        """1 − CKA(z, z₀) over the global batch (:class:`CKADistance`); a float32 scalar."""
+        return self.distance(*paired_embeddings(step, "--reg cka"))

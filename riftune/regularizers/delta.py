@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from riftune.distributed import world_size
 from riftune.models.feature_maps import default_layers
@@ -81,6 +82,7 @@ class Delta(Regularizer):
         self.feature_layers: list[str] = list(layers or [])
         self.attention_images = attention_images
         self.attention = BufferDict()
+        self.distance = AttentionMapDistance()
 
     @dataclass
     class Options(Section):
@@ -129,7 +131,8 @@ class Delta(Regularizer):
             self.attention[str(index)] = attention_from_scores(layer_scores)
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
-        """Ω for one step (float32), from ``step.feature_maps`` and the teacher's maps.
+        """Ω for one step (float32, :class:`AttentionMapDistance`), from ``step.feature_maps``
+        and the teacher's maps.
 
         Shape:
             step.feature_maps[l], step.reference_feature_maps[l]: (n, C_l, *spatial_l).
@@ -148,21 +151,53 @@ class Delta(Regularizer):
                 f"({', '.join(self.feature_layers)}); got {len(maps)} finetuned and "
                 f"{len(reference)} pretrained maps"
             )
-        with torch.autocast(device_type=maps[0].device.type, enabled=False):
-            total = maps[0].new_zeros((), dtype=torch.float32)
-            for index, (fm, fm0) in enumerate(zip(maps, reference, strict=True)):
-                weights = self.attention[str(index)]
-                if fm.shape != fm0.shape or fm.shape[1] != weights.shape[0]:
-                    raise ValueError(
-                        f"--reg delta layer {self.feature_layers[index]}: maps {tuple(fm.shape)} "
-                        f"and {tuple(fm0.shape)} for {weights.shape[0]} attention weights"
-                    )
-                per_channel = (fm.float() - fm0.detach().float()).flatten(2).square().mean(2)
-                total = total + (per_channel * weights.float()).sum(1).mean()
-        return total
+        weights = [self.attention[str(index)] for index in range(len(maps))]
+        return self.distance(maps, reference, weights, self.feature_layers)
 
     def get_extra_state(self) -> dict:
         return {"feature_layers": list(self.feature_layers)}
 
     def set_extra_state(self, state: dict) -> None:
         self.feature_layers = list(state["feature_layers"])
+
+
+class AttentionMapDistance(nn.Module):
+    r"""DELTA's attention-weighted feature-map distance, engine-free.
+
+    Li et al., "DELTA", ICLR 2019 (https://openreview.net/forum?id=rkgbwsAcYm):
+
+    .. math::
+        Ω = \frac{1}{n}\sum_{i=1}^{n}\sum_{l}\sum_{c=1}^{C_l} w_{l,c}\,
+            \frac{‖FM_{l,c}(x_i) − FM^0_{l,c}(x_i)‖²_2}{S_l}
+
+    for the maps FM_l of the finetuned model, FM⁰_l of the pretrained one (constants), the
+    channel weights w_l and S_l spatial positions per map; float32 with autocast off.
+
+    Shape:
+        - maps[l], reference[l]: (n, C_l, *spatial_l), channels second.
+        - weights[l]: (C_l,).
+        - output: scalar, float32.
+
+    Raises:
+        ValueError: a layer's maps or weights that do not match (named by ``names`` when given).
+    """
+
+    def forward(
+        self,
+        maps: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+        weights: Sequence[torch.Tensor],
+        names: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        with torch.autocast(device_type=maps[0].device.type, enabled=False):
+            total = maps[0].new_zeros((), dtype=torch.float32)
+            for index, (fm, fm0, w) in enumerate(zip(maps, reference, weights, strict=True)):
+                if fm.shape != fm0.shape or fm.shape[1] != w.shape[0]:
+                    layer = names[index] if names else index
+                    raise ValueError(
+                        f"--reg delta layer {layer}: maps {tuple(fm.shape)} "
+                        f"and {tuple(fm0.shape)} for {w.shape[0]} attention weights"
+                    )
+                per_channel = (fm.float() - fm0.detach().float()).flatten(2).square().mean(2)
+                total = total + (per_channel * w.float()).sum(1).mean()
+        return total

@@ -19,14 +19,38 @@ z₀ comes from a frozen pretrained forward pass (``--reference teacher``) or th
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from riftune.regularizers.base import StepInputs, register
 from riftune.regularizers.cka import ReferencePenalty, paired_embeddings
 
 
+class FeatureDistance(nn.Module):
+    r"""Mean squared Euclidean distance of each embedding to its pretrained one, engine-free.
+
+    The embedding-level feature distillation of DELTA's baselines (Li et al., ICLR 2019,
+    https://openreview.net/forum?id=rkgbwsAcYm) and LwF-style feature matching:
+
+    .. math::
+        Ω(z, z_0) = \frac{1}{n}\sum_{i=1}^{n} ‖z_i − z_{0,i}‖²_2
+
+    summed over the d features, averaged over the n local samples; z₀ is a constant. Computed
+    in float32 with autocast off.
+
+    Shape:
+        - z, z0: (n, d), the same samples in the same order.
+        - output: scalar, float32.
+    """
+
+    def forward(self, z: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return (z.float() - z0.detach().float()).square().sum(1).mean()
+
+
 @register
 class FeatureDistill(ReferencePenalty):
-    """``--reg feature-distill``: mean over samples of ‖z_i − z₀,ᵢ‖²₂; formula above.
+    """``--reg feature-distill``: :class:`FeatureDistance` of the step's embeddings and their
+    references.
 
     Args:
         reference: where z₀ comes from, ``"teacher"`` or ``"cache"``.
@@ -35,12 +59,10 @@ class FeatureDistill(ReferencePenalty):
     name = "feature-distill"
     splits_over_micro_batches = True
 
-    def penalty(self, step: StepInputs) -> torch.Tensor:
-        """Mean over the batch of the squared L2 distance (float32).
+    def __init__(self, reference: str = "teacher"):
+        super().__init__(reference)
+        self.distance = FeatureDistance()
 
-        Shape:
-            step.embeddings, step.reference: (n, d) each. Returns a scalar.
-        """
-        z, z0 = paired_embeddings(step, "--reg feature-distill")
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return (z.float() - z0.float()).square().sum(1).mean()
+    def penalty(self, step: StepInputs) -> torch.Tensor:
+        """Mean over the batch of the squared L2 distance (:class:`FeatureDistance`, float32)."""
+        return self.distance(*paired_embeddings(step, "--reg feature-distill"))

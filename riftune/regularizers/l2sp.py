@@ -136,6 +136,52 @@ class _Terms:
     new: list[nn.Parameter]
 
 
+class StartingPointDistance(nn.Module):
+    r"""L2-SP's penalty from the tensors of each term, engine-free.
+
+    Li, Grandvalet & Davoine, ICML 2018 (https://arxiv.org/abs/1802.01483):
+
+    .. math::
+        Ω = \sum_i ‖w_i − w^0_i‖²_2 + r \sum_j ‖v_j‖²_2
+
+    for the weights w_i with a starting point w⁰_i (constants) and the new weights v_j, summed
+    in float32 with autocast off in a few fused kernels (:func:`squared_distance`); an empty
+    term is 0.
+
+    Args:
+        beta_ratio: r ≥ 0, the weight of the plain L2 term.
+
+    Shape:
+        - weights, anchors: lists of tensors of equal shapes, pairwise; new: a list of tensors.
+        - output: scalar, float32.
+    """
+
+    def __init__(self, beta_ratio: float = 0.1):
+        super().__init__()
+        if beta_ratio < 0:
+            raise ValueError(f"--l2sp-beta-ratio must be >= 0; got {beta_ratio}")
+        self.beta_ratio = beta_ratio
+
+    def extra_repr(self) -> str:
+        return f"beta_ratio={self.beta_ratio}"
+
+    def forward(
+        self,
+        weights: list[torch.Tensor],
+        anchors: list[torch.Tensor],
+        new: list[torch.Tensor],
+    ) -> torch.Tensor:
+        if len(weights) != len(anchors):
+            raise ValueError(f"{len(weights)} weights for {len(anchors)} starting points")
+        tensors = [*weights, *new]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        with torch.autocast(device_type=device.type, enabled=False):
+            zero = torch.zeros((), dtype=torch.float32, device=device)
+            sp = squared_distance(weights, anchors) if weights else zero
+            plain = squared_distance(new) if new else zero
+            return sp + self.beta_ratio * plain
+
+
 @register
 class L2SP(Regularizer):
     """``--reg l2sp``: ‖θ_b − θ_b⁰‖² + r·(‖θ_h‖² + ‖θ_new‖²); see the module docstring.
@@ -149,9 +195,7 @@ class L2SP(Regularizer):
 
     def __init__(self, beta_ratio: float = 0.1):
         super().__init__()
-        if beta_ratio < 0:
-            raise ValueError(f"--l2sp-beta-ratio must be >= 0; got {beta_ratio}")
-        self.beta_ratio = beta_ratio
+        self.distance = StartingPointDistance(beta_ratio)
         self.anchor = BufferDict()
         # (which parameters and which of them train, their _Terms): rebuilt when either changes
         self._terms_cache: tuple[tuple, _Terms] | None = None
@@ -203,7 +247,8 @@ class L2SP(Regularizer):
         return terms
 
     def penalty(self, step: StepInputs) -> torch.Tensor:
-        """Ω(θ) of ``step.model`` (float32); gradients flow to its parameters.
+        """Ω(θ) of ``step.model`` (float32, :class:`StartingPointDistance`); gradients flow to
+        its parameters.
 
         Raises:
             ValueError: no model in ``step``, no snapshot yet, or an adapted weight that was
@@ -214,15 +259,13 @@ class L2SP(Regularizer):
         if not len(self.anchor):
             raise ValueError("L2SP.prepare() must run (or a state dict be loaded) before penalty()")
         terms = self._terms(step.model, step.backbone_weights)
+        weights, anchors = list(terms.anchored), [self.anchor[k] for k in terms.anchor_keys]
+        # the effective weights W₀ + ΔW in float32, too
         with torch.autocast(device_type=step.embeddings.device.type, enabled=False):
-            zero = step.embeddings.new_zeros((), dtype=torch.float32)
-            weights, anchors = list(terms.anchored), [self.anchor[k] for k in terms.anchor_keys]
-            for weight in terms.adapted:  # the effective weight W₀ + ΔW
+            for weight in terms.adapted:
                 weights.append(weight.value())
                 anchors.append(self.anchor[weight.name])
-            sp = squared_distance(weights, anchors) if weights else zero
-            new = squared_distance(terms.new) if terms.new else zero
-            return sp + self.beta_ratio * new
+        return self.distance(weights, anchors, terms.new)
 
 
 def _forget_terms(module: L2SP, incompatible_keys: object = None) -> None:

@@ -148,7 +148,7 @@ def test_reference_flag_is_shared_and_parsed():
     assert build("--reg", "cka", "--reference", "cache").reference == "cache"
     assert build("--reg", "feature-distill", "--reference", "cache").reference == "cache"
     assert build("--reg", "cka").reference == "teacher"
-    assert build("--reg", "l2sp", "--l2sp-beta-ratio", "0.5").beta_ratio == 0.5
+    assert build("--reg", "l2sp", "--l2sp-beta-ratio", "0.5").distance.beta_ratio == 0.5
     assert build("--reg", "delta").feature_layers == []
     layered = build("--reg", "delta", "--delta-layers", "blocks.1, blocks.3")
     assert layered.feature_layers == ["blocks.1", "blocks.3"]

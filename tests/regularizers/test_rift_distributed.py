@@ -56,7 +56,7 @@ def _run_variants(model: nn.Module, linear: nn.Linear, data: dict, rows: slice) 
         reg.fit_reference(data["features"], all_reduce=False)  # every rank holds all of it
         if q == "learned":
             with torch.no_grad():
-                reflectors = reg.learned_rotation.reflectors
+                reflectors = reg.q.rotation.reflectors
                 reflectors.copy_(data["generator"][:, : reflectors.shape[1]])
         model.zero_grad()
         z = model(data["x"][rows])
@@ -68,7 +68,7 @@ def _run_variants(model: nn.Module, linear: nn.Linear, data: dict, rows: slice) 
             "bias": linear.bias.grad.clone(),
         }
         if q == "learned":
-            out["generator"] = reg.learned_rotation.reflectors.grad.clone()
+            out["generator"] = reg.q.rotation.reflectors.grad.clone()
         if stats == "ema":
             out["running_cov"] = reg.running_cov.clone()
         results[(match, q, stats, rank)] = out

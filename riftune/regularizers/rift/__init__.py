@@ -10,12 +10,14 @@ Two ways to measure "close", selected by ``match``:
   finetuned embeddings of a batch are matched, sample by sample, to the pretrained embeddings
   of the same samples, from a per-sample cache filled once before training (or a frozen pass).
 
-``q`` chooses the orthogonal map: ``"identity"`` (none), ``"learned"`` (one rotation trained with
-the model, :mod:`.householder`) or ``"optimal"`` (the best rotation for each batch, in closed
-form, never stored). Layout: :mod:`.functional` (the pure math), :mod:`.householder`,
-:mod:`.covariance`, :mod:`.paired`, :mod:`.regularizer` (the :class:`RIFT` module: options,
-fitted statistics, checks, the riftune protocol), :mod:`.flags` (the ``--rift-*`` flags) and
-:mod:`.options` (the values the options take).
+``q`` chooses the orthogonal map, a strategy from :mod:`.q` (one module per kind, registered by
+name): ``"identity"`` (none), ``"learned"`` (one rotation trained with the model,
+:mod:`.householder`) or ``"optimal"`` (the best rotation for each batch, in closed form, never
+stored); both matchings call it, and adding a Q is adding one module there. Layout:
+:mod:`.functional` (the pure math), :mod:`.householder`, :mod:`.q`, :mod:`.covariance`,
+:mod:`.paired`, :mod:`.regularizer` (the :class:`RIFT` module: options, fitted statistics,
+checks, the riftune protocol), :mod:`.flags` (the ``--rift-*`` flags) and :mod:`.options` (the
+values the options take).
 """
 
 from riftune.regularizers.rift.flags import (
@@ -35,9 +37,9 @@ from riftune.regularizers.rift.options import (
     DEFAULT_Q_RANK,
     MATCHES,
     REFERENCE_SOURCES,
-    ROTATIONS,
     STATISTICS,
 )
+from riftune.regularizers.rift.q import Q_STRATEGIES, QSettings, QStrategy, register_q
 from riftune.regularizers.rift.regularizer import RIFT
 
 __all__ = [
@@ -47,13 +49,16 @@ __all__ = [
     "CLI_DEFAULT_TARGET_SIMILARITY",
     "DEFAULT_Q_RANK",
     "MATCHES",
+    "Q_STRATEGIES",
     "REFERENCE_SOURCES",
     "RIFT",
-    "ROTATIONS",
     "STATISTICS",
     "HouseholderRotation",
+    "QSettings",
+    "QStrategy",
     "batch_covariance_eigvals",
     "nuclear_norm_of_product",
+    "register_q",
     "spectral_distance",
     "symmetric_eigvals",
 ]

@@ -7,7 +7,7 @@ order. With the statistics Σ̄, μ̄ below,
     L = \|Σ̄ − QᵀΣ₀Q\|²_F / c_Σ + w\,\|μ̄ − Qᵀμ₀\|² / c_μ
 
 - ``q="identity"``: Q = I, so L = ‖Σ̄ − Σ₀‖²_F/c_Σ + w‖μ̄ − μ₀‖²/c_μ.
-- ``q="learned"``: Q = ``learned_rotation``, trained with the model.
+- ``q="learned"``: Q = the rotation trained with the model (:mod:`.q.learned`).
 - ``q="optimal"``: each term at its own minimum over orthogonal Q:
   L = Σᵢ (λᵢ↓(Σ̄) − λᵢ↓(Σ₀))²/c_Σ + w(‖μ̄‖ − ‖μ₀‖)²/c_μ, over all d eigenvalues
   (min_Q ‖A − QᵀBQ‖²_F for symmetric A, B; the sum is a lower bound of the joint
@@ -56,7 +56,8 @@ Cost per call (n rows, d features; under ``torch.distributed`` n is the global b
 
 The statistics of the pretrained embeddings (Σ₀, μ₀, ‖Σ₀‖²_F, tr Σ₀ and the optional buffers
 of :meth:`CovarianceMatching.buffers`) are buffers of the RIFT module, which every method here
-receives as ``owner``; this class holds only the options.
+receives as ``owner``; this class holds only the options and the module's Q (:mod:`.q`), which
+owns Q's own tensors (the learned rotation, Σ₀'s spectrum, the running spectral target).
 """
 
 from __future__ import annotations
@@ -65,45 +66,22 @@ import torch
 from torch import Tensor, nn
 
 from riftune.regularizers.rift.functional import (
-    batch_covariance_eigvals,
     covariance_factor,
     low_rank_covariance_gap,
-    norm_gap,
-    spectral_distance,
     squared_gram_gap,
-    symmetric_eigvecs,
 )
-from riftune.regularizers.rift.householder import HouseholderRotation
-
-
-def rotated_batch(
-    rotation: HouseholderRotation, zc: Tensor, mean: Tensor, with_mean: bool = True
-) -> tuple[Tensor, Tensor]:
-    """(Z_cQᵀ, Qμ): the centered rows, and with ``with_mean`` the mean, in Q's frame.
-
-    Σ(Z_cQᵀ) = QΣ(z)Qᵀ, so rotating the n rows (and the mean, as one more row) costs what the
-    batch does: no d×d product. Without ``with_mean`` the mean comes back unrotated.
-
-    Shape:
-        - zc: (n, d); mean: (d,).
-        - output: (n, d) and (d,).
-    """
-    if not with_mean:
-        return rotation.rotate_rows(zc), mean
-    rows = rotation.rotate_rows(torch.cat([zc, mean[None]]))
-    return rows[:-1], rows[-1]
+from riftune.regularizers.rift.q import QStrategy
 
 
 class CovarianceMatching:
     """``match="covariance"``: the loss above, from the RIFT module's fitted statistics.
 
     Args:
-        q: ``"identity"``, ``"learned"`` (Q = ``owner.learned_rotation``) or ``"optimal"``.
+        q: the RIFT module's Q, which moves the batch into its frame and computes the gaps.
         stats: ``"batch"`` or ``"ema"``.
         normalize: c_Σ = ‖Σ₀‖²_F and c_μ = tr Σ₀ (else 1).
         mean_weight: w ≥ 0.
         momentum: m ∈ (0, 1], the current batch's weight in the running estimates.
-        eigh_every: ``ema`` with ``optimal``: training calls between eigenbasis refreshes.
     """
 
     reference = None  # fitted statistics, no per-sample reference
@@ -111,31 +89,24 @@ class CovarianceMatching:
 
     def __init__(
         self,
-        q: str,
+        q: QStrategy,
         stats: str,
         normalize: bool,
         mean_weight: float,
         momentum: float,
-        eigh_every: int,
     ):
         self.q, self.stats = q, stats
         self.normalize, self.mean_weight = normalize, mean_weight
-        self.momentum, self.eigh_every = momentum, eigh_every
-        self.training_calls = 0  # since fit; mirrors the spectral_age buffer without a sync
+        self.momentum = momentum
         self._factor: _ReferenceFactor | None = None  # of Σ₀, made at the first batch
 
     # ------------------------------------------------------------------------------ state
     def buffers(self, dim: int) -> dict[str, Tensor]:
         """The buffers this matching adds to the module's (name: initial value)."""
         extra = {"ref_cov": torch.zeros(dim, dim)}
-        if self.q == "optimal":
-            extra["ref_eigvals"] = torch.zeros(dim)
         if self.stats == "ema":
             extra["running_cov"] = torch.zeros(dim, dim)
             extra["running_mean"] = torch.zeros(dim)
-        if self.q == "optimal" and self.stats == "ema":
-            extra["spectral_target"] = torch.zeros(dim, dim)
-            extra["spectral_age"] = torch.zeros((), dtype=torch.long)
         return extra
 
     def check_fit(self, cov: Tensor) -> None:
@@ -148,23 +119,16 @@ class CovarianceMatching:
 
     @torch.no_grad()
     def fit(self, owner: nn.Module, cov: Tensor, mean: Tensor) -> None:
-        """Store Σ₀ (and its eigenvalues) and start the running estimates at Σ₀, μ₀."""
+        """Store Σ₀ and start the running estimates at Σ₀, μ₀."""
         owner.ref_cov.copy_(cov)
-        if self.q == "optimal":
-            owner.ref_eigvals.copy_(torch.linalg.eigvalsh(cov).flip(0).clamp_min(0))
         if self.stats == "ema":
             owner.running_cov.copy_(cov)
             owner.running_mean.copy_(mean)
-        if self.q == "optimal" and self.stats == "ema":
-            owner.spectral_age.zero_()
-        self.training_calls = 0
         self._factor = None
 
     def after_load(self, owner: nn.Module) -> None:
-        """Mirror the loaded refresh counter (``ema`` with ``optimal``); Σ₀ may have changed."""
+        """Σ₀ may have changed: forget its factor."""
         self._factor = None
-        if self.q == "optimal" and self.stats == "ema":
-            self.training_calls = int(owner.spectral_age.item())
 
     def check_inputs(self, owner: nn.Module, z: Tensor, reference: Tensor | None) -> None:
         """ValueError for a per-sample reference, or before :meth:`fit`."""
@@ -182,32 +146,39 @@ class CovarianceMatching:
     # ------------------------------------------------------------------------------- loss
     def loss(self, owner: nn.Module, z: Tensor, reference: Tensor | None = None) -> Tensor:
         """L of the (global) batch ``z`` (n, d), already in the compute dtype."""
-        dtype, n = z.dtype, z.shape[0]
+        dtype = z.dtype
         mean = z.mean(0)
         zc = z - mean
         with_mean = self.mean_weight > 0
-        rotation = owner.learned_rotation if self.q == "learned" else None
-        if rotation is not None:  # the running estimates, too, live in Q's frame
-            zc, mean = rotated_batch(rotation, zc, mean, with_mean or self.stats == "ema")
+        # the running estimates, too, live in Q's frame
+        zc, mean = self.q.to_frame(zc, mean, with_mean or self.stats == "ema")
         if self.stats == "ema":
             cov_term, mean = self._running_cov_term(owner, zc, mean)
-        elif self.q == "optimal":
-            cov_term = spectral_distance(batch_covariance_eigvals(zc), owner.ref_eigvals.to(dtype))
-        elif (factor := self._low_rank_reference(owner, n, dtype)) is not None:
-            cov_term = low_rank_covariance_gap(zc, *factor, 1 / (n - 1))
         else:
-            with torch.no_grad():
-                diff = torch.addmm(owner.ref_cov.to(dtype), zc.T, zc, beta=-1, alpha=1 / (n - 1))
-            cov_term = squared_gram_gap(zc, diff, 1 / (n - 1))
+            cov_term = self.q.covariance_gap(zc, lambda rows: self._gap_to_reference(owner, rows))
         if self.normalize:
             cov_term = cov_term / owner.ref_cov_sq_norm.to(dtype)
         if not with_mean:
             return cov_term
-        mu0 = owner.ref_mean.to(dtype)
-        mean_term = norm_gap(mean, mu0) if self.q == "optimal" else (mean - mu0).square().sum()
+        mean_term = self.q.mean_gap(mean, owner.ref_mean.to(dtype))
         if self.normalize:
             mean_term = mean_term / owner.ref_trace.to(dtype)
         return cov_term + self.mean_weight * mean_term
+
+    def _gap_to_reference(self, owner: nn.Module, zc: Tensor) -> Tensor:
+        """‖Σ(z) − Σ₀‖²_F from the centered rows: the low-rank form when n + r < d, else the
+        d×d difference.
+
+        Shape:
+            - zc: (n, d).
+            - output: scalar.
+        """
+        dtype, n = zc.dtype, zc.shape[0]
+        if (factor := self._low_rank_reference(owner, n, dtype)) is not None:
+            return low_rank_covariance_gap(zc, *factor, 1 / (n - 1))
+        with torch.no_grad():
+            diff = torch.addmm(owner.ref_cov.to(dtype), zc.T, zc, beta=-1, alpha=1 / (n - 1))
+        return squared_gram_gap(zc, diff, 1 / (n - 1))
 
     def _low_rank_reference(
         self, owner: nn.Module, n: int, dtype: torch.dtype
@@ -240,32 +211,12 @@ class CovarianceMatching:
                 owner.running_cov.to(dtype), zc.T, zc, beta=1 - m, alpha=m / (n - 1)
             )
         mean = torch.lerp(owner.running_mean.to(dtype), mean, m)
-        if self.q == "optimal":
-            target = self._spectral_target(owner, sigma)
-        else:
-            target = owner.ref_cov.to(dtype)
+        target = self.q.running_target(sigma, owner.ref_cov)
         if owner.training:
             with torch.no_grad():
                 owner.running_cov.copy_(sigma)
                 owner.running_mean.copy_(mean)
         return squared_gram_gap(zc, sigma - target, m / (n - 1)), mean
-
-    def _spectral_target(self, owner: nn.Module, sigma: Tensor) -> Tensor:
-        """T = V diag(λ↓(Σ₀)) Vᵀ for the running Σ̄ (d, d): recomputed from Σ̄'s eigenvectors V
-        when the training-call count is a multiple of ``eigh_every``, else the stored one."""
-        if self.training_calls % self.eigh_every == 0:
-            with torch.no_grad():
-                vectors = symmetric_eigvecs(sigma)
-                ascending = owner.ref_eigvals.flip(0).to(vectors.dtype)
-                target = ((vectors * ascending) @ vectors.T).to(sigma.dtype)
-            if owner.training:
-                owner.spectral_target.copy_(target)
-        else:
-            target = owner.spectral_target.to(sigma.dtype)
-        if owner.training:
-            self.training_calls += 1
-            owner.spectral_age.fill_(self.training_calls)
-        return target
 
 
 class _ReferenceFactor:

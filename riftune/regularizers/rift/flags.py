@@ -1,8 +1,10 @@
 """``--reg rift``'s options as a typed section: the ``--rift-*`` flags and its part of
 config.yaml are generated from :class:`RiftOptions` (see :mod:`riftune.options`).
 
-``--rift-q-rank`` and ``--rift-q-lr`` apply to ``--rift-q learned`` only, and giving either with
-another Q is an error whatever its value; unset, the rank is :data:`DEFAULT_Q_RANK`.
+``--rift-q`` takes the name of any Q registered in :mod:`riftune.regularizers.rift.q`.
+``--rift-q-rank`` and ``--rift-q-lr`` apply to the Q that takes them (``--rift-q learned``) only,
+and giving either with another Q is an error whatever its value (the rule is the Q's,
+:meth:`QStrategy.refused_option`); unset, the rank is :data:`DEFAULT_Q_RANK`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from riftune.options import (
     positive_finite,
 )
 from riftune.regularizers.rift.options import DEFAULT_Q_RANK
+from riftune.regularizers.rift.q import Q_STRATEGIES, names_taking, q_strategy
+
+#: the names of the registered Q (``--rift-q``'s choices)
+Q_NAMES = tuple(Q_STRATEGIES)
 
 # `--reg rift` with no other flags: chosen by README's defaults rule (RESULTS.md, "Defaults"):
 # paired matching, optimal Q, a similarity budget of 0.8 (λ by dual ascent). The fixed weight
@@ -30,6 +36,15 @@ CLI_DEFAULT_MATCH = "paired"
 CLI_DEFAULT_Q = "optimal"
 CLI_DEFAULT_TARGET_SIMILARITY = 0.8
 CLI_DEFAULT_LAM = 0.1
+
+
+#: the options that only some Q take
+_Q_OPTIONS = frozenset({"q_rank", "q_lr"})
+
+
+def _alternatives(texts: list[str]) -> str:
+    """``"a, b or c"``."""
+    return " or ".join([", ".join(texts[:-1]), texts[-1]]) if len(texts) > 1 else texts[0]
 
 
 def _q_rank(text: str) -> int | str:
@@ -61,10 +76,9 @@ class RiftOptions(Section):
         "covariance (no per-sample reference); 'paired' matches each sample's embedding to its "
         "pretrained embedding, up to centering, scale and Q",
     )
-    q: Literal["identity", "learned", "optimal"] = option(
+    q: Literal[Q_NAMES] = option(
         CLI_DEFAULT_Q,
-        "the orthogonal map Q: 'identity' (none), 'learned' (one rotation trained with the "
-        "model) or 'optimal' (the best rotation per batch, in closed form)",
+        "the orthogonal map Q: " + _alternatives([c.help for c in Q_STRATEGIES.values()]),
     )
     q_rank: int | Literal["all"] | None = option(
         None,
@@ -123,16 +137,16 @@ class RiftOptions(Section):
 
     def check(self) -> None:
         """The rules across flags; RIFT's constructor keeps the same rules for Python callers."""
-        if self.q == "learned":
-            if self.q_rank is None:
-                self.q_rank = DEFAULT_Q_RANK
-        else:
-            for name in ("q_rank", "q_lr"):
-                if getattr(self, name) is not None:
-                    raise UserError(
-                        f"{flag(RiftOptions, name)} applies to --rift-q learned only, got "
-                        f"--rift-q {self.q}"
-                    )
+        q_class = q_strategy(self.q)
+        refused = q_class.refused_option({"q_rank": self.q_rank, "q_lr": self.q_lr})
+        if refused is not None:
+            takers = " or ".join(names_taking(refused))
+            raise UserError(
+                f"{flag(RiftOptions, refused)} applies to --rift-q {takers} only, got "
+                f"--rift-q {self.q}"
+            )
+        if "q_rank" in q_class.options and self.q_rank is None:
+            self.q_rank = DEFAULT_Q_RANK
         if self.match == "paired" and self.stats == "ema":
             raise UserError("--reg rift: --rift-stats ema applies to --rift-match covariance only")
         if self.match == "covariance" and self.reference != "cache":
@@ -142,10 +156,10 @@ class RiftOptions(Section):
             )
 
     def to_dict(self) -> dict:
-        """The options that apply: Q's rank and learning rate only with learned Q."""
+        """The options that apply: Q's rank and learning rate only with a Q that takes them."""
         values = super().to_dict()
-        if self.q != "learned":
-            del values["q_rank"], values["q_lr"]
+        for name in _Q_OPTIONS - q_strategy(self.q).options:
+            del values[name]
         return values
 
     @classmethod
@@ -153,10 +167,10 @@ class RiftOptions(Section):
         """Values of a config.yaml written before typed configs: every flag was stored, so
         drop the learned-Q options of a run without learned Q; ``q_rank: null`` meant 'all'."""
         values = dict(values)
-        if values.get("q", CLI_DEFAULT_Q) != "learned":
-            values.pop("q_rank", None)
-            values.pop("q_lr", None)
-        elif "q_rank" in values and values["q_rank"] is None:
+        taken = q_strategy(values.get("q", CLI_DEFAULT_Q)).options
+        for name in _Q_OPTIONS - taken:
+            values.pop(name, None)
+        if "q_rank" in taken and "q_rank" in values and values["q_rank"] is None:
             values["q_rank"] = "all"
         if values.get("reference") is None:
             values.pop("reference", None)

@@ -254,3 +254,14 @@ def nuclear_norm_of_product(r: Tensor, z: Tensor, fast: bool = True) -> Tensor:
             r_factor = torch.linalg.qr(r.double().T, mode="r").R
         return _GramNuclearNorm.apply(z64 @ z64.T, r_factor).to(z.dtype)
     return torch.linalg.svdvals(r.detach().T @ z).sum()
+
+
+def procrustes_distance(z_hat: Tensor, r_hat: Tensor) -> Tensor:
+    """min over orthogonal Q of ‖Ẑ − R̂Q‖²_F = ‖Ẑ‖²_F + ‖R̂‖²_F − 2‖R̂ᵀẐ‖_* (clamped at 0).
+
+    Shape:
+        - z_hat, r_hat: (k, d).
+        - output: scalar.
+    """
+    total = z_hat.square().sum() + r_hat.square().sum()
+    return (total - 2 * nuclear_norm_of_product(r_hat, z_hat)).clamp_min(0)

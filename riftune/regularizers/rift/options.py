@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 MATCHES = ("covariance", "paired")
-ROTATIONS = ("identity", "learned", "optimal")
 STATISTICS = ("batch", "ema")
 REFERENCE_SOURCES = ("cache", "teacher")
 

@@ -10,11 +10,11 @@ reference),
 which is ‖Ẑ − R̂Q‖²_F for the batches Ẑ, R̂ with the scaled mean appended as one more row
 (√(w·n)·μ/‖·‖_F); with w = 1 that is the uncentered batches z/‖Z_c‖_F and r/‖R_c‖_F.
 
-- ``q="identity"``: Q = I.
-- ``q="learned"``: Q = ``learned_rotation``. It covers the rotations SO(d), which reach the
-  Procrustes optimum whenever n < d (for n > d the optimum may need a reflection).
-- ``q="optimal"``: the orthogonal Procrustes minimum ‖Ẑ‖²_F + ‖R̂‖²_F − 2‖R̂ᵀẐ‖_*
-  (= 2 − 2‖r̂ᵀẑ‖_* for w = 0; ‖·‖_* the nuclear norm).
+Q enters through :meth:`QStrategy.paired_distance <riftune.regularizers.rift.q.QStrategy>`:
+``identity`` Q = I; ``learned`` the trained rotation (it covers SO(d), which reaches the
+Procrustes optimum whenever n < d; for n > d the optimum may need a reflection); ``optimal``
+the orthogonal Procrustes minimum ‖Ẑ‖²_F + ‖R̂‖²_F − 2‖R̂ᵀẐ‖_* (= 2 − 2‖r̂ᵀẑ‖_* for w = 0;
+‖·‖_* the nuclear norm).
 
 The loss is scale-free by construction (``normalize`` has no effect), ``stats="ema"`` does not
 apply (a running average of batches of different samples does not pair with anything), and it
@@ -33,7 +33,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from riftune.regularizers.rift.functional import check_rows, nuclear_norm_of_product
+from riftune.regularizers.rift.functional import check_rows
+from riftune.regularizers.rift.q import QStrategy
 
 _NORM_EPS = 1e-12
 
@@ -58,22 +59,11 @@ def normalized_pair(z: Tensor, ref: Tensor, mean_weight: float) -> tuple[Tensor,
     return z_hat, r_hat
 
 
-def procrustes_distance(z_hat: Tensor, r_hat: Tensor) -> Tensor:
-    """min over orthogonal Q of ‖Ẑ − R̂Q‖²_F = ‖Ẑ‖²_F + ‖R̂‖²_F − 2‖R̂ᵀẐ‖_* (clamped at 0).
-
-    Shape:
-        - z_hat, r_hat: (k, d).
-        - output: scalar.
-    """
-    total = z_hat.square().sum() + r_hat.square().sum()
-    return (total - 2 * nuclear_norm_of_product(r_hat, z_hat)).clamp_min(0)
-
-
 class PairedMatching:
-    """``match="paired"``: the loss above; Q is I, ``owner.learned_rotation`` or the optimum.
+    """``match="paired"``: the loss above, with Q as ``q`` computes it.
 
     Args:
-        q: ``"identity"``, ``"learned"`` or ``"optimal"``.
+        q: the RIFT module's Q.
         mean_weight: w ≥ 0.
         reference_source: where the engine takes the references from, ``"cache"`` or
             ``"teacher"``.
@@ -82,7 +72,7 @@ class PairedMatching:
     # Σ₀ is never read here; state dicts written before it was dropped still hold it
     dropped_state_keys: tuple[str, ...] = ("ref_cov",)
 
-    def __init__(self, q: str, mean_weight: float, reference_source: str):
+    def __init__(self, q: QStrategy, mean_weight: float, reference_source: str):
         self.q, self.mean_weight = q, mean_weight
         self.reference = reference_source
 
@@ -117,9 +107,4 @@ class PairedMatching:
         """L of the (global) batch ``z`` and its ``reference`` (n, d), in the compute dtype."""
         assert reference is not None
         z_hat, r_hat = normalized_pair(z, reference, self.mean_weight)
-        if self.q == "optimal":
-            return procrustes_distance(z_hat, r_hat)
-        if self.q == "learned":  # r̂Q: rows r̂ᵢ mapped to Qᵀr̂ᵢ
-            r_hat = owner.learned_rotation.rotate_rows(r_hat, transpose=True)
-        diff = z_hat - r_hat
-        return torch.dot(diff.view(-1), diff.view(-1))
+        return self.q.paired_distance(z_hat, r_hat)

@@ -2,8 +2,8 @@ r"""The ``RIFT`` module: options, reference statistics, input checks and the rif
 
 The losses themselves live in :mod:`~riftune.regularizers.rift.covariance` and
 :mod:`~riftune.regularizers.rift.paired` (one class each, chosen once in ``__init__``), the
-math they share in :mod:`~riftune.regularizers.rift.functional` and the learned Q in
-:mod:`~riftune.regularizers.rift.householder`.
+math they share in :mod:`~riftune.regularizers.rift.functional` and Q in
+:mod:`~riftune.regularizers.rift.q` (one strategy module per kind, the submodule ``q``).
 """
 
 from __future__ import annotations
@@ -22,16 +22,15 @@ from riftune.regularizers.rift import flags
 from riftune.regularizers.rift.covariance import CovarianceMatching
 from riftune.regularizers.rift.flags import RiftOptions
 from riftune.regularizers.rift.functional import check_rows, compute_dtype
-from riftune.regularizers.rift.householder import HouseholderRotation
 from riftune.regularizers.rift.options import (
     DEFAULT_Q_RANK,
     MATCHES,
     REFERENCE_SOURCES,
-    ROTATIONS,
     STATISTICS,
     choice,
 )
 from riftune.regularizers.rift.paired import PairedMatching
+from riftune.regularizers.rift.q import QSettings, q_strategy
 from riftune.regularizers.statistics import StreamingMoments
 
 
@@ -58,7 +57,8 @@ class RIFT(Regularizer):
     - ``q``: ``"identity"`` (Q = I), ``"learned"`` (Q = :attr:`rotation`, one
       :class:`HouseholderRotation` trained with the model: give RIFT's parameters to the
       optimizer) or ``"optimal"`` (each term at its minimum over Q, in closed form, never
-      stored).
+      stored), or any other Q registered in :mod:`riftune.regularizers.rift.q`. The submodule
+      :attr:`q` is that strategy, which owns Q's parameters and buffers.
 
     **What each variant preserves.** A covariance says nothing about which sample sits where:
     covariance/identity keeps the second moments in the original coordinates; learned and
@@ -70,13 +70,13 @@ class RIFT(Regularizer):
     Statistics are computed in float32 or wider (autocast is disabled inside and bf16/fp16
     inputs are upcast). Under an initialized ``torch.distributed`` process group the batch
     (and the reference) are all-gathered differentiably
-    (:func:`riftune.regularizers.statistics.gather_global_batch`), so every formula holds for the global batch
+    (:func:`riftune.distributed.gather_global_batch`), so every formula holds for the global batch
     and DDP-averaged gradients equal those of one process on it.
 
     Args:
         dim: the embedding size d.
         match: ``"covariance"`` or ``"paired"``.
-        q: ``"identity"``, ``"learned"`` or ``"optimal"``.
+        q: the name of a registered Q: ``"identity"``, ``"learned"`` or ``"optimal"``.
         q_rank: ``q="learned"`` only: an even k ≥ 2 for a rotation that moves at most a
             k-dimensional subspace (k ≥ d or None: all of ℝᵈ, d reflections); default 64.
         normalize: divide by ‖Σ₀‖²_F (and tr Σ₀); covariance matching only.
@@ -119,7 +119,7 @@ class RIFT(Regularizer):
             raise ValueError(f"dim must be a positive integer (the embedding size), got {dim!r}")
         self.dim = dim
         self.match = choice("match", match, MATCHES)
-        self.q = choice("q", q, ROTATIONS)
+        q_class = q_strategy(q)
         self.stats = choice("stats", stats, STATISTICS)
         choice("reference_source", reference_source, REFERENCE_SOURCES)
         if not (math.isfinite(mean_weight) and mean_weight >= 0):
@@ -132,8 +132,6 @@ class RIFT(Regularizer):
             raise ValueError(
                 "stats='ema' applies to match='covariance' only; use stats='batch' with paired"
             )
-        if q_rank not in (None, DEFAULT_Q_RANK) and q != "learned":
-            raise ValueError(f"q_rank applies to q='learned' only, got q={q!r}")
         if match == "covariance" and reference_source != "cache":
             raise ValueError(
                 "reference_source applies to match='paired' only; covariance matching uses "
@@ -143,12 +141,12 @@ class RIFT(Regularizer):
         self.mean_weight = float(mean_weight)
         self.momentum = float(momentum)
         self.eigh_every = eigh_every
+        settings = QSettings(dim, q_rank, eigh_every, match == "covariance", stats == "ema")
+        self.q = q_class(settings)
         self.matching: CovarianceMatching | PairedMatching = (
-            PairedMatching(q, self.mean_weight, reference_source)
+            PairedMatching(self.q, self.mean_weight, reference_source)
             if match == "paired"
-            else CovarianceMatching(
-                q, stats, normalize, self.mean_weight, self.momentum, eigh_every
-            )
+            else CovarianceMatching(self.q, stats, normalize, self.mean_weight, self.momentum)
         )
         self.reference = self.matching.reference
 
@@ -158,16 +156,12 @@ class RIFT(Regularizer):
         self.register_buffer("ref_trace", torch.zeros(()))
         for key, value in self.matching.buffers(dim).items():
             self.register_buffer(key, value)
-        if q == "learned":
-            self.learned_rotation = HouseholderRotation(dim, rank=q_rank)
         self.fitted = False
         self.register_load_state_dict_post_hook(_after_load)
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, match={self.match!r}, q={self.q!r}"
-            + (f", q_rank={self.learned_rotation.rank}" if self.q == "learned" else "")
-            + f", normalize={self.normalize}, "
+            f"dim={self.dim}, match={self.match!r}, normalize={self.normalize}, "
             f"mean_weight={self.mean_weight}, stats={self.stats!r}, momentum={self.momentum}, "
             f"eigh_every={self.eigh_every}, reference={self.reference!r}"
         )
@@ -177,6 +171,9 @@ class RIFT(Regularizer):
     ) -> None:
         for key in self.matching.dropped_state_keys:  # written by older versions
             state_dict.pop(prefix + key, None)
+        for old, new in self.q.legacy_keys.items():  # Q's tensors were the module's own
+            if prefix + old in state_dict:
+                state_dict[f"{prefix}q.{new}"] = state_dict.pop(prefix + old)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -189,11 +186,11 @@ class RIFT(Regularizer):
     ) -> RIFT:
         """Fit μ₀ and the unbiased Σ₀ of the pretrained embeddings, streaming, in float64.
 
-        Stores ‖Σ₀‖²_F, tr Σ₀ and what the matching needs (covariance: Σ₀, its eigenvalues
-        with ``q="optimal"``, the running estimates reset to Σ₀, μ₀ with ``stats="ema"``); all
-        are buffers, so ``state_dict()`` round-trips them. A learned Q with ``q_rank=k`` is
-        reset to I with its reflection pairs at Σ₀'s top k/2 eigenvectors
-        (:meth:`HouseholderRotation.start_at`).
+        Stores ‖Σ₀‖²_F, tr Σ₀, what the matching needs (covariance: Σ₀, the running estimates
+        reset to Σ₀, μ₀ with ``stats="ema"``) and what Q takes from Σ₀ (:meth:`QStrategy.fit`:
+        its eigenvalues with ``q="optimal"``; a learned Q with ``q_rank=k`` reset to I with its
+        reflection pairs at Σ₀'s top k/2 eigenvectors); all are buffers or parameters, so
+        ``state_dict()`` round-trips them.
 
         Args:
             features: an (N, d) tensor, or an iterable of (n, d) tensors (e.g. one per batch).
@@ -230,10 +227,7 @@ class RIFT(Regularizer):
         self.ref_cov_sq_norm.copy_(cov.square().sum())
         self.ref_trace.copy_(torch.trace(cov))
         self.matching.fit(self, cov, mean)
-        if self.q == "learned" and self.learned_rotation.rank is not None:
-            top = self.learned_rotation.rank // 2
-            _, vectors = torch.linalg.eigh(cov)  # float64: float32 LAPACK can fail here
-            self.learned_rotation.start_at(vectors[:, -top:].flip(1))
+        self.q.fit(cov)
         self.fitted = True
         return self
 
@@ -243,13 +237,7 @@ class RIFT(Regularizer):
 
         ``q="optimal"`` stores none (the optimal Q depends on the batch): ValueError.
         """
-        if self.q == "optimal":
-            raise ValueError(
-                "q='optimal' stores no rotation: the best Q is found per batch in closed form"
-            )
-        if self.q == "identity":
-            return torch.eye(self.dim, device=self.ref_mean.device, dtype=self.ref_mean.dtype)
-        return self.learned_rotation.matrix()
+        return self.q.matrix(self.ref_mean)
 
     # --------------------------------------------------------------------------- forward
 
@@ -318,7 +306,7 @@ class RIFT(Regularizer):
     @classmethod
     def from_options(cls, options: RiftOptions, dim: int) -> RIFT:
         """RIFT as ``--reg rift`` builds it; ``options`` are already checked."""
-        q_rank = options.q_rank if options.q == "learned" else DEFAULT_Q_RANK
+        q_rank = DEFAULT_Q_RANK if options.q_rank is None else options.q_rank
         rift = cls(
             dim,
             match=options.match,

@@ -2,7 +2,7 @@
 
 Run once from the repository root (it reads the old module with ``git show``):
 
-    python tests/regularizers/record_rift_2921fd3.py
+    python tests/regularizers/rift/record_rift_2921fd3.py
 
 and it writes ``rift_2921fd3.json`` beside itself: for every match × q × stats (learned Q of all
 d dimensions and of rank 4), the constructor's arguments, the inputs, the state dict after

@@ -3,8 +3,9 @@
 ``rift_2921fd3.json`` was written by ``record_rift_2921fd3.py`` from the old module: for every
 match × q × stats (learned Q of all d dimensions and of rank 4) its state dict after fitting
 and one training call, and what it computed next. The current module must load that state
-dict (strictly; paired matching's unread d×d ``ref_cov`` is dropped) and compute the same
-losses, gradients and updated state, to float64 rounding.
+dict (strictly; paired matching's unread d×d ``ref_cov`` is dropped, and Q's tensors, then the
+module's own, are now under ``q.``: :data:`RENAMED`) and compute the same losses, gradients and
+updated state, to float64 rounding.
 """
 
 from __future__ import annotations
@@ -19,7 +20,19 @@ from riftune.regularizers.rift import RIFT
 
 FIXTURE = json.loads((Path(__file__).parent / "rift_2921fd3.json").read_text())
 DIM = FIXTURE["dim"]
+#: the keys of Q's tensors then (the module's own) and now (the Q strategy's, under ``q.``)
+RENAMED = {
+    "learned_rotation.reflectors": "q.rotation.reflectors",
+    "ref_eigvals": "q.ref_eigvals",
+    "spectral_target": "q.spectral_target",
+    "spectral_age": "q.spectral_age",
+}
 RECORDS = {"{match}/{q}/{stats}/rank={q_rank}".format(**r["kwargs"]): r for r in FIXTURE["records"]}
+
+
+def renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` under today's keys."""
+    return {RENAMED.get(key, key): value for key, value in state.items()}
 
 
 def tensors(listed: dict) -> dict[str, torch.Tensor]:
@@ -60,12 +73,13 @@ def test_old_state_dicts_load_and_give_the_same_losses_and_gradients(name):
     reg.load_state_dict(old_state)  # strict: every other key must match exactly
     assert reg.fitted
     new_keys = set(reg.state_dict())
+    expected = renamed(old_state)
     if kwargs["match"] == "paired":
-        assert new_keys == set(old_state) - {"ref_cov"}
+        assert new_keys == set(expected) - {"ref_cov"}
     else:
-        assert new_keys == set(old_state)
+        assert new_keys == set(expected)
     for key, value in reg.state_dict().items():
-        assert torch.equal(value, old_state[key]), key
+        assert torch.equal(value, expected[key]), key
 
     z, reference = rows(record["z"]), rows(record["reference"])
     paired = kwargs["match"] == "paired"
@@ -81,7 +95,7 @@ def test_old_state_dicts_load_and_give_the_same_losses_and_gradients(name):
     torch.testing.assert_close(x.grad, rows(record["grads"]["z"]), rtol=1e-10, atol=1e-13)
     if kwargs["q"] == "learned":
         torch.testing.assert_close(
-            reg.learned_rotation.reflectors.grad.flatten(),
+            reg.q.rotation.reflectors.grad.flatten(),
             torch.tensor(record["grads"]["reflectors"], dtype=torch.float64),
             rtol=1e-10,
             atol=1e-13,
@@ -90,6 +104,6 @@ def test_old_state_dicts_load_and_give_the_same_losses_and_gradients(name):
     with torch.no_grad():
         train_loss = call(z - 0.25)
     assert train_loss.item() == pytest.approx(record["train_loss"], rel=1e-12, abs=1e-14)
-    after = tensors(record["state_after_train"])
+    after = renamed(tensors(record["state_after_train"]))
     for key, value in reg.state_dict().items():
         torch.testing.assert_close(value, after[key], rtol=1e-12, atol=1e-14, msg=key)
