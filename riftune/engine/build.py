@@ -24,6 +24,7 @@ from riftune.errors import UserError
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
 from riftune.models.speed import to_channels_last, trains_batchnorm, use_channels_last
+from riftune.optim.ftp import FTPAdamW
 from riftune.optim.spd import SPDAdamW, spd_anchors, spd_param_groups
 from riftune.regularizers import PretrainedView, Regularizer
 
@@ -127,8 +128,9 @@ def build_optimizer(
     lam: float,
 ) -> torch.optim.AdamW:
     """AdamW over the method's groups and the regularizer's own parameters (no decay); with
-    ``--reg spd`` its Selective Projection Decay variant of strength ``lam``, anchored at the
-    parameters' values now (call it before any update or checkpoint load)."""
+    ``--reg spd`` its Selective Projection Decay variant of strength ``lam``, with ``--reg ftp``
+    its Fast Trainable Projection variant of strength κ = ``lam``, anchored at the parameters'
+    values now (call it before any update or checkpoint load)."""
     reg_lr = head_lr if reg.param_lr is None else reg.param_lr
     groups = method.param_groups(model, backbone_lr=lr, head_lr=head_lr) + [
         {"params": list(reg.parameters()), "lr": reg_lr, "weight_decay": 0.0}
@@ -137,6 +139,12 @@ def build_optimizer(
         anchors = spd_anchors(model, method)
         return SPDAdamW(
             spd_param_groups(groups, anchors), anchors, spd_lam=lam, lr=lr,
+            weight_decay=weight_decay,
+        )  # fmt: skip
+    if reg.optimizer == "ftp":
+        anchors = spd_anchors(model, method)
+        return FTPAdamW(
+            spd_param_groups(groups, anchors), anchors, ftp_k=lam, lr=lr,
             weight_decay=weight_decay,
         )  # fmt: skip
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
@@ -213,7 +221,7 @@ def build_training(
         scheduler,
         scaler,
         ctx,
-        lam=0.0 if reg.optimizer == "spd" else config.initial_lam,
+        lam=0.0 if reg.optimizer != "adamw" else config.initial_lam,
         grad_clip=train.grad_clip,
         amp_dtype=amp_dtype,
         reference_cache=cache,
