@@ -104,6 +104,8 @@ def default_variants() -> list[Variant]:
             Variant(f"feature-distill ref={source}", "feature-distill", {"reference": source})
         )
     variants.append(Variant("l2sp", "l2sp", {}))
+    # FTP's cost is in its optimizer step (its penalty is 0), LDIFS's in the teacher's maps
+    variants += [Variant(name, name, {}) for name in ("ftp", "ldifs", "bss")]
     return variants
 
 
