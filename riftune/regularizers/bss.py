@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from riftune.errors import UserError
 from riftune.options import Section, option, positive
 from riftune.regularizers.base import Regularizer, StepInputs, register
 from riftune.regularizers.statistics import gather_global_batch
@@ -96,5 +97,15 @@ class BSS(Regularizer):
 
         Shape:
             step.embeddings: (n, d). Returns a scalar.
+
+        Raises:
+            UserError: the batch has fewer than k singular values (min(n, d) < k).
         """
-        return self.shrinkage(gather_global_batch(step.embeddings))
+        z = gather_global_batch(step.embeddings)
+        if min(z.shape) < self.shrinkage.k:
+            raise UserError(
+                f"--bss-k {self.shrinkage.k} needs at least as many images per step and "
+                f"embedding dimensions; this batch has {min(z.shape)} singular values: lower "
+                "--bss-k or raise --batch-size"
+            )
+        return self.shrinkage(z)

@@ -57,3 +57,5 @@ def test_flag_defaults_and_refusals():
     assert config.build(8).shrinkage.k == 2
     with pytest.raises(UserError, match="--bss-k 0: must be > 0"):
         BSS.Options(k=0)
+    with pytest.raises(UserError, match=r"--bss-k 3 needs .* 2 singular values"):
+        BSS(k=3).penalty(StepInputs(torch.ones(2, 5)))
