@@ -1,10 +1,15 @@
-"""Batch Spectral Shrinkage against NumPy's SVD: value, gradient, its flag and its refusals."""
+"""Batch Spectral Shrinkage against NumPy's SVD: value, gradient, its flag, its refusals, and the
+global batch in a real 2-process gloo group."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,3 +64,38 @@ def test_flag_defaults_and_refusals():
         BSS.Options(k=0)
     with pytest.raises(UserError, match=r"--bss-k 3 needs .* 2 singular values"):
         BSS(k=3).penalty(StepInputs(torch.ones(2, 5)))
+
+
+# ------------------------------------------------------------------------ distributed
+def _ddp_setup():
+    torch.manual_seed(0)
+    return torch.randn(8, 6), torch.nn.Linear(6, 5)
+
+
+def _distributed_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        x, linear = _ddp_setup()
+        ddp = torch.nn.parallel.DistributedDataParallel(linear)  # kept alive through backward
+        value = BSS(k=2).penalty(StepInputs(ddp(x[4 * rank : 4 * rank + 4])))
+        value.backward()
+        torch.save({"value": value.item(), "grad": linear.weight.grad}, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch and riftune
+def test_two_processes_shrink_the_global_batch_as_one_does(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    x, linear = _ddp_setup()
+    single = BSS(k=2).penalty(StepInputs(linear(x)))
+    single.backward()
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert result["value"] == pytest.approx(single.item(), rel=1e-5)
+        torch.testing.assert_close(result["grad"], linear.weight.grad, rtol=1e-4, atol=1e-6)
