@@ -144,6 +144,7 @@ class FTPAdamW(torch.optim.AdamW):
     def _project(
         self, param: torch.Tensor, anchor: torch.Tensor, radius_grad: torch.Tensor | None
     ) -> None:
+        """Set γ (its first step) or move it by Adam, then put ``param`` into its ball."""
         state = self.state[param]
         deviation = param - anchor  # c_t
         norms = row_l1_norms(deviation)
