@@ -20,7 +20,7 @@ RIFT+=';rift[match=paired,q=optimal,target-similarity=0.8];rift[match=paired,q=o
 RIFT+=';rift[match=paired,q=optimal,target-similarity=0.95]'
 RIFT+=';rift[match=paired,q=identity,target-similarity=0.9];rift[match=covariance,q=identity,budget=0.5]'
 BASELINES='none;cka[reference=cache];cka[reference=teacher];feature-distill;l2sp;spd'
-BASELINES+=';delta[attention-images=16]'
+BASELINES+=';delta[attention-images=16];ftp;ldifs;bss'
 run_block() {  # SHOTS REGS DATASET...: one block of the grid
     local shots=$1 regs=$2
     shift 2

@@ -144,7 +144,7 @@ def test_bad_regularizer_flags_stop_before_the_run_folder(
     assert not (tmp_path / "o").exists()  # the corrected command can use the same --out
 
 
-@pytest.mark.parametrize("reg", ["rift", "cka", "feature-distill", "delta"])
+@pytest.mark.parametrize("reg", ["rift", "cka", "feature-distill", "delta", "ldifs", "bss", "ftp"])
 def test_representation_penalty_with_a_frozen_backbone(tmp_path, capsys, medmnist_dir, reg):
     argv = ["finetune", "--data-root", str(medmnist_dir), "--method", "linear", "--reg", reg,
             "--out", str(tmp_path / "o"), *TINY]  # fmt: skip

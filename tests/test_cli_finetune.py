@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from safetensors import safe_open
 
 from riftune.cli import main
 
@@ -57,6 +59,28 @@ def test_every_method_with_and_without_rift(tmp_path, medmnist_dir, monkeypatch,
     assert len(history) == 3  # header + 2 epochs
     if reg == "none":
         assert "train_reg_loss" in history[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "reg"),
+    [(m, r) for m in ("full", "lora", "lp-ft") for r in ("ftp", "ldifs", "bss")],
+)  # linear is refused (a frozen backbone: test_cli_errors)
+def test_the_ftp_ldifs_and_bss_baselines(tmp_path, medmnist_dir, monkeypatch, method, reg):
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
+    out, metrics = _finetune(
+        tmp_path, f"{method}-{reg}", "--method", method, "--reg", reg, "--epochs", "2"
+    )
+    _check_run_folder(out, metrics)
+    assert yaml.safe_load((out / "config.yaml").read_text())["regularizer"]["name"] == reg
+    with open(out / "history.csv") as rows:
+        penalties = [float(row["train_reg_loss"]) for row in csv.DictReader(rows)]
+    if reg == "ftp":  # no penalty: the optimizer projects, and its radii are checkpointed
+        assert penalties == [0.0, 0.0]
+        (path,) = (out / "checkpoints").glob("step-*.safetensors")
+        assert any(name.endswith("/ftp_gamma") for name in safe_open(path, "pt").keys())
+    else:  # lp-ft's probe epoch leaves LDIFS's features at the pretrained ones: 0
+        assert min(penalties) >= 0 and penalties[-1] > 0
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_methods_regularizers_and_backbones_use_it():
     assert models.DEFAULT_BACKBONE in models.BACKBONES
     assert regularizers.get("rift") is regularizers.RIFT
     assert tuning.get("lora") is tuning.LoRA
-    with pytest.raises(ValueError, match=r"^unknown regularizer 'x'; choose one of: cka, "):
+    with pytest.raises(ValueError, match=r"^unknown regularizer 'x'; choose one of: bss, cka, "):
         regularizers.get("x")
     with pytest.raises(ValueError, match=r"^unknown finetuning method 'x'; choose one of: "):
         tuning.get("x")

@@ -107,6 +107,8 @@ def default_variants() -> list[Variant]:
             Variant(f"feature-distill ref={source}", "feature-distill", {"reference": source})
         )
     variants.append(Variant("l2sp", "l2sp", {}))
+    # FTP's cost is in its optimizer step (its penalty is 0), LDIFS's in the teacher's maps
+    variants += [Variant(name, name, {}) for name in ("ftp", "ldifs", "bss")]
     return variants
 
 
@@ -128,7 +130,7 @@ class _Runner:
         )
         reg.to(ctx.device)
         optimizer = build_optimizer(
-            method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01, spd_strength=1.0
+            method, model, reg, lr=lr, head_lr=lr, weight_decay=0.01, strength=1.0
         )
         teacher = build_teacher(reg, method, model)
         self.step = TrainStep(

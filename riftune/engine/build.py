@@ -25,6 +25,7 @@ from riftune.errors import UserError
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
 from riftune.models.speed import to_channels_last, trains_batchnorm, use_channels_last
+from riftune.optim.ftp import FTPAdamW
 from riftune.optim.spd import SPDAdamW, spd_anchors, spd_param_groups
 from riftune.regularizers import PretrainedView, Regularizer
 
@@ -137,11 +138,12 @@ def build_optimizer(
     lr: float,
     head_lr: float,
     weight_decay: float,
-    spd_strength: float,
+    strength: float,
 ) -> torch.optim.AdamW:
     """AdamW over the method's groups and the regularizer's own parameters (no decay); with
-    an optimizer-side regularizer (``reg.optimizer == "spd"``) its Selective Projection Decay
-    variant of strength ``spd_strength`` (``--reg spd --lam``), anchored at the parameters'
+    an optimizer-side regularizer its optimizer, of strength ``strength`` (``--lam``): with
+    ``--reg spd`` Selective Projection Decay (λ), with ``--reg ftp`` Fast Trainable Projection
+    (κ), anchored at the parameters'
     values now (call it before any update or checkpoint load)."""
     reg_lr = head_lr if reg.param_lr is None else reg.param_lr
     groups = method.param_groups(model, backbone_lr=lr, head_lr=head_lr) + [
@@ -150,7 +152,13 @@ def build_optimizer(
     if reg.optimizer == "spd":
         anchors = spd_anchors(model, method)
         return SPDAdamW(
-            spd_param_groups(groups, anchors), anchors, spd_lam=spd_strength, lr=lr,
+            spd_param_groups(groups, anchors), anchors, spd_lam=strength, lr=lr,
+            weight_decay=weight_decay,
+        )  # fmt: skip
+    if reg.optimizer == "ftp":
+        anchors = spd_anchors(model, method)
+        return FTPAdamW(
+            spd_param_groups(groups, anchors), anchors, ftp_k=strength, lr=lr,
             weight_decay=weight_decay,
         )  # fmt: skip
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
@@ -209,7 +217,7 @@ def build_training(
     distributed.synchronize_batchnorm(model)
     optimizer = build_optimizer(
         method, model, reg, train.lr, train.head_lr, train.weight_decay,
-        spd_strength=config.regularizer.weight,
+        strength=config.regularizer.weight,
     )  # fmt: skip
     sampler = train_batch_sampler(
         train.sampler,

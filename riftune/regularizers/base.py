@@ -106,8 +106,9 @@ class Regularizer(nn.Module):
             function of the parameters alone, so the mean of its values on equal micro-batches
             is its value on the batch (``--micro-batches``); ``False`` for batch statistics.
         optimizer: ``"adamw"``, or ``"spd"``: the engine steps with
-            :class:`~riftune.optim.spd.SPDAdamW` (Selective Projection Decay) of strength
-            ``--lam``, the optimizer's option.
+            :class:`~riftune.optim.spd.SPDAdamW` of strength λ (Selective Projection Decay),
+            or ``"ftp"``: with :class:`~riftune.optim.ftp.FTPAdamW` of strength κ = λ (Fast
+            Trainable Projection).
 
     Instance attributes:
         param_lr: the learning rate the engine gives the regularizer's own parameters (RIFT's
@@ -127,7 +128,7 @@ class Regularizer(nn.Module):
     penalizes_features_only: ClassVar[bool] = False
     has_penalty: ClassVar[bool] = True
     splits_over_micro_batches: ClassVar[bool] = False
-    optimizer: ClassVar[Literal["adamw", "spd"]] = "adamw"
+    optimizer: ClassVar[Literal["adamw", "spd", "ftp"]] = "adamw"
     param_lr: float | None = None
     feature_layers: Sequence[str] = ()
 

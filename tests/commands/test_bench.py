@@ -17,7 +17,8 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--no-pretrained", "--img-size", "32", "--batch-size", "4",
             "--eval-batch-size", "8", "--device", "cpu", "--steps", "2", "--warmup", "1",
-            "--rounds", "2", "--variants", "rift covariance q=identity,rift paired q=learned,l2sp",
+            "--rounds", "2",
+            "--variants", "rift covariance q=identity,rift paired q=learned,l2sp,ftp,ldifs,bss",
             "--epoch-images", "16", "--scaling-d", "16,32", "--scaling-batch", "4,8",
             "--scaling-dim", "16", "--scaling-n", "8", "--scaling-repeats", "1",
             "--json", str(out)]  # fmt: skip
@@ -36,6 +37,9 @@ def test_bench_writes_ratios_reference_pass_and_scaling(tmp_path, capsys):
         "rift paired q=learned rank=64 ref=cache",
         "rift paired q=learned rank=64 ref=teacher",
         "l2sp",
+        "ftp",
+        "ldifs",
+        "bss",
     }
     for row in results["steps"]:
         assert row["step_ms"] > 0 and row["time_ratio"] > 0 and row["time_ratio_amortized"] > 0

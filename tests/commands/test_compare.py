@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -119,6 +120,21 @@ def test_a_variant_may_set_its_own_lambda_grid_and_selection_seeds():
     for bad in ({"reg": "rift", "lam": [1]}, {"reg": "rift", "select_seeds": 0}, {"lams": [1]}):
         with pytest.raises(UserError):
             parse_regularizer_entry(bad)
+
+
+@pytest.mark.parametrize("name", ["grid_evidence.yaml", "grid_evidence_whole.yaml"])
+def test_the_evidence_grids_sweep_ftp_ldifs_and_bss(tmp_path, name):
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    grid_file = Path(__file__).parents[1] / "benchmarks" / name
+    args = parser.parse_args(["--out", str(tmp_path / "g"), "--grid", str(grid_file)])
+    variants = {v.name: v for v in map(parse_regularizer_entry, resolve_grid(args)["regs"])}
+    ladders = {"ftp": [0.1, 1, 10], "ldifs": [10, 100, 1000], "bss": [0.001, 0.01, 0.1]}
+    for reg, lams in ladders.items():
+        assert variants[reg].flags == ("--reg", reg)
+        assert variants[reg].lam_grid([5.0]) == lams
+    assert parse_variant("bss[k=2]").flags == ("--reg", "bss", "--bss-k", "2")
+    assert parse_variant("ldifs[layers=blocks.1]").flags[-2:] == ("--ldifs-layers", "blocks.1")
 
 
 def test_a_grid_files_sizes_and_variants_carry_their_own_settings(tmp_path):

@@ -59,13 +59,20 @@ SIGTERM_DRIVER = CRASHING_DRIVER.replace("signal.SIGKILL", "signal.SIGTERM")
 
 # λ as a Lagrange multiplier: its value and running mean must survive the interruption too
 BUDGET = ["--target-similarity", "0.97", "--budget-lr", "5"]
+# FTP's learned radii and their Adam moments live in the optimizer's state (the later --reg wins)
+FTP = ["--reg", "ftp"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("driver", "extra"),
-    [(CRASHING_DRIVER, []), (CRASHING_DRIVER, BUDGET), (SIGTERM_DRIVER, [])],
-    ids=["sigkill", "sigkill-budget", "sigterm"],
+    [
+        (CRASHING_DRIVER, []),
+        (CRASHING_DRIVER, BUDGET),
+        (SIGTERM_DRIVER, []),
+        (CRASHING_DRIVER, FTP),
+    ],
+    ids=["sigkill", "sigkill-budget", "sigterm", "sigkill-ftp"],
 )
 def test_interrupted_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_dir, driver, extra):
     env = _env(medmnist_dir)
@@ -95,7 +102,7 @@ def test_interrupted_mid_epoch_then_resume_is_bit_identical(tmp_path, medmnist_d
     steps_a = (tmp_path / "straight" / "steps.csv").read_text()
     steps_b = (out / "steps.csv").read_text()
     assert steps_a == steps_b
-    if extra:  # the budget moved λ (it starts at 0), and steps.csv shows it
+    if extra is BUDGET:  # the budget moved λ (it starts at 0), and steps.csv shows it
         lams = [float(row.split(",")[5]) for row in steps_a.splitlines()[1:]]
         assert steps_a.splitlines()[0].endswith(",lam,reg_mean") and lams[0] == 0 < max(lams)
         history = (tmp_path / "straight" / "history.csv").read_text().splitlines()
