@@ -126,7 +126,7 @@ def test_a_variant_may_set_its_own_lambda_grid_and_selection_seeds():
 def test_the_evidence_grids_sweep_ftp_ldifs_and_bss(tmp_path, name):
     parser = argparse.ArgumentParser()
     add_compare_arguments(parser)
-    grid_file = Path(__file__).parents[1] / "benchmarks" / name
+    grid_file = Path(__file__).parents[2] / "benchmarks" / name
     args = parser.parse_args(["--out", str(tmp_path / "g"), "--grid", str(grid_file)])
     variants = {v.name: v for v in map(parse_regularizer_entry, resolve_grid(args)["regs"])}
     ladders = {"ftp": [0.1, 1, 10], "ldifs": [10, 100, 1000], "bss": [0.001, 0.01, 0.1]}

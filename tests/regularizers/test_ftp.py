@@ -21,7 +21,7 @@ def test_the_engine_builds_ftp_with_lambda_as_kappa_and_anchors_the_backbone():
     reg = regularizers.get("ftp")()
     assert reg.optimizer == "ftp" and not reg.has_penalty and reg.splits_over_micro_batches
     assert reg.penalty(StepInputs(torch.ones(3, 4, requires_grad=True))).item() == 0.0
-    optimizer = build_optimizer(method, model, reg, 1e-3, 1e-2, 0.05, lam=0.3)
+    optimizer = build_optimizer(method, model, reg, 1e-3, 1e-2, 0.05, strength=0.3)
     assert isinstance(optimizer, FTPAdamW) and optimizer.ftp_k == 0.3
     anchored = {id(p) for p, _ in optimizer._anchored}
     assert anchored == {id(p) for p in model.backbone.parameters()}
