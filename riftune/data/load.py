@@ -15,6 +15,7 @@ from riftune.data.csv_table import read_csv_table
 from riftune.data.dataset import DatasetSplits, ImageTensorDataset
 from riftune.data.fewshot import sample_shots
 from riftune.data.files import FileSplits, decode_images
+from riftune.data.folds import POOLED, CrossValidation, pool_fold
 from riftune.data.imagefolder import scan_imagefolder
 from riftune.data.npz import read_npz
 from riftune.data.splits import SPLITS, count_outputs
@@ -38,6 +39,7 @@ def load_dataset(
     augment: bool = False,
     group_column: str | None = None,
     label_columns: Sequence[str] | None = None,
+    cv: CrossValidation | None = None,
 ) -> DatasetSplits:
     """Load a dataset named by ``spec``, resized once and normalized per item.
 
@@ -73,6 +75,9 @@ def load_dataset(
             the same as the spec option ``group=COL``.
         label_columns: ``csv:`` only, the 0/1 columns of a multi-label table; the same as
             the spec option ``label=A,B,C``.
+        cv: a cross-validation fold (:mod:`riftune.data.folds`): train + val (after
+            ``shots``) pooled, the fold validates, the rest trains, and the test split is
+            never read (``test`` is ``None``).
 
     Returns:
         The splits, whose items are ``(image (3, S, S) float32, label, index)``.
@@ -93,28 +98,33 @@ def load_dataset(
         folder = Path(body.removeprefix("imagefolder:")).expanduser()
         table = scan_imagefolder(folder, **_imagefolder_options(options))
         return _from_files(
-            table, folder.name, str(folder), img_size, mean, std, shots, seed, augment
+            table, folder.name, str(folder), img_size, mean, std, shots, seed, augment, cv
         )
     if body.startswith("csv:"):
         file = Path(body.removeprefix("csv:")).expanduser()
         table = read_csv_table(file, _csv_options(options, group_column, label_columns))
-        return _from_files(table, file.stem, str(file), img_size, mean, std, shots, seed, augment)
+        return _from_files(
+            table, file.stem, str(file), img_size, mean, std, shots, seed, augment, cv
+        )
     if options:
         raise UserError(
             f"options after '?' apply to imagefolder: and csv: specs only; got {spec!r}"
         )
     path, known = _resolve_npz(spec, data_root, download)
-    arrays = read_npz(path)
+    arrays = read_npz(path, SPLITS if cv is None else POOLED)
     name = known.name if known else path.stem
     class_names = list(known.info.labels) if known else None
-    labels = {split: arrays[split][1] for split in SPLITS}
+    labels = {split: arrays[split][1] for split in arrays}
     num_classes = count_outputs(labels, len(class_names) if class_names else None, name)
-    images = {split: arrays[split][0] for split in SPLITS}
+    images = {split: arrays[split][0] for split in arrays}
     chosen = None
     if shots is not None:
         chosen = sample_shots(labels["train"], shots, seed, num_classes, class_names)
         images["train"], labels["train"] = images["train"][chosen], labels["train"][chosen]
-    pixels = {split: resize(to_nchw(images[split]), img_size) for split in SPLITS}
+    if cv is not None:
+        labels, images = pool_fold(cv, labels, images)
+        chosen = None
+    pixels = {split: resize(to_nchw(images[split]), img_size) for split in images}
     return _bundle(
         pixels, labels, chosen, num_classes, class_names, name, str(path), mean, std, seed, augment
     )
@@ -209,6 +219,7 @@ def _from_files(
     shots: int | None,
     seed: int,
     augment: bool,
+    cv: CrossValidation | None,
 ) -> DatasetSplits:
     for split in SPLITS:
         if not table.paths[split]:
@@ -216,6 +227,7 @@ def _from_files(
     class_names = table.class_names
     num_classes = count_outputs(table.labels, len(class_names) if class_names else None, source)
     paths, labels = dict(table.paths), dict(table.labels)
+    groups = dict(table.groups) if table.groups is not None else None
     chosen = None
     if shots is not None:
         chosen = sample_shots(labels["train"], shots, seed, num_classes, class_names)
@@ -223,7 +235,12 @@ def _from_files(
             [paths["train"][i] for i in chosen],
             labels["train"][chosen],
         )
-    pixels = {split: to_nchw(decode_images(paths[split], img_size)) for split in SPLITS}
+        if groups is not None:
+            groups["train"] = groups["train"][chosen]
+    if cv is not None:
+        labels, paths = pool_fold(cv, labels, paths, groups=groups)
+        chosen = None
+    pixels = {split: to_nchw(decode_images(paths[split], img_size)) for split in paths}
     return _bundle(
         pixels, labels, chosen, num_classes, class_names, name, source, mean, std, seed, augment
     )
@@ -257,7 +274,7 @@ def _bundle(
     return DatasetSplits(
         train=make("train"),
         val=make("val"),
-        test=make("test"),
+        test=make("test") if "test" in pixels else None,
         num_classes=num_classes,
         class_names=class_names,
         task=_task(labels["train"], num_classes),

@@ -311,23 +311,24 @@ class Finetuner:
             self.model, self.data, self.pretrained, self.config, self.ctx, self.amp_dtype,
             self.timer,
         )  # fmt: skip
-        test = final.test
+        # the figures and the last line show test, or validation in a cross-validation fold run
+        shown, shown_name = (final.val, "val") if final.test is None else (final.test, "test")
         if self.ctx.is_main:
             with self.timer.phase("figures"):
                 self.outputs.close(final.metrics)
                 report.plot_training(s.history, self.run_dir.training_plot)
                 write_evaluation_outputs(self.run_dir, final, self.data)
-                labels, names = test.collected.labels, self.data.class_names
+                labels, names = shown.collected.labels, self.data.class_names
                 if self.data.multilabel:  # colour by how many labels an image has
                     labels = labels.sum(1)
                     names = [f"{k} positive labels" for k in range(self.data.num_classes + 1)]
                 report.plot_embeddings(
-                    self.pretrained.test.embeddings.numpy(),
-                    test.collected.embeddings.numpy(),
+                    getattr(self.pretrained, shown_name).embeddings.numpy(),
+                    shown.collected.embeddings.numpy(),
                     labels.numpy(),
                     self.run_dir.embeddings_plot,
                     class_names=names,
-                    cka=test.cka,
+                    cka=shown.cka,
                 )
         wall = s.wall_seconds + (time.perf_counter() - self._started)
         metrics = {
@@ -347,7 +348,7 @@ class Finetuner:
             write_json_atomic(metrics, self.run_dir.metrics)
             self.progress.log(self.timer.summary(total=wall))
             self.progress.log(
-                f"test acc {test.acc:.4f} auc {test.auc:.4f} cka {test.cka:.4f} "
+                f"{shown_name} acc {shown.acc:.4f} auc {shown.auc:.4f} cka {shown.cka:.4f} "
                 f"(best epoch {s.best_epoch}); results in {self.run_dir.root}"
             )
         return metrics

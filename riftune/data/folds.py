@@ -1,0 +1,123 @@
+"""Cross-validation folds over train + val, for tuning without ever reading the test split.
+
+A fold run pools the training split (after ``--shots``) with the validation split and cuts the
+pool into K folds with scikit-learn: stratified by class (``StratifiedKFold``), and with a
+group per item (``--group-column``) whole groups at a time (``StratifiedGroupKFold``); for
+multi-label targets plain ``KFold`` / ``GroupKFold``. Fold I validates, the other K - 1 train.
+The folds depend only on the pooled labels, the groups, K and the fold seed, so every
+candidate of a study sees the same folds and their scores can be compared pair by pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from riftune.errors import UserError
+
+Column = TypeVar("Column", np.ndarray, list)
+POOLED = ("train", "val")
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Fold ``fold`` of ``folds`` over train + val, the folds drawn with ``seed``."""
+
+    folds: int
+    fold: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise UserError(f"--cv-folds must be at least 2; got {self.folds}")
+        if not 0 <= self.fold < self.folds:
+            raise UserError(
+                f"--cv-fold {self.fold} is not one of the {self.folds} folds 0..{self.folds - 1}"
+            )
+
+
+def fold_positions(
+    labels: np.ndarray, cv: CrossValidation, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the pool that train and that validate in fold ``cv.fold``.
+
+    Args:
+        labels: class index of each pooled item (N,), or multi-label 0/1 targets (N, L).
+        cv: the number of folds, the fold and the seed of the shuffle.
+        groups: the group of each item (a patient), or ``None``. Shape: (N,).
+
+    Returns:
+        Sorted (train, val) positions; together a partition of ``0..N-1``.
+
+    Raises:
+        UserError: a class with fewer than K items (some fold would not see it), or fewer
+            than K groups.
+    """
+    multilabel = labels.ndim == 2
+    if not multilabel:
+        classes, counts = np.unique(labels, return_counts=True)
+        if counts.min() < cv.folds:
+            raise UserError(
+                f"--cv-folds {cv.folds}: class {classes[counts.argmin()]} has only "
+                f"{counts.min()} images in train + val, so some fold would not validate on it; "
+                f"lower --cv-folds to at most {counts.min()}"
+            )
+    if groups is not None and len(np.unique(groups)) < cv.folds:
+        raise UserError(
+            f"--cv-folds {cv.folds}: only {len(np.unique(groups))} groups in train + val; "
+            "lower --cv-folds"
+        )
+    if groups is None:
+        splitter = (KFold if multilabel else StratifiedKFold)(
+            cv.folds, shuffle=True, random_state=cv.seed
+        )
+    else:
+        splitter = (GroupKFold if multilabel else StratifiedGroupKFold)(
+            cv.folds, shuffle=True, random_state=cv.seed
+        )
+    strata = np.zeros(len(labels)) if multilabel else labels
+    train, val = list(splitter.split(np.zeros(len(labels)), strata, groups))[cv.fold]
+    return np.sort(train), np.sort(val)
+
+
+def pool_fold(
+    cv: CrossValidation,
+    labels: dict[str, np.ndarray],
+    *columns: dict[str, Column],
+    groups: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], ...]:
+    """Pool the train and val entries of per-split mappings and cut out fold ``cv.fold``.
+
+    Only the ``train`` and ``val`` entries are touched; the results have no ``test`` key, so
+    a loader that builds the splits it is given never reads the test split.
+
+    Args:
+        cv: which fold.
+        labels: split name → labels (N_s,) or (N_s, L).
+        columns: further per-split mappings aligned with ``labels`` (images (N_s, ...) as
+            arrays, file paths as lists).
+        groups: split name → group of each item, or ``None``.
+
+    Returns:
+        ``labels`` and each of ``columns``, as ``{"train": ..., "val": ...}`` of the fold.
+    """
+    wholes = [_concat([mapping[split] for split in POOLED]) for mapping in (labels, *columns)]
+    pooled_groups = None if groups is None else np.concatenate([groups[s] for s in POOLED])
+    train, val = fold_positions(wholes[0], cv, pooled_groups)
+    return tuple({"train": _take(whole, train), "val": _take(whole, val)} for whole in wholes)
+
+
+def _concat(parts: Sequence[Column]) -> Column:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [item for part in parts for item in part]
+
+
+def _take(whole: Column, positions: np.ndarray) -> Column:
+    if isinstance(whole, np.ndarray):
+        return whole[positions]
+    return [whole[i] for i in positions.tolist()]
