@@ -52,6 +52,8 @@ class Estimate:
         lower_bound: diff_mean − z · diff_se.
         qualifies: non-inferior on all of plain's folds (plain always does).
         reason: why, in words.
+        auc_se: standard error of mean_auc, sd(AUC) / √n (NaN for n < 2).
+        drift_se: standard error of drift, sd(CKA) / √n (NaN for n < 2).
     """
 
     name: str
@@ -64,15 +66,20 @@ class Estimate:
     lower_bound: float
     qualifies: bool
     reason: str
+    auc_se: float
+    drift_se: float
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen candidate, every estimate (plain's first) and the explanation."""
+    """The chosen candidate, every estimate (plain's first), the explanation, and the
+    tolerance (AUC units) and z the rule was applied with."""
 
     chosen: str
     estimates: tuple[Estimate, ...]
     explanation: str
+    tolerance: float
+    z: float
 
 
 def choose(
@@ -129,9 +136,8 @@ def choose(
         (e for e in estimates if e.qualifies),
         key=lambda e: (e.drift, -e.lower_bound),
     )
-    return Choice(
-        winner.name, tuple(estimates), _explain(winner, estimates, reference, tolerance, z)
-    )
+    explanation = _explain(winner, estimates, reference, tolerance, z)
+    return Choice(winner.name, tuple(estimates), explanation, tolerance, z)
 
 
 def _estimate(scores: CandidateScores, plain: CandidateScores, z: float) -> Estimate:
@@ -141,7 +147,9 @@ def _estimate(scores: CandidateScores, plain: CandidateScores, z: float) -> Esti
     n = len(auc)
     diffs = auc - np.asarray(plain.auc, float)[:n]
     mean_cka = float(cka.mean()) if n else math.nan
-    se = float(diffs.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    se, auc_se, drift_se = (
+        (float(v.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan) for v in (diffs, auc, cka)
+    )
     diff_mean = float(diffs.mean()) if n else math.nan
     return Estimate(
         name=scores.name,
@@ -154,6 +162,8 @@ def _estimate(scores: CandidateScores, plain: CandidateScores, z: float) -> Esti
         lower_bound=diff_mean - z * se,
         qualifies=False,
         reason="",
+        auc_se=auc_se,
+        drift_se=drift_se,
     )
 
 

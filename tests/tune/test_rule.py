@@ -111,3 +111,16 @@ def test_inconsistent_inputs_are_refused():
         choose(PLAIN, [CandidateScores("odd", (0.8,) * 4, (0.6,) * 3)])
     with pytest.raises(ValueError, match="repeat"):
         choose(PLAIN, [scores("plain", (0.0,) * 4, 0.7)])
+
+
+def test_standard_errors_of_the_means_and_the_rule_parameters():
+    # AUC 0.81, 0.79, 0.81, 0.79: sd = sqrt(4·0.01²/3) = 0.0115470, se = 0.00577350;
+    # CKA 0.7, 0.8, 0.7, 0.8: se = 0.0288675 (of the drift too)
+    plain = CandidateScores("plain", (0.81, 0.79, 0.81, 0.79), (0.7, 0.8, 0.7, 0.8))
+    choice = choose(plain, [], tolerance=0.01, z=2.0)
+    est = choice.estimates[0]
+    assert est.auc_se == pytest.approx(0.00577350, abs=1e-8)
+    assert est.drift_se == pytest.approx(0.0288675, abs=1e-7)
+    assert est.drift == pytest.approx(0.25)
+    assert (est.diff_mean, est.diff_se, est.lower_bound) == (0.0, 0.0, 0.0)
+    assert (choice.chosen, choice.tolerance, choice.z) == ("plain", 0.01, 2.0)
