@@ -54,16 +54,19 @@ def fold_positions(
         Sorted (train, val) positions; together a partition of ``0..N-1``.
 
     Raises:
-        UserError: a class with fewer than K items (some fold would not see it), or fewer
-            than K groups.
+        UserError: a class with fewer than K items, or in fewer than K groups (some fold
+            would not validate on it), or fewer than K groups.
     """
     multilabel = labels.ndim == 2
     if not multilabel:
-        classes, counts = np.unique(labels, return_counts=True)
+        units = np.arange(len(labels)) if groups is None else np.asarray(groups)
+        what = "images" if groups is None else "groups"
+        classes = np.unique(labels)
+        counts = np.array([len(np.unique(units[labels == c])) for c in classes])
         if counts.min() < cv.folds:
             raise UserError(
                 f"--cv-folds {cv.folds}: class {classes[counts.argmin()]} has only "
-                f"{counts.min()} images in train + val, so some fold would not validate on it; "
+                f"{counts.min()} {what} in train + val, so some fold would not validate on it; "
                 f"lower --cv-folds to at most {counts.min()}"
             )
     if groups is not None and len(np.unique(groups)) < cv.folds:
