@@ -2,7 +2,7 @@
 
 ``riftune.RIFT`` is the regularizer (a drop-in loss for your own training loop);
 ``riftune.metrics`` has CKA and the evaluation metrics; ``riftune.finetune(config)`` runs what
-``riftune finetune`` (the CLI) runs.
+``riftune finetune`` (the CLI) runs, ``riftune.tune(settings)`` what ``riftune tune`` runs.
 """
 
 import importlib.metadata
@@ -23,4 +23,18 @@ def finetune(config) -> dict:
     return run(config)
 
 
-__all__ = ["RIFT", "finetune"]
+def tune(settings) -> str:
+    """Run or continue a ``riftune tune`` study from a mapping of its settings (the CLI's
+    flags: ``out``, ``methods``, ``regularizers``, ``ladder``, ``budgets``, ``lams``,
+    ``folds``, ``tolerance``, ... and ``finetune``, a mapping of the shared finetune flags),
+    a YAML file of it or a :class:`riftune.tune.config.TuneConfig`; returns report.md's text.
+    """
+    from riftune.commands.tune import run_tune
+    from riftune.tune.config import TuneConfig
+
+    if not isinstance(settings, TuneConfig):
+        settings = TuneConfig.from_mapping(settings)
+    return run_tune(settings)
+
+
+__all__ = ["RIFT", "finetune", "tune"]
