@@ -56,20 +56,29 @@ def check_recipe(flags: Sequence[str]) -> RunConfig:
 
 
 def validation_size(config: RunConfig) -> int:
-    """Images in the recipe's validation split (the dataset is loaded once, at its size)."""
-    from riftune.data.load import load_dataset
+    """Images in the recipe's validation split, counted without decoding an image (a study
+    never reads the test split): an .npz's validation arrays alone, a csv: or imagefolder:
+    source's listing.
+
+    It reads through :mod:`riftune.data.load`'s spec helpers, which have no public form yet.
+    """
+    from riftune.data import load
+    from riftune.data.csv_table import read_csv_table
+    from riftune.data.imagefolder import scan_imagefolder
+    from riftune.data.npz import read_npz
 
     data = config.data
-    splits = load_dataset(
-        data.data,
-        data_root=data.data_root,
-        img_size=data.img_size,
-        shots=data.shots,
-        seed=config.training.seed,
-        group_column=data.group_column,
-        label_columns=data.label_columns.split(",") if data.label_columns else None,
-    )
-    return len(splits.val)
+    body, options = load._split_options(data.data)
+    if body.startswith("imagefolder:"):
+        folder = Path(body.removeprefix("imagefolder:")).expanduser()
+        return len(scan_imagefolder(folder, **load._imagefolder_options(options)).paths["val"])
+    if body.startswith("csv:"):
+        labels = data.label_columns.split(",") if data.label_columns else None
+        csv_options = load._csv_options(options, data.group_column, labels)
+        table = read_csv_table(Path(body.removeprefix("csv:")).expanduser(), csv_options)
+        return len(table.paths["val"])
+    path, _ = load._resolve_npz(data.data, data.data_root, download=True)
+    return len(read_npz(path, ("val",))["val"][1])
 
 
 def rungs_for(settings: TuneConfig, config: RunConfig, val_images: int) -> Rungs:
