@@ -10,3 +10,30 @@ costs no accuracy.
 - :mod:`~riftune.tune.recipe`, :mod:`~riftune.tune.summary` and :mod:`~riftune.tune.report`:
   the shared recipe, tuned.yaml, the report and the study's state.
 """
+
+import sys
+import types
+
+
+def tune(settings) -> str:
+    """Run or continue a ``riftune tune`` study from a mapping of its settings (the CLI's
+    flags: ``out``, ``methods``, ``regularizers``, ``ladder``, ``budgets``, ``lams``,
+    ``folds``, ``tolerance``, ... and ``finetune``, a mapping of the shared finetune flags),
+    a YAML file of it or a :class:`riftune.tune.config.TuneConfig`; returns report.md's text.
+    """
+    from riftune.commands.tune import run_tune
+    from riftune.tune.config import TuneConfig
+
+    if not isinstance(settings, TuneConfig):
+        settings = TuneConfig.from_mapping(settings)
+    return run_tune(settings)
+
+
+class _CallablePackage(types.ModuleType):
+    """``riftune.tune(settings)`` calls :func:`tune`; ``riftune.tune.study`` etc. stay modules."""
+
+    def __call__(self, settings) -> str:
+        return tune(settings)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

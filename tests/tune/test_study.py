@@ -12,10 +12,8 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-from PIL import Image
 
 from riftune.commands.launchers import JobResult, LaunchOutcome
 from riftune.commands.tune import run_tune
@@ -162,42 +160,19 @@ def test_the_recipe_leaves_to_tune_what_tune_chooses():
             check_recipe(flags)
 
 
-def grouped_csv(folder: Path, unreadable_test: bool = True) -> Path:
-    """16 train and 8 val images (two per patient, classes alternating by patient) and 4 test
-    images that are not images at all: a study that decoded one would fail."""
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for split, count in (("train", 16), ("val", 8), ("test", 4)):
-        for i in range(count):
-            name, patient = f"{split}{i}.png", f"{split}{i // 2}"
-            label = (i // 2) % 2
-            if split == "test" and unreadable_test:
-                (folder / name).write_bytes(b"not an image")
-            else:
-                pixels = rng.integers(0, 120, (16, 16)) + 120 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / name)
-            rows.append({"image": name, "label": label, "split": split, "patient": patient})
-    with (folder / "labels.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / "labels.csv"
-
-
 @pytest.mark.slow
-def test_the_slurm_path_through_submitits_local_executor(tmp_path):
+def test_the_slurm_path_through_submitits_local_executor(tmp_path, medmnist_dir, monkeypatch):
     submitit = pytest.importorskip("submitit")
-    table = grouped_csv(tmp_path / "data")
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
     settings = TuneConfig(
         out=str(tmp_path / "study"),
         finetune=(
             "--data",
-            f"csv:{table}",
-            "--group-column",
-            "patient",
+            "breastmnist",
+            "--shots",
+            "10",
             "--img-size",
-            "16",
+            "28",
             "--epochs",
             "1",
             "--batch-size",
