@@ -16,13 +16,10 @@ from pathlib import Path
 from riftune.commands.launchers import Launcher, LocalLauncher, SlurmLauncher
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
-from riftune.tune import recipe, summary
+from riftune.tune import recipe
 from riftune.tune.candidates import check_components
 from riftune.tune.config import DEFAULT_CV_BELOW, TuneConfig
 from riftune.tune.ladder import DEFAULT_DRIFT_FRACTIONS
-from riftune.tune.report import write_report
-from riftune.tune.rule import choose
-from riftune.tune.study import Study
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +101,15 @@ def make_launcher(settings: TuneConfig, executor=None) -> Launcher:
 def run_tune(settings: TuneConfig, executor=None) -> str:
     """Run or continue the study of ``settings``; write tuned.yaml, report.md and tune.png;
     return report.md's text. One tune at a time per folder (its lock)."""
+    try:
+        import optuna  # noqa: F401  (an extra: riftune[tune])
+    except ImportError as err:
+        raise UserError("riftune tune needs optuna: pip install 'riftune[tune]'") from err
+    from riftune.tune import summary
+    from riftune.tune.report import write_report
+    from riftune.tune.rule import choose
+    from riftune.tune.study import Study
+
     out = settings.folder
     config = recipe.check_recipe(settings.finetune)
     check_components(settings.methods, settings.regularizers)
