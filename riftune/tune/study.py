@@ -16,8 +16,9 @@ AUC, not to its rivals'. The margin keeps one unlucky fold from stopping a candi
 
 The journal (``DIR/study.journal``, Optuna's JournalStorage on a file, which processes on a
 cluster's shared file system can append to at once) and the trial run folders together make
-the study resumable: run the same command again and finished trials are read, pruned ones stay
-pruned, interrupted runs resume, and a trial whose run failed is tried again.
+the study resumable: run the same command again and complete and pruned trials are read,
+interrupted runs resume, and a trial left running (the study was killed) or whose run failed
+is replaced by a new trial that re-reports the folds already finished and runs the rest.
 """
 
 from __future__ import annotations
@@ -102,27 +103,32 @@ class Study:
         self.launcher, self.log = launcher, log
         self.out = settings.folder
         self.study = open_study(self.out, settings)
-        self.ids: dict[str, int] = {}
+        self.trials: dict[str, optuna.Trial] = {}  # this session's, by candidate
+        self.states: dict[str, TrialState] = {}
+        self.reported: dict[str, int] = {}  # folds this session's trial has reported
 
     # ----------------------------------------------------------------------------- trials
     def _open_trials(self, candidates: Sequence[Candidate]) -> None:
-        """Find each candidate's trial in the journal; a new one if it has none, or if its
-        last one failed (its runs are tried again)."""
-        last = {t.user_attrs.get("candidate"): t for t in self.study.get_trials(deepcopy=False)}
+        """Each candidate's trial: a complete or pruned one is read from the journal; one left
+        running by a study that was stopped is marked failed, and it (or a failed one, or
+        none) is replaced by a new trial, which re-reports the folds already run."""
+        latest = {t.user_attrs.get("candidate"): t for t in self.study.get_trials(deepcopy=False)}
         for candidate in candidates:
-            trial = last.get(candidate.name)
-            if trial is not None and trial.state != TrialState.FAIL:
-                self.ids[candidate.name] = trial._trial_id
+            found = latest.get(candidate.name)
+            if found is not None and found.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                self.states[candidate.name] = found.state
                 continue
-            fresh = self.study.ask()
-            fresh.set_user_attr("candidate", candidate.name)
-            self.ids[candidate.name] = fresh._trial_id
+            if found is not None and found.state == TrialState.RUNNING:
+                self.study.tell(found.number, state=TrialState.FAIL)
+            trial = self.study.ask()
+            trial.set_user_attr("candidate", candidate.name)
+            self.trials[candidate.name] = trial
+            self.states[candidate.name] = TrialState.RUNNING
+            self.reported[candidate.name] = 0
 
-    def _frozen(self, candidate: Candidate) -> optuna.trial.FrozenTrial:
-        return self.study._storage.get_trial(self.ids[candidate.name])
-
-    def _state(self, candidate: Candidate) -> TrialState:
-        return self._frozen(candidate).state
+    def _tell(self, candidate: Candidate, value: float | None, state: TrialState) -> None:
+        self.study.tell(self.trials[candidate.name], value, state=state)
+        self.states[candidate.name] = state
 
     def _launch(self, candidates: Sequence[Candidate], rung_list: Sequence[int]) -> None:
         jobs: list[GridJob] = [
@@ -146,38 +152,34 @@ class Study:
     def _catch_up(
         self, candidate: Candidate, rung: int, plain: Sequence[TrialResult], prunable: bool = True
     ) -> None:
-        """Report folds up to ``rung`` not reported yet (and decide again on the last one
-        reported, in case the study stopped between its report and the decision)."""
-        start = max(len(self._frozen(candidate).intermediate_values) - 1, 0)
-        for step in range(start, rung + 1):
-            if self._state(candidate) != TrialState.RUNNING:
-                return
-            self._report(candidate, step, plain, prunable)
+        """Report the folds up to ``rung`` that this session's trial has not reported yet."""
+        name = candidate.name
+        while self.states[name] == TrialState.RUNNING and self.reported[name] <= rung:
+            self._report(candidate, self.reported[name], plain, prunable)
 
     def _report(
         self, candidate: Candidate, rung: int, plain: Sequence[TrialResult], prunable: bool
     ) -> None:
         """Report the mean paired difference over folds 0..rung, then prune the trial when
         the pruner says so, complete it after the last fold, or fail it if its run failed."""
-        trial_id = self.ids[candidate.name]
         results = self._results(candidate, rung + 1)
         if any(r is None for r in results):
             folder = trials.trial_folder(self.out, candidate, self.rungs, rung)
             self.log(f"{candidate.name}: the run in {folder} failed; see its compare.log")
-            self.study.tell(trial_id, state=TrialState.FAIL)
+            self._tell(candidate, None, TrialState.FAIL)
             return
         diffs = [r.auc - p.auc for r, p in zip(results, plain, strict=False) if r is not None]
         value = sum(diffs) / len(diffs)
-        trial = optuna.trial.Trial(self.study, trial_id)
-        if rung not in self._frozen(candidate).intermediate_values:
-            trial.report(value, rung)
+        trial = self.trials[candidate.name]
+        trial.report(value, rung)
+        self.reported[candidate.name] = rung + 1
         if rung + 1 == self.rungs.count:
-            self.study.tell(trial_id, value)
+            self._tell(candidate, value, TrialState.COMPLETE)
         elif prunable and trial.should_prune():
             self.log(
                 f"{candidate.name}: pruned after {rung + 1} folds (mean paired Δ {value:+.4f})"
             )
-            self.study.tell(trial_id, state=TrialState.PRUNED)
+            self._tell(candidate, None, TrialState.PRUNED)
 
     # ------------------------------------------------------------------------------- run
     def run(self) -> Outcome:
@@ -214,7 +216,7 @@ class Study:
         ]  # fmt: skip
         self._open_trials(ladders)
         for rung in range(count):
-            live = [c for c in ladders if self._state(c) == TrialState.RUNNING]
+            live = [c for c in ladders if self.states[c.name] == TrialState.RUNNING]
             self._launch(live, [rung])
             for candidate in live:
                 self._catch_up(candidate, rung, plain)
@@ -225,7 +227,7 @@ class Study:
         pruned: set[str] = set()
         failed: list[str] = []
         for candidate in candidates:
-            state = self._state(candidate)
+            state = self.states[candidate.name]
             done = self._results(candidate, self.rungs.count)
             results[candidate.name] = [r for r in done[: _prefix(done)] if r is not None]
             if state == TrialState.PRUNED:

@@ -66,6 +66,17 @@ def _journal(tmp_path: Path) -> dict[str, optuna.trial.FrozenTrial]:
     return {t.user_attrs["candidate"]: t for t in study.get_trials()}
 
 
+def _states(tmp_path: Path) -> dict[str, list[str]]:
+    """Each candidate's trials' states, in the order they were made."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL))
+    )
+    states: dict[str, list[str]] = {}
+    for trial in optuna.load_study(study_name=STUDY_NAME, storage=storage).get_trials():
+        states.setdefault(trial.user_attrs["candidate"], []).append(trial.state.name)
+    return states
+
+
 def test_plain_first_then_folds_as_rungs_with_hopeless_candidates_pruned(tmp_path):
     launcher = FakeLauncher()
     outcome = _study(tmp_path, launcher).run()
@@ -109,12 +120,28 @@ def test_a_failed_run_fails_its_trial_and_is_tried_again_on_the_next_run(tmp_pat
     outcome = _study(tmp_path, again).run()
     assert again.calls == [["rift[budget=0.9]/fold1"], ["rift[budget=0.9]/fold2"]]
     assert outcome.failed == [] and len(outcome.results["rift[budget=0.9]"]) == 3
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL))
-    )
-    states = [t.state.name for t in optuna.load_study(study_name=STUDY_NAME, storage=storage)
-              .get_trials() if t.user_attrs["candidate"] == "rift[budget=0.9]"]  # fmt: skip
-    assert states == ["FAIL", "COMPLETE"]
+    assert _states(tmp_path)["rift[budget=0.9]"] == ["FAIL", "COMPLETE"]
+
+
+def test_a_study_killed_mid_rung_continues_with_new_trials(tmp_path):
+    class Killed(FakeLauncher):
+        def run(self, jobs, log):
+            outcome = super().run(jobs, log)
+            if len(self.calls) == 2:  # the ladder's fold 0 ran; nothing was reported
+                raise SystemExit("killed")
+            return outcome
+
+    with pytest.raises(SystemExit):
+        _study(tmp_path, Killed()).run()
+    again = FakeLauncher()
+    outcome = _study(tmp_path, again).run()
+    assert again.calls == [["rift[budget=0.9]/fold1"], ["rift[budget=0.9]/fold2"]]
+    assert outcome.pruned == {"rift[budget=0.95]"} and outcome.failed == []
+    assert _states(tmp_path) == {
+        "plain": ["COMPLETE"],
+        "rift[budget=0.9]": ["FAIL", "COMPLETE"],  # left running: replaced
+        "rift[budget=0.95]": ["FAIL", "PRUNED"],
+    }
 
 
 def test_a_rerun_with_other_study_settings_is_refused(tmp_path):
