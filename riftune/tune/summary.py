@@ -78,7 +78,7 @@ def context(settings: TuneConfig, config: RunConfig, rungs: Rungs, outcome: Outc
         + (f" ({config.data.shots} per class)" if config.data.shots else ""),
         "methods": ", ".join(settings.methods),
         "regularizers": ", ".join(settings.regularizers) + f" ({settings.ladder} ladder)",
-        "folds": estimate,
+        "estimate": estimate,
         "tolerance": f"{settings.tolerance:g} AUC points, z = {settings.z:g}",
         "anchor": f"paired RIFT similarity of each method alone ({anchors})",
         "wall time": f"{outcome.wall_seconds:.0f} s",
