@@ -85,8 +85,8 @@ def context(settings: TuneConfig, config: RunConfig, rungs: Rungs, outcome: Outc
         "candidates": f"{len(outcome.results)}, of which {len(outcome.pruned)} pruned"
         + (f" and {len(outcome.failed)} failed" if outcome.failed else ""),
         "trial runs": outcome.trial_runs,
-        "single-run equivalents": f"{total / unit:.1f} (all trial runs' seconds over one plain "
-        "run's)",
+        "single-run equivalents": f"{total / unit:.1f} ({total:.0f} s in all trial runs, "
+        f"{unit:.0f} s in one plain run of the recipe)",
     }
 
 
@@ -99,6 +99,7 @@ def write_state(out: Path, settings: TuneConfig, outcome: Outcome, choice: Choic
         "pruned": sorted(outcome.pruned),
         "failed": outcome.failed,
         "wall_seconds": outcome.wall_seconds,
+        "trial_seconds": sum(r.wall_seconds for rs in outcome.results.values() for r in rs),
         "candidates": {
             name: [dataclasses.asdict(r) for r in results]
             for name, results in outcome.results.items()
