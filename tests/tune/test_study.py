@@ -31,6 +31,8 @@ AUC = {
     "rift[budget=0.95]": [0.77, 0.80, 0.80],  # -3 points on fold 0 < -(0.5 + 1.5): pruned
 }
 
+PENALTY = {"lora": 0.2}  # LoRA alone keeps s = 0.9: its own budgets are 0.95 and 0.975
+
 
 class FakeLauncher:
     """Finishes each job by writing its run's files; ``fail`` names folders left unfinished."""
@@ -46,10 +48,12 @@ class FakeLauncher:
             job.folder.mkdir(parents=True, exist_ok=True)
             if f"{name}/fold{fold}" in self.fail:
                 continue
-            metrics = {"val": {"auc": AUC[name][fold], "cka": 0.5}, "wall_seconds": 10.0}
+            auc = AUC.get(name, AUC["plain"])[fold]
+            metrics = {"val": {"auc": auc, "cka": 0.5}, "wall_seconds": 10.0}
             (job.folder / "metrics.json").write_text(json.dumps(metrics))
+            penalty = PENALTY.get(name, 0.4)
             with open(job.folder / "history.csv", "w", newline="") as handle:
-                csv.writer(handle).writerows([["epoch", "train_reg_loss"], [1, 0.4]])
+                csv.writer(handle).writerows([["epoch", "train_reg_loss"], [1, penalty]])
         return LaunchOutcome([JobResult(j, "done", 0) for j in jobs])
 
 
@@ -101,6 +105,21 @@ def test_plain_first_then_folds_as_rungs_with_hopeless_candidates_pruned(tmp_pat
     assert steps[2] == pytest.approx((0.001 - 0.002 + 0.001) / 3)
     assert trials["rift[budget=0.9]"].value == pytest.approx(0.0)
     assert trials["rift[budget=0.95]"].intermediate_values == {0: pytest.approx(-0.03)}
+
+
+def test_each_method_runs_alone_first_and_anchors_its_own_ladder(tmp_path):
+    settings = TuneConfig(out=str(tmp_path), methods=("full", "lora"), budgets=(0.5, 0.25))
+    launcher = FakeLauncher()
+    outcome = Study(settings, Rungs("folds", 3, 0), (), launcher, print).run()
+    assert launcher.calls[0] == [f"{m}/fold{i}" for m in ("plain", "lora") for i in range(3)]
+    assert outcome.anchors == {"full": pytest.approx(0.8), "lora": pytest.approx(0.9)}
+    assert launcher.calls[1] == [
+        "rift[budget=0.9]/fold0",
+        "rift[budget=0.95]/fold0",
+        "lora+rift[budget=0.95]/fold0",
+        "lora+rift[budget=0.975]/fold0",
+    ]
+    assert "lora" in outcome.results and "lora" not in outcome.pruned
 
 
 def test_a_rerun_reads_the_journal_and_runs_nothing_again(tmp_path):
