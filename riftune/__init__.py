@@ -2,11 +2,12 @@
 
 ``riftune.RIFT`` is the regularizer (a drop-in loss for your own training loop);
 ``riftune.metrics`` has CKA and the evaluation metrics; ``riftune.finetune(config)`` runs what
-``riftune finetune`` (the CLI) runs.
+``riftune finetune`` (the CLI) runs, ``riftune.tune(settings)`` what ``riftune tune`` runs.
 """
 
 import importlib.metadata
 
+from riftune import tune  # the package, callable: riftune.tune(settings)
 from riftune.regularizers.rift import RIFT
 
 try:
@@ -23,4 +24,4 @@ def finetune(config) -> dict:
     return run(config)
 
 
-__all__ = ["RIFT", "finetune"]
+__all__ = ["RIFT", "finetune", "tune"]

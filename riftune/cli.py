@@ -1,4 +1,4 @@
-"""``riftune``: finetune, evaluate, wise-ft, compare, export, predict, bench and demo.
+"""``riftune``: finetune, evaluate, wise-ft, compare, tune, export, predict, bench and demo.
 
 Problems the user can fix (bad flags, bad files, a run folder in the wrong state) end with
 ``error: <one line>`` and exit status 2; ``--debug`` shows the traceback instead.
@@ -53,6 +53,19 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         print(run_compare(args, args.passthrough))
     except GridStopped as stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        return PREEMPTED_EXIT
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from riftune.commands.tune import run_tune
+    from riftune.tune.config import from_args
+    from riftune.tune.study import TuneStopped
+
+    try:
+        print(run_tune(from_args(args, args.passthrough)))
+    except TuneStopped as stopped:
         print(f"error: {stopped}", file=sys.stderr)
         return PREEMPTED_EXIT
     return 0
@@ -176,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_arguments(compare)
     compare.set_defaults(handler=_compare)
 
+    tune = commands.add_parser(
+        "tune",
+        help="choose the strongest representation keeping that costs no AUC on your data",
+        description="Finetune plainly and with a ladder of RIFT strengths (or other methods and "
+        "regularizers) on folds of train + val, keep the least drifting candidate whose AUC is "
+        "non-inferior to plain finetuning's, and write tuned.yaml, report.md and tune.png to "
+        "--out (rerun to continue). Unknown flags (--data, --epochs, ...) are every trial's.",
+        allow_abbrev=False,  # --reg is a finetune flag tune refuses, not --regularizers
+    )
+    from riftune.commands.tune import add_tune_arguments
+
+    add_tune_arguments(tune)
+    tune.set_defaults(handler=_tune)
+
     wise = commands.add_parser(
         "wise-ft",
         help="interpolate pretrained and finetuned backbone weights (WiSE-FT) and evaluate",
@@ -238,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, unknown = build_parser().parse_known_args(argv)
-        if args.command == "compare":
+        if args.command in ("compare", "tune"):
             args.passthrough = unknown
         elif unknown:
             raise UserError(f"unrecognized arguments: {' '.join(unknown)}")

@@ -147,8 +147,9 @@ def _classifier_name(model: nn.Module) -> str:
 
 
 def _check_same_logits(run: FinishedRun, model: nn.Module) -> None:
-    """Refuse to write an export whose logits differ from the run's on a few test images."""
-    images, _, _ = run.data.test.batch(list(range(min(4, len(run.data.test)))))
+    """Refuse to write an export whose logits differ from the run's on a few validation images
+    (every run has them; a ``--cv-folds`` run has no test split)."""
+    images, _, _ = run.data.val.batch(list(range(min(4, len(run.data.val)))))
     images = images.to(run.ctx.device)
     model.to(run.ctx.device)
     with torch.no_grad():

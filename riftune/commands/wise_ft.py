@@ -62,7 +62,8 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[dict]:
-    """Evaluate θ_α for each α on the run's validation and test splits; writes wise_ft.json."""
+    """Evaluate θ_α for each α on the run's validation and test splits (validation only for a
+    ``--cv-folds`` run); writes wise_ft.json."""
     r = load_finished_run(run, device)
     ctx, amp_dtype, model = r.ctx, r.amp_dtype, r.model
     finetuned_state = r.method.merged_backbone_state(model)
@@ -80,6 +81,8 @@ def wise_ft(run: str | Path, alphas: list[float], device: str = "auto") -> list[
             ("val", r.data.val, r.pretrained.val),
             ("test", r.data.test, r.pretrained.test),
         ):
+            if split is None:  # a cross-validation fold run has no test split
+                continue
             loader = eval_loader(split, r.config.evaluation.eval_batch_size, ctx)
             result = evaluate_split(plain, loader, reference, ctx, amp_dtype, r.data.multilabel)
             row.update(result.prefixed(f"{name}."))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from riftune.data.folds import CrossValidation
 from riftune.data.formats import forms_help, resolve
 from riftune.errors import UserError
 from riftune.models import DEFAULT_BACKBONE
@@ -56,11 +57,34 @@ class DataConfig(Section):
         "csv: comma-separated 0/1 columns of a multi-label table (one binary task each)",
         metavar="A,B,C",
     )
+    cv_folds: int | None = option(
+        None,
+        "cross-validation (the trials of riftune tune): pool train (after --shots) and val, cut "
+        "the pool into K folds stratified by class (whole groups with --group-column), "
+        "validate on fold --cv-fold and train on the rest. The test split is never read: no "
+        "test metrics, no --robustness",
+        metavar="K",
+    )
+    cv_fold: int = option(0, "with --cv-folds, the fold that validates, 0..K-1", metavar="I")
+    cv_seed: int = option(
+        0, "with --cv-folds, the seed of the folds (not the training seed)", metavar="S"
+    )
 
     def check(self) -> None:
         for name in ("group_column", "label_columns"):
             if getattr(self, name) and not resolve(self.data).format.table_columns:
                 raise UserError(f"--{name.replace('_', '-')} applies to csv:FILE data only")
+        if self.cv_folds is None and (self.cv_fold, self.cv_seed) != (0, 0):
+            raise UserError("--cv-fold and --cv-seed choose a fold of --cv-folds K; give K")
+        if self.cv_folds is not None:
+            CrossValidation(self.cv_folds, self.cv_fold, self.cv_seed)  # checks K and the fold
+
+    @property
+    def cross_validation(self) -> CrossValidation | None:
+        """The fold this run trains and validates on, or ``None`` (train, val and test as given)."""
+        if self.cv_folds is None:
+            return None
+        return CrossValidation(self.cv_folds, self.cv_fold, self.cv_seed)
 
 
 @dataclass

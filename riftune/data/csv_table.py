@@ -99,6 +99,7 @@ def read_csv_table(file: Path, options: dict[str, str] | None = None) -> FileSpl
         paths={split: [paths[i] for i in idx] for split, idx in indices.items()},
         labels={split: labels[idx] for split, idx in indices.items()},
         class_names=class_names,
+        groups=None if groups is None else {split: groups[idx] for split, idx in indices.items()},
     )
 
 

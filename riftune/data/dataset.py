@@ -142,7 +142,8 @@ class DatasetSplits:
     Attributes:
         train: training split (the few-shot subset when ``shots`` was given).
         val: validation split (model selection).
-        test: test split (reported once, for the selected checkpoint).
+        test: test split (reported once, for the selected checkpoint); ``None`` in a
+            cross-validation fold run, which never reads it.
         num_classes: number of classes K (labels 0..K-1), or of labels L for a multi-label
             task: the number of logits either way.
         class_names: name of each class index (multi-label: of each label), when the source
@@ -155,12 +156,17 @@ class DatasetSplits:
 
     train: ImageTensorDataset
     val: ImageTensorDataset
-    test: ImageTensorDataset
+    test: ImageTensorDataset | None
     num_classes: int
     class_names: list[str] | None
     task: Literal["binary", "multiclass", "multilabel"]
     name: str
     source: str
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """The names of the splits loaded: train, val and test, or train and val (a fold)."""
+        return ("train", "val") if self.test is None else ("train", "val", "test")
 
     @property
     def multilabel(self) -> bool:

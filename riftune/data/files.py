@@ -35,11 +35,13 @@ class FileSplits:
         paths: split name → image files.
         labels: split name → class index of each file. Shape: (N,) int64.
         class_names: the name of each class index, when the source names classes.
+        groups: split name → the group of each file (a patient), when the source has groups.
     """
 
     paths: dict[str, list[Path]]
     labels: dict[str, np.ndarray]
     class_names: list[str] | None
+    groups: dict[str, np.ndarray] | None = None
 
 
 def decode_images(paths: Sequence[Path], size: int, threads: int | None = None) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch
 
 from riftune.data.dataset import DatasetSplits, ImageTensorDataset
 from riftune.data.fewshot import sample_shots
+from riftune.data.folds import POOLED, CrossValidation, pool_fold
 from riftune.data.formats import ImageRequest, NewImages, SplitRequest, formats, resolve
 from riftune.data.splits import SPLITS
 from riftune.data.stored import LabelledSplits
@@ -33,6 +34,7 @@ def load_dataset(
     augment: bool = False,
     group_column: str | None = None,
     label_columns: Sequence[str] | None = None,
+    cv: CrossValidation | None = None,
 ) -> DatasetSplits:
     """Load a dataset named by ``spec``, resized once and normalized per item.
 
@@ -70,6 +72,9 @@ def load_dataset(
             the same as the spec option ``group=COL``.
         label_columns: tables only, the 0/1 columns of a multi-label table; the same as
             the spec option ``label=A,B,C``.
+        cv: a cross-validation fold (:mod:`riftune.data.folds`): train (after ``shots``) and
+            val pooled, the fold validates, the rest trains, and the test split is never
+            read (``test`` is ``None``).
 
     Returns:
         The splits, whose items are ``(image (3, S, S) float32, label, index)``.
@@ -87,13 +92,22 @@ def load_dataset(
         raise UserError(
             f"--group-column and --label-columns apply to {tables} data only; got --data {spec!r}"
         )
-    stored = data.splits(SplitRequest(data_root, download, group_column, label_columns))
+    request = SplitRequest(
+        data_root, download, group_column, label_columns, SPLITS if cv is None else POOLED
+    )
+    stored = data.splits(request)
     images, labels = dict(stored.images), dict(stored.labels)
+    groups = dict(stored.groups) if stored.groups is not None else None
     chosen = None
     if shots is not None:
         chosen = sample_shots(labels["train"], shots, seed, stored.num_classes, stored.class_names)
         images["train"], labels["train"] = images["train"].subset(chosen), labels["train"][chosen]
-    pixels = {split: images[split].pixels(img_size) for split in SPLITS}
+        if groups is not None:
+            groups["train"] = groups["train"][chosen]
+    if cv is not None:
+        images, labels = pool_fold(cv, images, labels, groups)
+        chosen = None
+    pixels = {split: images[split].pixels(img_size) for split in images}
     return _bundle(stored, pixels, labels, chosen, mean, std, seed, augment)
 
 
@@ -150,7 +164,7 @@ def _bundle(
     return DatasetSplits(
         train=make("train"),
         val=make("val"),
-        test=make("test"),
+        test=make("test") if "test" in pixels else None,
         num_classes=stored.num_classes,
         class_names=stored.class_names,
         task=_task(labels["train"], stored.num_classes),

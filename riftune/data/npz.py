@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,15 @@ _LARGEST_LABEL = 2**53  # larger floats are not exact integers; larger ints are 
 KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
-def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Load every split of a MedMNIST-format ``.npz`` and check its arrays.
+def read_npz(
+    path: Path, splits: Sequence[str] = SPLITS
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Load the splits of a MedMNIST-format ``.npz`` and check their arrays.
 
     Args:
         path: the ``.npz`` file.
+        splits: the splits to read (all three by default); the others' arrays are never
+            loaded, only their keys required.
 
     Returns:
         split name → (images, labels): images uint8 as stored (N, H, W) or (N, H, W, C) with
@@ -57,10 +62,12 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise UserError(
                 f"{path} lacks the keys {', '.join(missing)}; a MedMNIST .npz holds {', '.join(KEYS)}"
             )
-        arrays = {key: _read_array(archive, key, path) for key in KEYS}
+        arrays = {
+            key: _read_array(archive, key, path) for key in KEYS if key.split("_")[0] in splits
+        }
     return {
         split: _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, path)
-        for split in SPLITS
+        for split in splits
     }
 
 

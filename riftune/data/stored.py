@@ -30,6 +30,10 @@ class StoredImages(Protocol):
         """The images at ``indices``, in that order."""
         ...
 
+    def join(self, other: StoredImages) -> StoredImages:
+        """These images, then ``other``'s (of the same kind)."""
+        ...
+
     def pixels(self, size: int) -> torch.Tensor:
         """The images resized to ``size`` × ``size``. Shape: (N, C, S, S) uint8, C ∈ {1, 3}."""
         ...
@@ -52,6 +56,9 @@ class ImageArray:
     def subset(self, indices: np.ndarray) -> ImageArray:
         return ImageArray(self.array[indices])
 
+    def join(self, other: ImageArray) -> ImageArray:
+        return ImageArray(np.concatenate([self.array, other.array]))
+
     def pixels(self, size: int) -> torch.Tensor:
         return resize(to_nchw(self.array), size)
 
@@ -68,6 +75,9 @@ class ImageFiles:
     def subset(self, indices: np.ndarray) -> ImageFiles:
         return ImageFiles([self.paths[i] for i in indices])
 
+    def join(self, other: ImageFiles) -> ImageFiles:
+        return ImageFiles([*self.paths, *other.paths])
+
     def pixels(self, size: int) -> torch.Tensor:
         return to_nchw(decode_images(self.paths, size))
 
@@ -83,6 +93,7 @@ class LabelledSplits:
         class_names: the name of each class index (or label), when the source names them.
         name: the dataset's short name (a flag, a file stem, a folder name).
         source: where it came from (a path), for messages and ``metrics.json``.
+        groups: split name → the group of each image (a patient), when the source has them.
     """
 
     images: dict[str, StoredImages]
@@ -91,23 +102,29 @@ class LabelledSplits:
     class_names: list[str] | None
     name: str
     source: str
+    groups: dict[str, np.ndarray] | None = None
 
 
-def labelled_files(table: FileSplits, name: str, source: str) -> LabelledSplits:
-    """The splits of an image-file table (image folder, CSV), with their labels checked.
+def labelled_files(
+    table: FileSplits, name: str, source: str, splits: Sequence[str] = SPLITS
+) -> LabelledSplits:
+    """The ``splits`` of an image-file table (image folder, CSV), with their labels checked;
+    the files of the other splits are never opened.
 
     Raises:
         UserError: an empty split, or labels :func:`~riftune.data.splits.count_outputs` refuses.
     """
-    for split in SPLITS:
+    for split in splits:
         if not table.paths[split]:
             raise UserError(f"{source}: the {split} split is empty; every split needs images")
     known = len(table.class_names) if table.class_names else None
+    labels = {split: table.labels[split] for split in splits}
     return LabelledSplits(
-        images={split: ImageFiles(table.paths[split]) for split in SPLITS},
-        labels=dict(table.labels),
-        num_classes=count_outputs(table.labels, known, source),
+        images={split: ImageFiles(table.paths[split]) for split in splits},
+        labels=labels,
+        num_classes=count_outputs(labels, known, source),
         class_names=table.class_names,
         name=name,
         source=source,
+        groups=None if table.groups is None else {s: table.groups[s] for s in splits},
     )

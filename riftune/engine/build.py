@@ -56,10 +56,17 @@ def build_model_and_data(
 ) -> tuple[Classifier, DatasetSplits, PretrainedEmbeddings, tuning.FinetuningMethod]:
     """Backbone + head, data, pretrained embeddings of every split, and the applied method.
 
+    A ``--cv-folds`` run has no test split (``data.test`` and ``pretrained.test`` are None).
+
     The pretrained embeddings are computed before the method changes the backbone. Seeded, so
     ``riftune evaluate`` rebuilds exactly what ``finetune`` trained.
     """
     seed = config.training.seed
+    if config.data.cv_folds is not None and config.evaluation.robustness:
+        raise UserError(
+            "--robustness evaluates on the test split, which a --cv-folds run never reads; "
+            "drop one of them"
+        )
     torch.manual_seed(seed)
     model = build_pretrained_classifier(config)
     norm = model.pretrained_cfg
@@ -74,11 +81,12 @@ def build_model_and_data(
         augment=config.training.augment,
         group_column=config.data.group_column,
         label_columns=config.data.label_columns.split(",") if config.data.label_columns else None,
+        cv=config.data.cross_validation,
     )
     if ctx.device.type == "cuda":  # images live on the GPU: batches never cross the host
         data = dataclasses.replace(
             data,
-            **{split: getattr(data, split).to(ctx.device) for split in ("train", "val", "test")},
+            **{split: getattr(data, split).to(ctx.device) for split in data.present},
         )
     torch.manual_seed(seed)
     model.reset_head(data.num_classes)

@@ -38,11 +38,12 @@ from riftune.report.run_outputs import confidence_intervals
 
 @dataclass
 class PretrainedEmbeddings:
-    """The pretrained backbone's outputs on each split, computed once before training."""
+    """The pretrained backbone's outputs on each split, computed once before training
+    (``test`` is None in a cross-validation fold run)."""
 
     train: Collected
     val: Collected
-    test: Collected
+    test: Collected | None
 
 
 def pretrained_embeddings(
@@ -56,7 +57,9 @@ def pretrained_embeddings(
     )
     return PretrainedEmbeddings(
         *(
-            collect(model, eval_loader(split, batch_size, ctx), ctx.device, amp_dtype=amp_dtype)
+            None
+            if split is None
+            else collect(model, eval_loader(split, batch_size, ctx), ctx.device, amp_dtype)
             for split in (train, data.val, data.test)
         )
     )
@@ -212,10 +215,11 @@ def transfer_metrics(
 
 @dataclass
 class FinalEvaluation:
-    """metrics.json's evaluation part and the splits it was computed from."""
+    """metrics.json's evaluation part and the splits it was computed from (no test in a
+    cross-validation fold run)."""
 
     metrics: dict
-    test: EvalResult
+    test: EvalResult | None
     val: EvalResult
 
 
@@ -232,7 +236,8 @@ def final_metrics(
     """The evaluation of the selected checkpoint (also ``riftune evaluate``): test and
     validation metrics with their bootstrap 95% intervals, sharpness and the Hessian
     eigenvalue, and on request corrupted-data (``robust``) and transfer metrics. ``timer``
-    gets each part's wall time.
+    gets each part's wall time. Without a test split (a cross-validation fold) only the
+    validation metrics, which then hold sharpness and the Hessian eigenvalue.
 
     Args:
         pretrained_model: builds the run's pretrained classifier
@@ -243,19 +248,27 @@ def final_metrics(
     ev, batch = config.evaluation, config.evaluation.eval_batch_size
     multilabel = data.multilabel
     with timer.phase("test_eval"):
-        test, val = (
-            evaluate_split(model, eval_loader(split, batch, ctx), ref, ctx, amp_dtype, multilabel)
-            for split, ref in ((data.test, pretrained.test), (data.val, pretrained.val))
-        )
-        metrics = {"test": test.scalars(), "val": val.scalars()}
+        results = {
+            name: evaluate_split(
+                model, eval_loader(split, batch, ctx), ref, ctx, amp_dtype, multilabel
+            )
+            for name, split, ref in (
+                ("test", data.test, pretrained.test),
+                ("val", data.val, pretrained.val),
+            )
+            if split is not None
+        }
+        metrics = {name: result.scalars() for name, result in results.items()}
         if ev.bootstrap_resamples > 0 and not multilabel:
             intervals = confidence_intervals(
-                {"test": test.collected, "val": val.collected},
+                {name: result.collected for name, result in results.items()},
                 seed=config.training.seed,
                 resamples=ev.bootstrap_resamples,
             )
-            metrics["test"]["ci"], metrics["val"]["ci"] = intervals["test"], intervals["val"]
-    metrics["test"] |= landscape_metrics(model, data.train, config, ctx, timer)
+            for name in results:
+                metrics[name]["ci"] = intervals[name]
+    landscape = metrics["val" if data.test is None else "test"]
+    landscape |= landscape_metrics(model, data.train, config, ctx, timer)
     if ev.robustness:
         with timer.phase("robustness"):
             metrics["robust"] = robustness_metrics(
@@ -265,4 +278,4 @@ def final_metrics(
         with timer.phase("transfer"):
             reference = pretrained_model().to(ctx.device)
             metrics["transfer"] = transfer_metrics(model, reference, config, ctx, amp_dtype)
-    return FinalEvaluation(metrics, test, val)
+    return FinalEvaluation(metrics, results.get("test"), results["val"])

@@ -241,7 +241,8 @@ class Finetuner:
             functools.partial(build_pretrained_classifier, self.config), self.config, self.ctx,
             self.amp_dtype, self.timer,
         )  # fmt: skip
-        test = final.test
+        # the figures and the last line show test, or validation in a cross-validation fold run
+        shown, shown_name = (final.val, "val") if final.test is None else (final.test, "test")
         if self.ctx.is_main:
             with self.timer.phase("figures"):
                 self.outputs.close(final.metrics)
@@ -265,7 +266,7 @@ class Finetuner:
             write_json_atomic(metrics, self.run_dir.metrics)
             self.progress.log(self.timer.summary(total=wall))
             self.progress.log(
-                f"test acc {test.acc:.4f} auc {test.auc:.4f} cka {test.cka:.4f} "
+                f"{shown_name} acc {shown.acc:.4f} auc {shown.auc:.4f} cka {shown.cka:.4f} "
                 f"(best epoch {s.best_epoch}); results in {self.run_dir.root}"
             )
         return metrics

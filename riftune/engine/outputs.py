@@ -53,21 +53,26 @@ class LiveOutputs:
             self.tensorboard.log_scalars(global_step, scalars)
 
     def close(self, metrics: dict) -> None:
-        """Log the test scalars of ``metrics`` and close TensorBoard's file."""
+        """Log the test scalars of ``metrics`` (none in a cross-validation fold run) and close
+        TensorBoard's file."""
         if not self.enabled or self.tensorboard is None:
             return
-        test = {f"test/{k}": v for k, v in metrics["test"].items() if isinstance(v, float)}
+        test = {f"test/{k}": v for k, v in metrics.get("test", {}).items() if isinstance(v, float)}
         self.tensorboard.log_scalars(max(len(self.steps.rows), 1), test)
         self.tensorboard.close()
 
 
 def write_evaluation_outputs(run_dir: RunDir, final: FinalEvaluation, data) -> None:
     """predictions.csv (validation and test), roc.png, calibration.png and confusion.png of the
-    test split; for multi-label tasks predictions.csv alone is not defined yet, so none."""
+    test split (of validation in a cross-validation fold run, which has no test); for
+    multi-label tasks predictions.csv alone is not defined yet, so none."""
     if data.multilabel:
         return
-    splits = {"test": final.test.collected, "val": final.val.collected}
-    write_clinical_outputs(run_dir.root, splits, data.class_names)
+    if final.test is None:
+        splits, shown = {"val": final.val.collected}, "val"
+    else:
+        splits, shown = {"test": final.test.collected, "val": final.val.collected}, "test"
+    write_clinical_outputs(run_dir.root, splits, data.class_names, figures_split=shown)
 
 
 def write_figures(
@@ -77,20 +82,22 @@ def write_figures(
     pretrained: PretrainedEmbeddings,
     data,
 ) -> None:
-    """training.png from the per-epoch ``history``, and embeddings.png: the test split's
-    pretrained and finetuned embeddings side by side, coloured by class (multi-label tasks: by
-    how many labels an image has)."""
-    test = final.test
+    """training.png from the per-epoch ``history``, and embeddings.png: the test split's (a
+    cross-validation fold's: the validation split's) pretrained and finetuned embeddings side by
+    side, coloured by class (multi-label tasks: by how many labels an image has)."""
+    shown, pretrained_shown = (
+        (final.val, pretrained.val) if final.test is None else (final.test, pretrained.test)
+    )
     report.plot_training(history, run_dir.training_plot)
-    labels, names = test.collected.labels, data.class_names
+    labels, names = shown.collected.labels, data.class_names
     if data.multilabel:
         labels = labels.sum(1)
         names = [f"{k} positive labels" for k in range(data.num_classes + 1)]
     report.plot_embeddings(
-        pretrained.test.embeddings.numpy(),
-        test.collected.embeddings.numpy(),
+        pretrained_shown.embeddings.numpy(),
+        shown.collected.embeddings.numpy(),
         labels.numpy(),
         run_dir.embeddings_plot,
         class_names=names,
-        cka=test.cka,
+        cka=shown.cka,
     )

@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from riftune.data.splits import SPLITS
 from riftune.data.stored import LabelledSplits
 from riftune.errors import UserError
 from riftune.registry import Registry
@@ -34,12 +35,15 @@ class SplitRequest:
         download: download a missing MedMNIST file (otherwise say where to put it).
         group_column: a table's column whose rows stay in one split (a patient).
         label_columns: a table's 0/1 columns of a multi-label task.
+        splits: the splits to read; a cross-validation fold reads train and val only, so
+            the test split's arrays are never loaded and its image files never decoded.
     """
 
     data_root: str | os.PathLike | None = None
     download: bool = True
     group_column: str | None = None
     label_columns: Sequence[str] | None = None
+    splits: tuple[str, ...] = SPLITS
 
 
 @dataclass(frozen=True)

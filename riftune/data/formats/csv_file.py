@@ -56,7 +56,7 @@ class CsvFile(DataFormat):
     ) -> LabelledSplits:
         file = Path(location).expanduser()
         merged = _with_columns(options, request.group_column, request.label_columns)
-        return labelled_files(read_csv_table(file, merged), file.stem, str(file))
+        return labelled_files(read_csv_table(file, merged), file.stem, str(file), request.splits)
 
     def new_images(
         self, location: str, options: dict[str, str], request: ImageRequest

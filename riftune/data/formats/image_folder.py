@@ -48,7 +48,7 @@ class ImageFolder(DataFormat):
         check_options(self, options, ("val", "split_seed"))
         folder = Path(location).expanduser()
         table = scan_imagefolder(folder, **_split_options(options))
-        return labelled_files(table, folder.name, str(folder))
+        return labelled_files(table, folder.name, str(folder), request.splits)
 
     def new_images(
         self, location: str, options: dict[str, str], request: ImageRequest

@@ -41,7 +41,9 @@ class MedMNISTFlag(DataFormat):
     ) -> LabelledSplits:
         check_options(self, options, ())
         known = medmnist.parse_flag(location)
-        return npz_splits(medmnist.locate(known, request.data_root, request.download), known)
+        return npz_splits(
+            medmnist.locate(known, request.data_root, request.download), known, request.splits
+        )
 
     def new_images(
         self, location: str, options: dict[str, str], request: ImageRequest

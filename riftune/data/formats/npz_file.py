@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ class NpzFile(DataFormat):
         check_options(self, options, ())
         path = _find(location, request.data_root)
         known = medmnist.parse_flag(path.stem) if medmnist.is_flag(path.stem) else None
-        return npz_splits(path, known)
+        return npz_splits(path, known, request.splits)
 
     def new_images(
         self, location: str, options: dict[str, str], request: ImageRequest
@@ -70,19 +71,22 @@ def _find(location: str, data_root: str | os.PathLike | None) -> Path:
     return path
 
 
-def npz_splits(path: Path, known: medmnist.MedMNISTFile | None) -> LabelledSplits:
-    """The checked splits of a MedMNIST-format file; ``known``'s name and class names if given.
+def npz_splits(
+    path: Path, known: medmnist.MedMNISTFile | None, splits: Sequence[str] = SPLITS
+) -> LabelledSplits:
+    """The checked ``splits`` of a MedMNIST-format file (the others' arrays are not loaded);
+    ``known``'s name and class names if given.
 
     Raises:
         UserError: what :func:`~riftune.data.npz.read_npz` and
             :func:`~riftune.data.splits.count_outputs` refuse.
     """
-    arrays = read_npz(path)
+    arrays = read_npz(path, splits)
     name = known.name if known else path.stem
     class_names = list(known.info.labels) if known else None
-    labels = {split: arrays[split][1] for split in SPLITS}
+    labels = {split: arrays[split][1] for split in splits}
     return LabelledSplits(
-        images={split: ImageArray(arrays[split][0]) for split in SPLITS},
+        images={split: ImageArray(arrays[split][0]) for split in splits},
         labels=labels,
         num_classes=count_outputs(labels, len(class_names) if class_names else None, name),
         class_names=class_names,

@@ -1,0 +1,133 @@
+"""``riftune tune``: the strongest representation keeping that costs no accuracy, for one dataset.
+
+Runs (or continues) the study of :mod:`riftune.tune.study` in ``--out DIR``, applies the rule
+of :mod:`riftune.tune.rule` and writes DIR/tuned.yaml (the chosen configuration in ``finetune
+--config`` form), DIR/report.md and DIR/tune.png (:mod:`riftune.tune.report`), beside the
+trials (DIR/trials/) and the study's journal (DIR/study.journal). Unknown flags are the recipe
+every trial shares (``--data``, ``--epochs``, ...), as with ``compare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from riftune.commands.launchers import Launcher, LocalLauncher, SlurmLauncher
+from riftune.errors import UserError
+from riftune.runs.folder import RunDir, run_lock
+from riftune.tune import recipe
+from riftune.tune.candidates import check_components
+from riftune.tune.config import DEFAULT_CV_BELOW, TuneConfig
+from riftune.tune.ladder import DEFAULT_DRIFT_FRACTIONS
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="the study folder (rerun to continue)")
+    parser.add_argument(
+        "--methods",
+        default="full",
+        help="comma-separated methods, full among them (e.g. full,lora)",
+    )
+    parser.add_argument(
+        "--regularizers",
+        default="rift",
+        help="comma-separated regularizers laddered with each method (rift, cka, "
+        "feature-distill, l2sp, delta, spd, ...)",
+    )
+    parser.add_argument(
+        "--ladder",
+        choices=("budget", "lam"),
+        default="budget",
+        help="budget: RIFT at similarity budgets anchored on plain finetuning's own drift "
+        "(other regularizers at λ); lam: every regularizer at λ",
+    )
+    parser.add_argument(
+        "--budgets",
+        default=",".join(map(str, DEFAULT_DRIFT_FRACTIONS)),
+        help="the budget rungs as fractions of plain finetuning's drift to keep",
+    )
+    parser.add_argument(
+        "--lams", help="λ rungs (default: 0.1, 1 and 10 times each regularizer's default λ)"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=3, help="folds of train + val (or seeds) per candidate"
+    )
+    parser.add_argument(
+        "--cv-below",
+        type=int,
+        default=DEFAULT_CV_BELOW,
+        help="cross-validate over train + val when the validation split has fewer images; "
+        "else repeat seeds on it",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=0.5, help="non-inferiority margin, AUC points"
+    )
+    parser.add_argument("--z", type=float, default=1.645, help="one-sided quantile of the rule")
+    parser.add_argument(
+        "--prune-margin",
+        type=float,
+        default=1.5,
+        help="stop a candidate whose mean paired AUC difference falls below -(tolerance + "
+        "this), in points",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="local runs at once")
+    parser.add_argument(
+        "--launcher", choices=("local", "slurm"), default="local", help="where the runs execute"
+    )
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
+    slurm.add_argument("--slurm-time", type=int, help="time limit per run, minutes")
+    slurm.add_argument("--slurm-gpus", type=int, help="GPUs per run")
+    slurm.add_argument("--slurm-cpus", type=int, help="CPU cores per run")
+    slurm.add_argument("--slurm-parallel", type=int, help="at most this many runs at once")
+    slurm.add_argument("--slurm-logs", help="submitit's scripts and logs (default: OUT/slurm)")
+    parser.add_argument("--quiet", action="store_true", help="only the final summary")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def make_launcher(settings: TuneConfig, executor=None) -> Launcher:
+    """Local processes, or a SLURM array per rung through submitit (``executor``: tests)."""
+    if settings.launcher == "local":
+        return LocalLauncher(settings.jobs)
+    options = dict(settings.slurm)
+    folder = Path(options.pop("folder", None) or settings.folder / "slurm")
+    try:
+        return SlurmLauncher(folder=folder, executor=executor, **options)
+    except TypeError as err:
+        raise UserError(f"slurm: {err}") from None
+
+
+def run_tune(settings: TuneConfig, executor=None) -> str:
+    """Run or continue the study of ``settings``; write tuned.yaml, report.md and tune.png;
+    return report.md's text. One tune at a time per folder (its lock)."""
+    try:
+        import optuna  # noqa: F401  (an extra: riftune[tune])
+    except ImportError as err:
+        raise UserError("riftune tune needs optuna: pip install 'riftune[tune]'") from err
+    from riftune.tune import summary
+    from riftune.tune.report import write_report
+    from riftune.tune.rule import choose
+    from riftune.tune.study import Study
+
+    out = settings.folder
+    config = recipe.check_recipe(settings.finetune)
+    check_components(settings.methods, settings.regularizers)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(RunDir(out)):
+        summary.check_same_study(out, settings)
+        rungs = recipe.rungs_for(settings, config, recipe.validation_size(config))
+        log = (lambda m: None) if settings.quiet else (lambda m: print(m, file=sys.stderr))
+        study = Study(settings, rungs, settings.finetune, make_launcher(settings, executor), log)
+        outcome = study.run()
+        choice = choose(
+            *summary.scores(outcome),
+            tolerance=settings.tolerance / 100.0,
+            z=settings.z,
+            min_folds=rungs.count,
+        )
+        chosen = next(c for c in outcome.candidates if c.name == choice.chosen)
+        recipe.write_tuned(out / "tuned.yaml", settings.finetune, chosen)
+        write_report(out, choice, summary.context(settings, config, rungs, outcome))
+        summary.write_state(out, settings, outcome, choice)
+        return (out / "report.md").read_text()
