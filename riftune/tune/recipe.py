@@ -14,6 +14,8 @@ import yaml
 
 from riftune.config import RunConfig, finetune_parser, run_config_from_args
 from riftune.config.flags import given_flags
+from riftune.data.folds import POOLED
+from riftune.data.formats import SplitRequest, resolve
 from riftune.errors import UserError
 from riftune.tune.candidates import Candidate
 from riftune.tune.config import TuneConfig
@@ -56,29 +58,13 @@ def check_recipe(flags: Sequence[str]) -> RunConfig:
 
 
 def validation_size(config: RunConfig) -> int:
-    """Images in the recipe's validation split, counted without decoding an image (a study
-    never reads the test split): an .npz's validation arrays alone, a csv: or imagefolder:
-    source's listing.
-
-    It reads through :mod:`riftune.data.load`'s spec helpers, which have no public form yet.
-    """
-    from riftune.data import load
-    from riftune.data.csv_table import read_csv_table
-    from riftune.data.imagefolder import scan_imagefolder
-    from riftune.data.npz import read_npz
-
+    """Images in the recipe's validation split, counted through the data-format registry
+    reading train and val alone (their labels checked together; a table's images never
+    decoded, the test split never read)."""
     data = config.data
-    body, options = load._split_options(data.data)
-    if body.startswith("imagefolder:"):
-        folder = Path(body.removeprefix("imagefolder:")).expanduser()
-        return len(scan_imagefolder(folder, **load._imagefolder_options(options)).paths["val"])
-    if body.startswith("csv:"):
-        labels = data.label_columns.split(",") if data.label_columns else None
-        csv_options = load._csv_options(options, data.group_column, labels)
-        table = read_csv_table(Path(body.removeprefix("csv:")).expanduser(), csv_options)
-        return len(table.paths["val"])
-    path, _ = load._resolve_npz(data.data, data.data_root, download=True)
-    return len(read_npz(path, ("val",))["val"][1])
+    labels = data.label_columns.split(",") if data.label_columns else None
+    request = SplitRequest(data.data_root, True, data.group_column, labels, POOLED)
+    return len(resolve(data.data).splits(request).labels["val"])
 
 
 def rungs_for(settings: TuneConfig, config: RunConfig, val_images: int) -> Rungs:
