@@ -21,9 +21,8 @@ that also holds the sample's ``index`` 0..N−1 and the model's output holds ``e
     +trainer = RegularizedTrainer(model=model, args=args, train_dataset=train, regularization=rift)
      trainer.train()
 
-The ``index`` field reaches ``compute_loss`` with a plain torch ``Dataset``; with a 🤗
-``datasets.Dataset`` pass ``remove_unused_columns=False`` in the ``TrainingArguments`` (the
-Trainer drops columns the model's ``forward`` does not name).
+The Trainer drops the batch fields that the model's ``forward`` does not name; the subclass adds
+``index`` to the fields it keeps, and takes it out of the batch before the forward pass.
 """
 
 from __future__ import annotations
@@ -117,6 +116,12 @@ class RegularizedTrainer(Trainer):
             logs["riftune_lam"] = self._since_log[-1]["lam"]
             self._since_log.clear()
         super().log(logs, start_time)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """The Trainer's kept columns (the model's forward arguments) and the index field."""
+        super()._set_signature_columns_if_needed()
+        if self.index_key not in self._signature_columns:
+            self._signature_columns.append(self.index_key)
 
     def _accumulation_divisor(self, num_items_in_batch: torch.Tensor | int | None) -> int:
         """The Trainer divides an unscaled loss by the accumulation steps after compute_loss;

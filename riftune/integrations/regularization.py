@@ -26,6 +26,7 @@ from riftune import regularizers
 from riftune.budget import DualAscentWeight, budget_for_similarity
 from riftune.errors import UserError
 from riftune.metrics.embeddings import collect_embeddings
+from riftune.models.modes import eval_mode
 from riftune.regularizers import PretrainedView, Regularizer, StepInputs
 
 Weight = float | DualAscentWeight
@@ -89,7 +90,9 @@ class Regularization(nn.Module):
     @property
     def ready(self) -> bool:
         """Whether :meth:`fill_cache` has prepared the regularizer."""
-        return self.regularizer is not None and (self.regularizer.reference is None or len(self.cache))
+        return self.regularizer is not None and (
+            self.regularizer.reference is None or len(self.cache)
+        )
 
     def fill_cache(
         self,
@@ -104,9 +107,9 @@ class Regularization(nn.Module):
         reference statistics, L2-SP's weight snapshot) and keeps them as the per-sample cache.
 
         Args:
-            model: the model about to be finetuned, still pretrained.
-            embed: images (n, 3, H, W) → embeddings (n, d) by ``model`` (run in eval mode,
-                without gradient).
+            model: the model about to be finetuned, still pretrained; in eval mode for the pass.
+            embed: images (n, 3, H, W) → embeddings (n, d) by ``model`` (run without
+                gradient).
             batches: ``(images, labels, indices)`` of every training sample once, without
                 augmentation; indices 0..N−1 in any order.
             device: where the images go.
@@ -114,7 +117,8 @@ class Regularization(nn.Module):
         Raises:
             UserError: the indices are not 0..N−1, each once.
         """
-        pretrained = collect_embeddings(embed, batches, device)
+        with eval_mode(model):
+            pretrained = collect_embeddings(embed, batches, device)
         count = len(pretrained.indices)
         if not torch.equal(pretrained.indices, torch.arange(count)):
             raise UserError(

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from riftune import RIFT
@@ -23,14 +24,29 @@ from riftune.models import build_classifier
 STEPS = 4
 
 
+def frozen_batchnorm(model, mode: bool = True):
+    """Train mode with BatchNorm on its running statistics (riftune finetune's default), so the
+    embeddings evaluated afterwards depend on the weights alone."""
+    nn.Module.train(model, mode)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
 class Finetune(pl.LightningModule):
     """A user's module: the README's classifier, cross-entropy, AdamW; ``rift`` optional."""
 
-    def __init__(self, rift: RegularizerCallback | None, lr: float = 1e-2):
+    def __init__(self, rift: RegularizerCallback | None, lr: float = 1e-3, freeze_bn=True):
         super().__init__()
+        self.freeze_bn = freeze_bn
         torch.manual_seed(0)  # the same new head in every run
         self.model = build_classifier("efficientnet_lite0", num_classes=2)
         self.rift, self.lr, self.grads = rift, lr, []
+
+    def on_train_start(self):
+        if self.freeze_bn:
+            frozen_batchnorm(self)
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
@@ -77,9 +93,12 @@ def embeddings(model, images: torch.Tensor) -> torch.Tensor:
 
 def test_penalty_enters_the_gradient_as_lambda_times_its_own(data, tmp_path):
     """Gradients of the first step with λ = 1 minus those with λ = 0 equal ∇(paired RIFT) of
-    that batch, computed here from a copy of the pretrained model and its own embeddings."""
-    with_rift = fit(Finetune(RegularizerCallback("rift", lam=1.0)), data, tmp_path / "a", 1)
-    without = fit(Finetune(RegularizerCallback("rift", lam=0.0)), data, tmp_path / "b", 1)
+    that batch, computed here from a copy of the pretrained model and its own embeddings.
+    BatchNorm trains (batch statistics), else the pretrained model is the penalty's minimum."""
+    with_rift = Finetune(RegularizerCallback("rift", lam=1.0), freeze_bn=False)
+    without = Finetune(RegularizerCallback("rift", lam=0.0), freeze_bn=False)
+    fit(with_rift, data, tmp_path / "a", 1)
+    fit(without, data, tmp_path / "b", 1)
 
     pl.seed_everything(0)
     generator = torch.Generator().manual_seed(0)
@@ -121,7 +140,7 @@ def test_rift_keeps_cka_higher_and_logs_penalty_and_lambda(data, tmp_path):
         rows = [r for r in csv.DictReader(f) if r.get("riftune/penalty_step")]
     penalties = [float(r["riftune/penalty_step"]) for r in rows]
     lams = [float(r["riftune/lam_step"]) for r in rows]
-    assert len(rows) == STEPS and all(0 < p <= 2 for p in penalties)
+    assert len(rows) == STEPS and all(0 <= p <= 2 for p in penalties) and penalties[-1] > 0
     expected = [10.0]
     for penalty in penalties[:-1]:
         expected.append(expected[-1] + penalty)
@@ -131,7 +150,7 @@ def test_rift_keeps_cka_higher_and_logs_penalty_and_lambda(data, tmp_path):
 
 def test_checkpointed_state_restores_lambda_and_cache(data, tmp_path):
     callback = RegularizerCallback("rift", lam=DualAscentWeight(0.1, lr=1.0))
-    fit(Finetune(callback), data, tmp_path, steps=1)
+    fit(Finetune(callback, freeze_bn=False), data, tmp_path, steps=1)
     state = callback.state_dict()
     restored = RegularizerCallback("rift", lam=DualAscentWeight(0.1, lr=1.0))
     restored.load_state_dict(state)
