@@ -97,7 +97,9 @@ class RegularizedTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The Trainer's loss plus λ·penalty while training (evaluation leaves it out)."""
-        indices = inputs.pop(self.index_key)
+        indices = inputs.pop(self.index_key, None)
+        if indices is None and model.training:
+            raise KeyError(f"each training item must hold its index 0..N-1 as {self.index_key!r}")
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )

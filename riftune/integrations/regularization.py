@@ -51,9 +51,10 @@ class Regularization(nn.Module):
     RIFT keeps similarity 0.8; others their default λ).
 
     Raises:
-        UserError: an unknown name or option, both ``lam`` and ``target_similarity``, or a
-            regularizer that needs the engine's teacher pass or feature maps (DELTA; CKA and
-            feature distillation take ``reference="cache"``).
+        UserError: an unknown name or option, both ``lam`` and ``target_similarity``, or (when
+            the cache is filled) a regularizer that needs the engine's teacher pass or feature
+            maps (DELTA; CKA and feature distillation take ``reference="cache"``) or its
+            optimizer (SPD).
     """
 
     def __init__(
@@ -125,13 +126,13 @@ class Regularization(nn.Module):
                 "the training samples' indices must be 0..N-1, each once; got "
                 f"{count} samples with indices up to {int(pretrained.indices.max())}"
             )
-        self.width = pretrained.embeddings.shape[1]
+        width = pretrained.embeddings.shape[1]
         if self.regularizer is None:
-            self.regularizer = self._kind.from_options(self.options, self.width)
+            self.regularizer = self._kind.from_options(self.options, width)
         _check_supported(self.regularizer)
         self.regularizer.prepare(
             PretrainedView(
-                model=model,
+                model=classifier_in(model),
                 train_embeddings=pretrained.embeddings,
                 train_labels=pretrained.labels,
             )
@@ -139,6 +140,7 @@ class Regularization(nn.Module):
         self.regularizer.to(device)
         if self.regularizer.reference == "cache":
             self.cache = pretrained.embeddings.to(device)
+        self.width = width
 
     def forward(
         self, embeddings: torch.Tensor, indices: torch.Tensor, model: nn.Module | None = None
@@ -148,7 +150,8 @@ class Regularization(nn.Module):
         Args:
             embeddings: finetuned embeddings of the batch, with gradient. Shape: (n, d).
             indices: each sample's index in the training set. Shape: (n,).
-            model: the model being trained (L2-SP reads its weights).
+            model: the model being trained (L2-SP reads the backbone of the riftune
+                classifier in it, :func:`classifier_in`).
 
         Returns:
             A scalar; the penalty itself is kept for :meth:`step_done` and the logs.
@@ -159,7 +162,11 @@ class Regularization(nn.Module):
         if self.regularizer.reference == "cache":
             reference = self.cache[indices.to(self.cache.device).long()]
         penalty = self.regularizer.penalty(
-            StepInputs(embeddings=embeddings, reference=reference, model=model)
+            StepInputs(
+                embeddings=embeddings,
+                reference=reference,
+                model=None if model is None else classifier_in(model),
+            )
         )
         self.last_penalty = float(penalty.detach())
         self._penalties.append(self.last_penalty)
@@ -199,6 +206,12 @@ class Regularization(nn.Module):
         self.cache = state["cache"]
 
 
+def classifier_in(model: nn.Module) -> nn.Module:
+    """The first module in ``model`` (itself included) with a ``backbone``, e.g. the riftune
+    :class:`~riftune.models.classifier.Classifier` a LightningModule holds; else ``model``."""
+    return next((m for m in model.modules() if hasattr(m, "backbone")), model)
+
+
 def _registered(name: str) -> type[Regularizer]:
     try:
         return regularizers.get(name)
@@ -207,6 +220,11 @@ def _registered(name: str) -> type[Regularizer]:
 
 
 def _check_supported(regularizer: Regularizer) -> None:
+    if regularizer.optimizer != "adamw":
+        raise UserError(
+            f"{regularizer.name} acts through riftune's own optimizer, not a penalty; "
+            "use riftune finetune"
+        )
     if regularizer.needs_feature_maps or regularizer.reference == "teacher":
         raise UserError(
             f"{regularizer.name} needs a teacher pass per batch (or its feature maps), which "
