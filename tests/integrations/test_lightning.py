@@ -67,7 +67,7 @@ def data(medmnist_dir):
     return load_dataset("breastmnist", medmnist_dir, img_size=28, mean=cfg["mean"], std=cfg["std"])
 
 
-def fit(module: Finetune, data, tmp_path, steps: int = STEPS) -> Finetune:
+def fit(module: Finetune, data, tmp_path, steps: int = STEPS, resume=None) -> pl.Trainer:
     pl.seed_everything(0)
     loader = DataLoader(
         data.train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
@@ -82,8 +82,8 @@ def fit(module: Finetune, data, tmp_path, steps: int = STEPS) -> Finetune:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, loader)
-    return module
+    trainer.fit(module, loader, ckpt_path=resume)
+    return trainer
 
 
 def embeddings(model, images: torch.Tensor) -> torch.Tensor:
@@ -129,8 +129,9 @@ def test_rift_keeps_cka_higher_and_logs_penalty_and_lambda(data, tmp_path):
     val = torch.stack([data.val.without_augmentation()[i][0] for i in range(len(data.val))])
     pretrained = embeddings(build_classifier("efficientnet_lite0", num_classes=2), val)
     weight = DualAscentWeight(0.0, lr=1.0, ema=0.0, initial=10.0)
-    rift = fit(Finetune(RegularizerCallback("rift", lam=weight)), data, tmp_path / "rift")
-    plain = fit(Finetune(None), data, tmp_path / "plain")
+    rift, plain = Finetune(RegularizerCallback("rift", lam=weight)), Finetune(None)
+    fit(rift, data, tmp_path / "rift")
+    fit(plain, data, tmp_path / "plain")
 
     cka_rift = float(linear_cka(pretrained, embeddings(rift.model, val)))
     cka_plain = float(linear_cka(pretrained, embeddings(plain.model, val)))
@@ -148,15 +149,20 @@ def test_rift_keeps_cka_higher_and_logs_penalty_and_lambda(data, tmp_path):
     assert weight.value == pytest.approx(expected[-1] + penalties[-1], rel=1e-6)
 
 
-def test_checkpointed_state_restores_lambda_and_cache(data, tmp_path):
-    callback = RegularizerCallback("rift", lam=DualAscentWeight(0.1, lr=1.0))
-    fit(Finetune(callback, freeze_bn=False), data, tmp_path, steps=1)
-    state = callback.state_dict()
-    restored = RegularizerCallback("rift", lam=DualAscentWeight(0.1, lr=1.0))
-    restored.load_state_dict(state)
-    assert restored.regularization.lam == callback.regularization.lam > 0
-    assert torch.equal(restored.regularization.cache, callback.regularization.cache)
-    assert restored.regularization.cache.shape == (len(data.train), 1280)
+def test_a_resumed_fit_reads_lambda_and_cache_from_the_checkpoint(data, tmp_path):
+    """Resumed from a Lightning checkpoint, the callback has the first fit's cache (a refill
+    from the finetuned weights would differ) and its λ after one dual step."""
+    first = RegularizerCallback("rift", lam=DualAscentWeight(0.0, lr=1.0))
+    fit(Finetune(first, freeze_bn=False), data, tmp_path / "a", 1).save_checkpoint(
+        tmp_path / "one.ckpt"
+    )
+    resumed = RegularizerCallback("rift", lam=DualAscentWeight(0.0, lr=1.0))
+    fit(Finetune(resumed, freeze_bn=False), data, tmp_path / "b", 2, tmp_path / "one.ckpt")
+    assert torch.equal(resumed.regularization.cache, first.regularization.cache)
+    assert resumed.regularization.cache.shape == (len(data.train), 1280)
+    with open(tmp_path / "b" / "run" / "version_0" / "metrics.csv") as f:
+        lams = [float(r["riftune/lam_step"]) for r in csv.DictReader(f) if r["riftune/lam_step"]]
+    assert lams == [pytest.approx(first.regularization.lam)] and lams[0] > 0
 
 
 def test_teacher_only_regularizers_are_refused(data, tmp_path):
