@@ -7,7 +7,7 @@ step under a similarity budget, logs ``riftune/penalty`` and ``riftune/lam`` wit
 (a resumed fit does not refill the cache from a finetuned model). Why a callback plus one call
 in ``training_step`` rather than a callback alone or a mixin: Lightning's callbacks see the loss
 (``on_before_backward``) but cannot return a changed one, and a mixin would take over hooks
-(``on_train_start``, ``on_train_batch_end``) that the user's module may define itself.
+(``on_train_start``, ``on_before_optimizer_step``) that the user's module may define itself.
 
 The diff to an existing script (``pip install 'riftune[lightning]'``; the dataset yields
 ``(images, labels, index)`` and the model returns ``(logits, embeddings)``, as riftune's do)::
@@ -31,9 +31,9 @@ The diff to an existing script (``pip install 'riftune[lightning]'``; the datase
     +trainer = L.Trainer(max_epochs=10, callbacks=[module.rift])
      trainer.fit(module, DataLoader(data.train, batch_size=32, shuffle=True))
 
-The pass that fills the cache runs over the training loader's dataset in order, without its
-``without_augmentation()`` transforms when it has that method (riftune's datasets do), with
-``embed`` (default: the ``embed`` method of the module or of its first submodule that has one).
+The pass that fills the cache runs over the training loader's dataset in order, without
+augmentation when the dataset has ``without_augmentation()`` (riftune's do), with ``embed``
+(default: the ``embed`` method of the module or of its first submodule that has one).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from riftune.integrations.regularization import Regularization
+from riftune.regularizers import Regularizer
 
 
 class RegularizerCallback(pl.Callback):
@@ -62,7 +63,7 @@ class RegularizerCallback(pl.Callback):
 
     def __init__(
         self,
-        regularizer: Any = "rift",
+        regularizer: str | Regularizer = "rift",
         *,
         embed: Callable[[pl.LightningModule, torch.Tensor], torch.Tensor] | None = None,
         cache_batch_size: int = 128,
@@ -94,7 +95,9 @@ class RegularizerCallback(pl.Callback):
         return term
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fill the cache, unless a checkpoint restored it; either way on the module's device."""
         if self.regularization.ready:
+            self.regularization.to(pl_module.device)
             return
         loader = trainer.train_dataloader
         dataset = loader.dataset
@@ -111,6 +114,7 @@ class RegularizerCallback(pl.Callback):
         self.regularization.step_done()
 
     def state_dict(self) -> dict[str, Any]:
+        """λ, the regularizer and the cache, saved in Lightning's checkpoints."""
         return self.regularization.extra_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
