@@ -89,7 +89,6 @@ def train(regularization, data, tmp_path, steps=STEPS, resume=None, freeze_bn=Tr
     arguments = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=steps,
-        per_device_train_batch_size=16,
         learning_rate=1e-3,
         lr_scheduler_type="constant",
         max_grad_norm=0.0,
@@ -98,7 +97,7 @@ def train(regularization, data, tmp_path, steps=STEPS, resume=None, freeze_bn=Tr
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
-        **({"save_strategy": "no"} | args),
+        **({"save_strategy": "no", "per_device_train_batch_size": 16} | args),
     )
     trainer = RegularizedTrainer(
         model=model,
@@ -174,3 +173,17 @@ def test_a_resumed_run_reads_lambda_and_cache_from_the_checkpoint(data, tmp_path
     assert torch.equal(resumed.cache, first.cache)
     logged = [e["riftune_lam"] for e in trainer.state.log_history if "riftune_lam" in e]
     assert logged[-1] == pytest.approx(first.lam) and first.lam > 0
+
+
+def test_under_gradient_accumulation_the_term_counts_once_per_step(data, tmp_path):
+    """L2-SP at the pretrained weights: Ω's gradient is 2r·θ_head (r = 0.1) and 0 on the
+    backbone. Two micro-batches per step must add λ∇Ω once, not twice."""
+    args = {"gradient_accumulation_steps": 2, "per_device_train_batch_size": 8}
+    _, with_l2sp = train(Regularization("l2sp", lam=1.0), data, tmp_path / "a", 1, **args)
+    _, without = train(Regularization("l2sp", lam=0.0), data, tmp_path / "b", 1, **args)
+    head = ImageClassifier().model.head
+    for name, param in head.named_parameters():
+        difference = with_l2sp[0][f"head.{name}"] - without[0][f"head.{name}"]
+        torch.testing.assert_close(difference, 2 * 0.1 * param.detach(), rtol=1e-4, atol=1e-7)
+    stem = "backbone.conv_stem.weight"
+    torch.testing.assert_close(with_l2sp[0][stem], without[0][stem], rtol=1e-5, atol=1e-7)
