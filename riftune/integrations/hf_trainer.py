@@ -119,6 +119,12 @@ class RegularizedTrainer(Trainer):
             self._since_log.clear()
         super().log(logs, start_time)
 
+    def step_done(self) -> None:
+        """After an optimizer step: λ's update, and the step's penalty and λ kept for the log."""
+        logged = self.regularization.step_done()
+        if logged:
+            self._since_log.append(logged)
+
     def _set_signature_columns_if_needed(self) -> None:
         """The Trainer's kept columns (the model's forward arguments) and the index field."""
         super()._set_signature_columns_if_needed()
@@ -161,9 +167,7 @@ class _StepEnd(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        logged = self.trainer.regularization.step_done()
-        if logged:
-            self.trainer._since_log.append(logged)
+        self.trainer.step_done()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
