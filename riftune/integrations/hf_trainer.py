@@ -80,6 +80,8 @@ class RegularizedTrainer(Trainer):
             folder = resume_from_checkpoint
             if folder is True:
                 folder = get_last_checkpoint(self.args.output_dir)
+            if folder is None:
+                raise UserError(f"no checkpoint in {self.args.output_dir} to resume from")
             path = Path(folder) / STATE_FILE
             if not path.is_file():
                 raise UserError(f"{path} is missing: this checkpoint holds no riftune cache")
