@@ -281,6 +281,18 @@ class BudgetConfig(Section):
             raise UserError("--budget and --target-similarity say the same thing; pass one")
 
 
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+"""The trackers ``--logger`` names (:mod:`riftune.engine.loggers`)."""
+
+
+def _unknown_loggers(value: str | None) -> str | None:
+    names = [n.strip() for n in (value or "").split(",")]
+    unknown = [n for n in names if n not in LOGGERS]
+    if value is not None and unknown:
+        return f"unknown tracker {unknown[0]!r}; choose from {', '.join(LOGGERS)}"
+    return None
+
+
 @dataclass
 class OutputConfig(Section):
     """Where the run goes and how it talks; never part of config.yaml."""
@@ -294,10 +306,26 @@ class OutputConfig(Section):
     tensorboard: bool = option(
         False,
         "also log losses and metrics to TensorBoard in OUT/tensorboard "
-        "(pip install 'riftune[tensorboard]')",
+        "(pip install 'riftune[tensorboard]'); the same as --logger tensorboard",
         negatable=False,
     )
+    logger: str | None = option(
+        None,
+        "also log the configuration, every step's and epoch's values and the test scores to "
+        "these trackers, comma-separated: tensorboard (OUT/tensorboard), wandb (OUT/wandb; "
+        "$WANDB_PROJECT, WANDB_MODE=offline), mlflow ($MLFLOW_TRACKING_URI, else a file store "
+        "in OUT/mlruns); pip install 'riftune[NAME]'",
+        check=_unknown_loggers,
+        metavar="NAMES",
+    )
     debug: bool = option(False, "show tracebacks", negatable=False)
+
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The trackers to log to: ``--logger``'s names, and tensorboard with
+        ``--tensorboard``, each once, in the order given."""
+        names = [n.strip() for n in (self.logger or "").split(",") if n.strip()]
+        return tuple(dict.fromkeys(names + (["tensorboard"] if self.tensorboard else [])))
 
     def check(self) -> None:
         if self.resume and self.overwrite:

@@ -7,15 +7,17 @@ from riftune import distributed, report
 from riftune.config import RunConfig
 from riftune.engine.checkpointer import TrainState
 from riftune.engine.evaluation import FinalEvaluation, PretrainedEmbeddings
+from riftune.engine.loggers import open_loggers
 from riftune.report.history import AppendingCSV
 from riftune.report.run_outputs import write_clinical_outputs
 from riftune.runs.folder import RunDir
 
 
 class LiveOutputs:
-    """history.csv and steps.csv appended as training goes (and TensorBoard with
-    ``--tensorboard``), so a long run can be watched; after a resume they hold exactly the
-    rows of the checkpoint it resumed from, then grow again."""
+    """history.csv and steps.csv appended as training goes, and the trackers of ``--logger``
+    (the configuration once, then the same step and epoch values), so a long run can be
+    watched; after a resume the files hold exactly the rows of the checkpoint it resumed from,
+    then grow again."""
 
     def __init__(
         self,
@@ -29,37 +31,34 @@ class LiveOutputs:
             return
         self.history = AppendingCSV(run_dir.history, state.history)
         self.steps = AppendingCSV(run_dir.steps, state.steps)
-        self.tensorboard = None
-        if config.output.tensorboard:
-            from riftune.engine.loggers import TensorBoardLogger
-
-            purge = state.global_step + 1 if state.global_step else None
-            self.tensorboard = TensorBoardLogger(run_dir.tensorboard, purge_step=purge)
+        resume_step = state.global_step or None
+        self.loggers = open_loggers(config.output.loggers, run_dir, config.to_dict(), resume_step)
 
     def step(self, row: dict) -> None:
         if not self.enabled:
             return
         self.steps.append(row)
-        if self.tensorboard is not None:
-            scalars = {f"train/{k}": v for k, v in row.items() if k != "step"}
-            self.tensorboard.log_scalars(row["step"], scalars)
+        scalars = {f"train/{k}": v for k, v in row.items() if k != "step"}
+        for logger in self.loggers:
+            logger.log_scalars(row["step"], scalars)
 
     def epoch(self, row: dict, global_step: int) -> None:
         if not self.enabled:
             return
         self.history.append(row)
-        if self.tensorboard is not None:
-            scalars = {k.replace("val_", "val/", 1): v for k, v in row.items() if k != "epoch"}
-            self.tensorboard.log_scalars(global_step, scalars)
+        scalars = {k.replace("val_", "val/", 1): v for k, v in row.items() if k != "epoch"}
+        for logger in self.loggers:
+            logger.log_scalars(global_step, scalars)
 
     def close(self, metrics: dict) -> None:
         """Log the test scalars of ``metrics`` (none in a cross-validation fold run) and close
-        TensorBoard's file."""
-        if not self.enabled or self.tensorboard is None:
+        the trackers."""
+        if not self.enabled:
             return
         test = {f"test/{k}": v for k, v in metrics.get("test", {}).items() if isinstance(v, float)}
-        self.tensorboard.log_scalars(max(len(self.steps.rows), 1), test)
-        self.tensorboard.close()
+        for logger in self.loggers:
+            logger.log_scalars(max(len(self.steps.rows), 1), test)
+            logger.close()
 
 
 def write_evaluation_outputs(run_dir: RunDir, final: FinalEvaluation, data) -> None:

@@ -77,6 +77,14 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
     def outputs(self) -> list[Path]:
         """Everything a run writes, so ``--overwrite`` removes exactly that and nothing else."""
         return [
@@ -92,6 +100,8 @@ class RunDir:
             self.calibration_plot,
             self.confusion_plot,
             self.tensorboard,
+            self.wandb,
+            self.mlruns,
         ]
 
     def is_finished(self) -> bool:
