@@ -7,7 +7,6 @@
 
 import importlib.metadata
 
-from riftune import tune  # the package, callable: riftune.tune(settings)
 from riftune.regularizers.rift import RIFT
 
 try:
@@ -22,6 +21,20 @@ def finetune(config) -> dict:
     from riftune.engine import finetune as run
 
     return run(config)
+
+
+def tune(settings) -> str:
+    """Run or continue a ``riftune tune`` study from a mapping of its settings (the CLI's
+    flags: ``out``, ``methods``, ``regularizers``, ``ladder``, ``budgets``, ``lams``,
+    ``folds``, ``tolerance``, ... and ``finetune``, a mapping of the shared finetune flags),
+    a YAML file of it or a :class:`riftune.strength.config.TuneConfig`; returns report.md's
+    text (see :mod:`riftune.strength`)."""
+    from riftune.commands.tune import run_tune
+    from riftune.strength.config import TuneConfig
+
+    if not isinstance(settings, TuneConfig):
+        settings = TuneConfig.from_mapping(settings)
+    return run_tune(settings)
 
 
 __all__ = ["RIFT", "finetune", "tune"]

@@ -60,8 +60,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from riftune.commands.tune import run_tune
-    from riftune.tune.config import from_args
-    from riftune.tune.study import TuneStopped
+    from riftune.strength.config import from_args
+    from riftune.strength.study import TuneStopped
 
     try:
         print(run_tune(from_args(args, args.passthrough)))

@@ -1,8 +1,8 @@
 """``riftune tune``: the strongest representation keeping that costs no accuracy, for one dataset.
 
-Runs (or continues) the study of :mod:`riftune.tune.study` in ``--out DIR``, applies the rule
-of :mod:`riftune.tune.rule` and writes DIR/tuned.yaml (the chosen configuration in ``finetune
---config`` form), DIR/report.md and DIR/tune.png (:mod:`riftune.tune.report`), beside the
+Runs (or continues) the study of :mod:`riftune.strength.study` in ``--out DIR``, applies the rule
+of :mod:`riftune.strength.rule` and writes DIR/tuned.yaml (the chosen configuration in ``finetune
+--config`` form), DIR/report.md and DIR/tune.png (:mod:`riftune.strength.report`), beside the
 trials (DIR/trials/) and the study's journal (DIR/study.journal). Unknown flags are the recipe
 every trial shares (``--data``, ``--epochs``, ...), as with ``compare``.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 from riftune.commands.launchers import Launcher, LocalLauncher, SlurmLauncher
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
-from riftune.tune import recipe
-from riftune.tune.candidates import check_components
-from riftune.tune.config import DEFAULT_CV_BELOW, TuneConfig
-from riftune.tune.ladder import DEFAULT_DRIFT_FRACTIONS
+from riftune.strength import recipe
+from riftune.strength.candidates import check_components
+from riftune.strength.config import DEFAULT_CV_BELOW, TuneConfig
+from riftune.strength.ladder import DEFAULT_DRIFT_FRACTIONS
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,10 +105,10 @@ def run_tune(settings: TuneConfig, executor=None) -> str:
         import optuna  # noqa: F401  (an extra: riftune[tune])
     except ImportError as err:
         raise UserError("riftune tune needs optuna: pip install 'riftune[tune]'") from err
-    from riftune.tune import summary
-    from riftune.tune.report import write_report
-    from riftune.tune.rule import choose
-    from riftune.tune.study import Study
+    from riftune.strength import summary
+    from riftune.strength.report import write_report
+    from riftune.strength.rule import choose
+    from riftune.strength.study import Study
 
     out = settings.folder
     config = recipe.check_recipe(settings.finetune)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from riftune.commands.launchers import GridJob
-from riftune.tune.candidates import Candidate
+from riftune.strength.candidates import Candidate
 
 OFF_IN_TRIALS = (
     "--landscape-images", "0", "--hessian-iters", "0", "--bootstrap-resamples", "0",

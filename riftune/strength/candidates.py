@@ -5,7 +5,7 @@ what the report shows: ``plain`` (full finetuning, no regularizer), ``lora`` (an
 alone), ``rift[budget=0.85]``, ``lora+rift[budget=0.7]``, ``cka[lam=1]``. Its ``flags`` are the
 finetune flags of the configuration tuned.yaml holds; ``trial_flags`` what its trials run
 (the same, except that an unregularized candidate also logs paired RIFT's penalty at λ = 0,
-which anchors the ladder: :mod:`riftune.tune.ladder`).
+which anchors the ladder: :mod:`riftune.strength.ladder`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from riftune import regularizers, tuning
 from riftune.errors import UserError
-from riftune.tune.ladder import ANCHOR_FLAGS, budget_rungs, lam_rungs
+from riftune.strength.ladder import ANCHOR_FLAGS, budget_rungs, lam_rungs
 
 BUDGET_REGULARIZERS = ("rift",)
 """Regularizers whose default ladder is a similarity budget anchored on plain's drift."""

@@ -18,11 +18,11 @@ import pytest
 from riftune.commands.launchers import JobResult, LaunchOutcome
 from riftune.commands.tune import run_tune
 from riftune.errors import UserError
-from riftune.tune.config import TuneConfig, flags_of
-from riftune.tune.recipe import check_recipe
-from riftune.tune.study import JOURNAL, STUDY_NAME, Study
-from riftune.tune.summary import check_same_study
-from riftune.tune.trials import Rungs
+from riftune.strength.config import TuneConfig, flags_of
+from riftune.strength.recipe import check_recipe
+from riftune.strength.study import JOURNAL, STUDY_NAME, Study
+from riftune.strength.summary import check_same_study
+from riftune.strength.trials import Rungs
 
 # plain keeps s = 1 - 0.4/2 = 0.8, so budgets (0.5, 0.25) of its drift are S = 0.9 and 0.95
 AUC = {

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from riftune.tune.rule import CandidateScores, choose
+from riftune.strength.rule import CandidateScores, choose
 
 PLAIN = CandidateScores("plain", auc=(0.80, 0.80, 0.80, 0.80), cka=(0.6, 0.6, 0.6, 0.6))
 

@@ -1,7 +1,7 @@
 """The study: every candidate's trials, run rung by rung, kept in an Optuna journal.
 
 Order: each method alone (plain finetuning first among them) on every fold, which gives the
-reference of the rule and each method's own drift; then the ladders (:mod:`riftune.tune.ladder`)
+reference of the rule and each method's own drift; then the ladders (:mod:`riftune.strength.ladder`)
 with the folds as the rungs of a multi-fidelity search: fold 0 of every candidate, then fold 1
 of those still in, and so on, each rung launched at once (``--jobs`` local processes or one
 SLURM array).
@@ -35,11 +35,11 @@ from optuna.trial import TrialState
 
 from riftune.commands.launchers import GridJob, Launcher
 from riftune.errors import UserError
-from riftune.tune import trials
-from riftune.tune.candidates import Candidate, baseline, ladder
-from riftune.tune.config import TuneConfig
-from riftune.tune.ladder import anchor_similarity, last_epoch_penalty
-from riftune.tune.trials import Rungs, TrialResult
+from riftune.strength import trials
+from riftune.strength.candidates import Candidate, baseline, ladder
+from riftune.strength.config import TuneConfig
+from riftune.strength.ladder import anchor_similarity, last_epoch_penalty
+from riftune.strength.trials import Rungs, TrialResult
 
 JOURNAL = "study.journal"
 STUDY_NAME = "riftune-tune"

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from riftune.tune.report import write_report
-from riftune.tune.rule import CandidateScores, choose
+from riftune.strength.report import write_report
+from riftune.strength.rule import CandidateScores, choose
 
 PLAIN = CandidateScores("plain", (0.80, 0.82, 0.80, 0.82), (0.6, 0.6, 0.6, 0.6))
 

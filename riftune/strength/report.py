@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from riftune.report.markdown import MISSING, markdown_table
-from riftune.tune.rule import Choice, Estimate
+from riftune.strength.rule import Choice, Estimate
 
 FIGURE = "tune.png"
 REPORT = "report.md"
@@ -22,7 +22,7 @@ def write_report(out: Path, choice: Choice, context: Mapping[str, object]) -> li
 
     Args:
         out: the study folder (created if missing).
-        choice: the rule's result (:func:`riftune.tune.rule.choose`), plain's estimate first.
+        choice: the rule's result (:func:`riftune.strength.rule.choose`), plain's estimate first.
         context: what the study ran, shown as a list in insertion order: e.g. ``data``,
             ``method``, ``folds``, ``tolerance``, and ``cost`` (wall time, trials run and
             pruned, single-run equivalents). A nested mapping is shown as ``key value``

@@ -18,7 +18,7 @@ every dataset.
 
 s_plain is measured in the budget's units, on the same folds: each method's unregularized
 trial runs ``--reg rift --rift-match paired --rift-q optimal --lam 0``. With λ = 0 the loss is
-task + 0·D, so every weight update is the plain one bit for bit (tests/tune/test_ladder.py),
+task + 0·D, so every weight update is the plain one bit for bit (tests/strength/test_ladder.py),
 while history.csv logs D of every batch; the last epoch's mean penalty D̄ gives
 s_plain = 1 − D̄/2, averaged over the folds.
 

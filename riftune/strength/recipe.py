@@ -17,9 +17,9 @@ from riftune.config.flags import given_flags
 from riftune.data.folds import POOLED
 from riftune.data.formats import SplitRequest, resolve
 from riftune.errors import UserError
-from riftune.tune.candidates import Candidate
-from riftune.tune.config import TuneConfig
-from riftune.tune.trials import Rungs
+from riftune.strength.candidates import Candidate
+from riftune.strength.config import TuneConfig
+from riftune.strength.trials import Rungs
 
 CHOSEN_BY_TUNE = {
     "method": "--methods",

@@ -1,6 +1,6 @@
 """From a study's outcome to what the rule, the report and the study folder need.
 
-- :func:`scores`: each candidate's per-fold AUC and CKA for :func:`riftune.tune.rule.choose`;
+- :func:`scores`: each candidate's per-fold AUC and CKA for :func:`riftune.strength.rule.choose`;
 - :func:`context`: the report's data, search, estimate, tolerance and cost;
 - :func:`check_same_study` / :func:`write_state`: DIR/study.yaml (what the study searches, so a
   rerun with other settings is refused rather than mixed in) and DIR/tune.json (its outcome).
@@ -20,10 +20,10 @@ import yaml
 
 from riftune.config import RunConfig
 from riftune.errors import UserError
-from riftune.tune.config import TuneConfig
-from riftune.tune.rule import CandidateScores, Choice
-from riftune.tune.study import Outcome
-from riftune.tune.trials import Rungs
+from riftune.strength.config import TuneConfig
+from riftune.strength.rule import CandidateScores, Choice
+from riftune.strength.study import Outcome
+from riftune.strength.trials import Rungs
 
 NOT_PART_OF_THE_STUDY = ("out", "jobs", "launcher", "slurm", "quiet")
 """Settings that change where and how fast the study runs, not what it finds."""

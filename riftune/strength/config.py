@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from riftune.errors import UserError
-from riftune.tune.ladder import DEFAULT_DRIFT_FRACTIONS
+from riftune.strength.ladder import DEFAULT_DRIFT_FRACTIONS
 
 DEFAULT_CV_BELOW = 2000
 """k-fold cross-validation when the validation split has fewer images than this, else

@@ -11,8 +11,8 @@ import pytest
 from riftune.cli import main
 from riftune.config import finetune_parser, run_config_from_args
 from riftune.errors import UserError
-from riftune.tune.candidates import Candidate, baseline, check_components, ladder
-from riftune.tune.ladder import (
+from riftune.strength.candidates import Candidate, baseline, check_components, ladder
+from riftune.strength.ladder import (
     anchor_similarity,
     budget_rungs,
     lam_rungs,
