@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check riftune tests benchmarks
 	$(VENV)/bin/ruff format --check riftune tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from riftune import __version__
 from riftune.config import add_finetune_flags
 from riftune.data.formats import forms_help
-from riftune.engine.signals import PREEMPTED_EXIT, Preempted
 from riftune.errors import ArgumentParser, UserError
+from riftune.runs.signals import PREEMPTED_EXIT, Preempted
 
 
 def _finetune(args: argparse.Namespace) -> int:

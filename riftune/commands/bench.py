@@ -31,85 +31,22 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from riftune import distributed, regularizers
 from riftune.commands.bench_penalty import penalty_cost, step_inputs
-from riftune.config import RegularizerConfig
+from riftune.commands.bench_variants import REFERENCE_BATCHES, Variant, default_variants, q_variants
 from riftune.engine.build import autocast_dtype, build_optimizer, build_teacher
 from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import TrainStep
 from riftune.engine.weight import ConstantWeight
 from riftune.models import build_classifier
 from riftune.models.speed import to_channels_last, use_channels_last
-from riftune.options import from_mapping
 from riftune.regularizers import PretrainedView
 from riftune.report import summary_table
 from riftune.tuning import get as get_method
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A regularizer configuration to time: a label, the regularizer and its options (by the
-    field names of its ``Options``, e.g. ``{"match": "paired"}`` for ``--rift-match paired``)."""
-
-    label: str
-    reg: str
-    options: dict
-
-    def build(self, dim: int) -> regularizers.Regularizer:
-        options = regularizers.get(self.reg).Options
-        config = RegularizerConfig(self.reg, None, from_mapping(options, self.options, self.label))
-        return config.build(dim)
-
-
-#: batches of the bench's reference "training set" (the batch and noisy copies of it)
-REFERENCE_BATCHES = 17
-
-
-def _rotations() -> list[tuple[str, dict]]:
-    """(label, options) of each registered Q's bench variants: identity, learned (all of ℝᵈ
-    and rank 64), optimal."""
-    return [
-        (" ".join(filter(None, (f"q={name}", suffix))), {"q": name, **flags})
-        for name, q_class in regularizers.rift.Q_STRATEGIES.items()
-        for suffix, flags in q_class.bench_variants.items()
-    ]
-
-
-def default_variants() -> list[Variant]:
-    """Plain finetuning, every RIFT variant, and the baselines the issue compares."""
-    variants = [Variant("plain (none)", "none", {})]
-    for q_label, q_flags in _rotations():
-        for stats in ("batch", "ema"):
-            variants.append(
-                Variant(
-                    f"rift covariance {q_label} stats={stats}",
-                    "rift",
-                    {"match": "covariance", "stats": stats, **q_flags},
-                )
-            )
-    for q_label, q_flags in _rotations():
-        for source in ("cache", "teacher"):
-            variants.append(
-                Variant(
-                    f"rift paired {q_label} ref={source}",
-                    "rift",
-                    {"match": "paired", "reference": source, **q_flags},
-                )
-            )
-    for source in ("teacher", "cache"):
-        variants.append(Variant(f"cka ref={source}", "cka", {"reference": source}))
-        variants.append(
-            Variant(f"feature-distill ref={source}", "feature-distill", {"reference": source})
-        )
-    variants.append(Variant("l2sp", "l2sp", {}))
-    # FTP's cost is in its optimizer step (its penalty is 0), LDIFS's in the teacher's maps
-    variants += [Variant(name, name, {}) for name in ("ftp", "ldifs", "bss")]
-    return variants
 
 
 def _sync(device: torch.device) -> None:
@@ -335,7 +272,7 @@ def bench_scaling(args: argparse.Namespace) -> list[dict]:
         ref_batch = reference[:n]
         row = {"d": d, "n": n}
         for match in ("covariance", "paired"):
-            for q_label, q_flags in _rotations():
+            for q_label, q_flags in q_variants():
                 rank = q_flags.get("q_rank", regularizers.rift.DEFAULT_Q_RANK)
                 rift = regularizers.RIFT(
                     d, match=match, q=q_flags["q"], q_rank=None if rank == "all" else rank

@@ -34,10 +34,10 @@ from riftune.commands.grid import (
     parse_regularizer_entry,
     resolve_grid,
 )
-from riftune.commands.launchers import GridJob, Launcher, LocalLauncher, SlurmLauncher
 from riftune.config import finetune_parser, run_config_from_args
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
+from riftune.runs.launchers import GridJob, Launcher, LocalLauncher, SlurmLauncher
 
 
 def run_folder(
@@ -168,7 +168,7 @@ _SLURM_FLAGS = {
 
 def make_launcher(args: argparse.Namespace, grid: dict, out: Path) -> Launcher:
     """The launcher of ``--launcher``; SLURM settings from the grid file's ``slurm:`` mapping
-    (keys as :class:`~riftune.commands.launchers.SlurmLauncher`'s fields), then the ``--slurm-*`` flags."""
+    (keys as :class:`~riftune.runs.launchers.SlurmLauncher`'s fields), then the ``--slurm-*`` flags."""
     given = {f: getattr(args, f) for f in (*_SLURM_FLAGS, "slurm_logs") if getattr(args, f)}
     if args.launcher == "local":
         if given or grid["slurm"]:

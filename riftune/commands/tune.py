@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from riftune.commands.launchers import Launcher, LocalLauncher, SlurmLauncher
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
+from riftune.runs.launchers import Launcher, LocalLauncher, SlurmLauncher
 from riftune.strength import recipe
 from riftune.strength.candidates import check_components
 from riftune.strength.config import DEFAULT_CV_BELOW, TuneConfig

@@ -13,8 +13,8 @@ from riftune import distributed
 from riftune.config import RunConfig, load_run_config
 from riftune.engine.build import autocast_dtype, build_model_and_data, build_training
 from riftune.engine.loop import Finetuner
-from riftune.engine.signals import GracefulStop
 from riftune.engine.step import NonFiniteLossError
+from riftune.runs.signals import GracefulStop
 
 
 def finetune(config: RunConfig | dict | str | Path) -> dict:

@@ -31,11 +31,11 @@ from riftune.engine.outputs import LiveOutputs, write_evaluation_outputs, write_
 from riftune.engine.progress import Progress
 from riftune.engine.run_claim import claim_run_dir, preflight
 from riftune.engine.selection import initial_best, is_better
-from riftune.engine.signals import GracefulStop, Preempted
 from riftune.engine.step import NonFiniteLossError
 from riftune.engine.timing import PhaseTimer
 from riftune.models.speed import thread_report
 from riftune.runs.folder import RunDir, write_json_atomic
+from riftune.runs.signals import GracefulStop, Preempted
 
 #: the phases of building a run, timed anew by every attempt (a resume adds them)
 BUILD_PHASES = ("reference_pass", "regularizer_setup")

@@ -48,7 +48,7 @@ class TuneConfig:
             −(tolerance + prune_margin) points stops there.
         jobs: Local runs at once.
         launcher: ``local`` or ``slurm`` (submitit).
-        slurm: :class:`~riftune.commands.launchers.SlurmLauncher` settings.
+        slurm: :class:`~riftune.runs.launchers.SlurmLauncher` settings.
         quiet: Only the final summary.
     """
 

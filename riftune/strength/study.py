@@ -33,8 +33,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from riftune.commands.launchers import GridJob, Launcher
 from riftune.errors import UserError
+from riftune.runs.launchers import GridJob, Launcher
 from riftune.strength import trials
 from riftune.strength.candidates import Candidate, baseline, ladder
 from riftune.strength.config import TuneConfig

@@ -94,6 +94,7 @@ def write_state(out: Path, settings: TuneConfig, outcome: Outcome, choice: Choic
     """DIR/tune.json: the chosen candidate, each candidate's per-fold results and the cost."""
     state = {
         "chosen": choice.chosen,
+        "chosen_flags": list(next(c for c in outcome.candidates if c.name == choice.chosen).flags),
         "explanation": choice.explanation,
         "anchors": outcome.anchors,
         "pruned": sorted(outcome.pruned),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from riftune.commands.launchers import GridJob
+from riftune.runs.launchers import GridJob
 from riftune.strength.candidates import Candidate
 
 OFF_IN_TRIALS = (

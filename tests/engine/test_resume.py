@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from riftune.engine.signals import PREEMPTED_EXIT
+from riftune.runs.signals import PREEMPTED_EXIT
 
 FLAGS = ["--data", "breastmnist", "--img-size", "32", "--shots", "24", "--batch-size", "8",
          "--eval-batch-size", "64", "--epochs", "2", "--reg", "rift", "--checkpoint-every", "2",

@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from riftune.commands.launchers import JobResult, LaunchOutcome
 from riftune.commands.tune import run_tune
 from riftune.errors import UserError
+from riftune.runs.launchers import JobResult, LaunchOutcome
 from riftune.strength.config import TuneConfig, flags_of
 from riftune.strength.recipe import check_recipe
 from riftune.strength.study import JOURNAL, STUDY_NAME, Study

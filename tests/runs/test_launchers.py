@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from riftune.commands.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
-from riftune.engine.signals import PREEMPTED_EXIT
+from riftune.runs.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
+from riftune.runs.signals import PREEMPTED_EXIT
 from riftune.runs.folder import RunDir
 
 submitit = pytest.importorskip("submitit")
@@ -56,7 +56,7 @@ LAUNCH = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from riftune.commands.launchers import GridJob, LocalLauncher
+    from riftune.runs.launchers import GridJob, LocalLauncher
     worker, folders = sys.argv[1], sys.argv[2:]
     jobs = [GridJob((sys.executable, "-c", worker, f), Path(f)) for f in folders]
     outcome = LocalLauncher(jobs=2).run(jobs, log=lambda m: print(m, file=sys.stderr))

@@ -10,7 +10,7 @@ launcher ran them.
 
 - :class:`LocalLauncher` runs ``jobs`` processes at once on this machine. SIGTERM or SIGINT
   sent to the launcher is forwarded once to every running job (which checkpoints and exits
-  with :data:`riftune.engine.signals.PREEMPTED_EXIT`) and no further job starts. Jobs run in their
+  with :data:`riftune.runs.signals.PREEMPTED_EXIT`) and no further job starts. Jobs run in their
   own sessions, so a Ctrl-C in the terminal reaches them only through the launcher, once.
 - :class:`SlurmLauncher` submits the jobs as one SLURM job array through submitit
   (``pip install riftune[slurm]``) and waits for them. Each array task runs the job as a
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from riftune.engine.signals import PREEMPTED_EXIT, GracefulStop
+from riftune.runs.signals import PREEMPTED_EXIT, GracefulStop
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir
 

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from riftune.distributed import DistributedContext
-from riftune.engine.signals import PREEMPTED_EXIT, GracefulStop, stop_message
+from riftune.runs.signals import PREEMPTED_EXIT, GracefulStop, stop_message
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 MAX_STEPS = 3000  # a loop that never sees the stop gives up here (and fails the test)
@@ -25,7 +25,7 @@ LOOP = textwrap.dedent(
     f"""
     import sys, time
     from riftune import distributed
-    from riftune.engine.signals import PREEMPTED_EXIT, GracefulStop, Preempted
+    from riftune.runs.signals import PREEMPTED_EXIT, GracefulStop, Preempted
 
     def train(ctx):
         with GracefulStop() as stop:
