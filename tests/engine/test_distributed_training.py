@@ -97,9 +97,11 @@ DEFAULT_RECIPE = ["--data", "breastmnist", "--shots", "32", "--reg", "rift", "--
 # validation AUC of each epoch within 0.007. But that curve is flat, so
 # the epoch it selects differed (12 against 2) and with it the test metrics (accuracy 0.49
 # against 0.73): selection on a 78-image validation split turns float noise into a different
-# model. The bounds below are those measurements with a margin: what holds.
+# model. On 2026-12-06's CPU (another model of the same 2-core kind) the first 5 steps agreed to
+# 3e-7, the task loss within 15.3% over all 40 (step 29: 0.1653 against 0.1400) and each
+# epoch's validation AUC within 0.020. The bounds below are those measurements with a margin.
 EARLY_STEPS, EARLY_TOLERANCE = 5, 1e-4
-LOSS_DRIFT, VAL_AUC_DRIFT = 0.15, 0.03
+LOSS_DRIFT, VAL_AUC_DRIFT = 0.25, 0.03
 
 
 @pytest.mark.slow
