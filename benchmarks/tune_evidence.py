@@ -35,12 +35,12 @@ OUT = Path("benchmarks/results/tune")
 DEFAULT_VARIANT = "rift[match=paired,q=optimal,target-similarity=0.8]"
 TRANSFER = {"breastmnist": ["--transfer-data", "pneumoniamnist", "--transfer-shots", "200"],
             "pneumoniamnist": ["--transfer-data", "breastmnist"]}  # fmt: skip
-SETTINGS = {  # name: (dataset, the recipe's finetune flags)
-    "breastmnist-50shots": ("breastmnist", ["--shots", "50"]),
-    "pneumoniamnist-50shots": ("pneumoniamnist", ["--shots", "50"]),
-    "breastmnist-whole": ("breastmnist", []),
-    "breastmnist-erosion": ("breastmnist", ["--lr", "0.001"]),  # the 10x learning rate
-    "pneumoniamnist-whole": ("pneumoniamnist", []),
+SETTINGS = {  # name: (dataset, training images per class or None (all), further flags)
+    "breastmnist-50shots": ("breastmnist", 50, []),
+    "pneumoniamnist-50shots": ("pneumoniamnist", 50, []),
+    "breastmnist-whole": ("breastmnist", None, []),
+    "breastmnist-erosion": ("breastmnist", None, ["--lr", "0.001"]),  # the 10x learning rate
+    "pneumoniamnist-whole": ("pneumoniamnist", None, []),
 }
 COLUMNS = ("auc", "acc", "cka", "drift", "knn", "robust_auc")
 
@@ -66,9 +66,9 @@ def run(command: list[str]) -> None:
 
 def evidence(name: str, jobs: int, report_only: bool) -> dict:
     """Tune one setting, train its three rows, return what the table shows."""
-    dataset, flags = SETTINGS[name]
+    dataset, shots, flags = SETTINGS[name]
     folder = OUT / name
-    recipe = ["--data", dataset, *flags]
+    recipe = ["--data", dataset, *(["--shots", str(shots)] if shots else []), *flags]
     riftune = [sys.executable, "-m", "riftune"]
     if not report_only:
         run([*riftune, "tune", "--out", str(folder / "tune"), "--jobs", str(jobs), "--quiet",
@@ -76,7 +76,7 @@ def evidence(name: str, jobs: int, report_only: bool) -> dict:
     state = json.loads((folder / "tune" / "tune.json").read_text())
     chosen = state["chosen"]
     tuned, lams = variant_of(state["chosen_flags"])
-    grid = {"data": [dataset], "methods": ["full"], "seeds": [0, 1, 2],
+    grid = {"data": [dataset], "shots": [shots or "all"], "methods": ["full"], "seeds": [0, 1, 2],
             "regs": ["none", DEFAULT_VARIANT] + ([] if tuned == "none" else
                      [tuned if lams is None else {"reg": tuned, "lams": lams}]),
             "finetune": {"robustness": True, **_flag_dict(flags + TRANSFER[dataset])}}  # fmt: skip
