@@ -8,6 +8,9 @@
 - :mod:`riftune.config.legacy`: config files of earlier versions (the flat config.yaml before
   typed configs, options added since) in today's form;
 - :mod:`riftune.config.flags`: ``riftune finetune``'s flags, generated from the dataclasses.
+
+It may import the components it composes (data, models, tuning, regularizers) and
+:mod:`riftune.options`; never the engine, the commands or anything that runs.
 """
 
 from riftune.config.flags import add_finetune_flags, finetune_parser, run_config_from_args

@@ -3,7 +3,11 @@
 :mod:`~riftune.engine.loop` trains and evaluates (each :mod:`~riftune.engine.step` weighing
 the penalty by its :mod:`~riftune.engine.weight` schedule, the one owner of λ;
 :mod:`~riftune.engine.ddp` under torchrun), and :mod:`~riftune.engine.checkpointer` saves and
-restores its progress."""
+restores its progress.
+
+It may import everything below it (config, regularizers, optim, report, metrics, tuning,
+data, models, runs); never :mod:`riftune.strength`, the commands or the CLI.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ imports it, so ``import riftune.integrations`` needs neither: :mod:`.lightning` 
 Lightning callback, ``pip install 'riftune[lightning]'``) and :mod:`.hf_trainer` (a Hugging
 Face ``Trainer`` subclass, ``pip install 'riftune[hf]'``). Their module docstrings show the
 lines an existing training script gains.
+
+It may import the public surface below it (:mod:`riftune.budget`, regularizers, metrics,
+models); nothing imports it.
 """
 
 from riftune.integrations.regularization import Regularization

@@ -6,6 +6,9 @@ also accumulates over batches. Whole-split metrics expect the whole split, which
 :func:`collect` gathers across ranks under ``torch.distributed``; the streaming and
 model-based ones (StreamingCKA, sharpness, hessian_top_eigenvalue) reduce across ranks
 themselves.
+
+Metrics import only :mod:`riftune.data`, :mod:`riftune.models` and
+:mod:`riftune.distributed`; they know nothing of runs, configurations or regularizers.
 """
 
 from riftune.metrics.bootstrap import bootstrap_ci

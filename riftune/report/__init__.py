@@ -1,4 +1,7 @@
-"""Reports of runs and comparisons: history CSV, Markdown tables and matplotlib figures."""
+"""Reports of runs and comparisons: history CSV, Markdown tables and matplotlib figures.
+
+Reports import only :mod:`riftune.metrics`; they read records, not runs.
+"""
 
 from riftune.report.aggregate import (
     GROUP_KEYS,

@@ -1,6 +1,9 @@
 """Finetuning methods by name. Importing a module registers the method it defines.
 
 See :mod:`riftune.tuning.base` for the protocol the training engine follows.
+
+Methods import only :mod:`riftune.models`, :mod:`riftune.options` and
+:mod:`riftune.registry`.
 """
 
 from riftune.tuning import adaptformer, bitfit, full, linear, lora, lp_ft, oft, vpt  # noqa: F401
