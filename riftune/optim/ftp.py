@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from riftune.optim.anchors import pair_anchors
+
 GAMMA_LR = 1e-2
 GAMMA_BETAS = (0.9, 0.999)
 GAMMA_EPS = 1e-8
@@ -95,28 +97,7 @@ class FTPAdamW(torch.optim.AdamW):
         if ftp_k < 0:
             raise ValueError(f"ftp_k must be >= 0; got {ftp_k}")
         self.ftp_k = ftp_k
-        by_id = {id(p): a for p, a in anchors.items()}
-        held = {id(p) for group in self.param_groups for p in group["params"]}
-        if not by_id.keys() <= held:
-            raise ValueError("anchors name parameters that the optimizer does not hold")
-        self._anchored: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for group in self.param_groups:
-            for param in group["params"]:
-                anchor = by_id.get(id(param))
-                if anchor is None:
-                    continue
-                if group["weight_decay"] != 0:
-                    raise ValueError(
-                        "an anchored parameter sits in a group with weight decay "
-                        f"{group['weight_decay']}; FTP's anchored tensors take none "
-                        "(build the groups with spd_param_groups)"
-                    )
-                if anchor.shape != param.shape:
-                    raise ValueError(
-                        f"anchor of shape {tuple(anchor.shape)} for a parameter of shape "
-                        f"{tuple(param.shape)}"
-                    )
-                self._anchored.append((param, anchor))
+        self._anchored = pair_anchors(self.param_groups, anchors, "FTP")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from riftune.models.classifier import Classifier
+from riftune.optim.anchors import pair_anchors
 from riftune.tuning.base import FinetuningMethod, is_head
 
 
@@ -84,28 +85,7 @@ class SPDAdamW(torch.optim.AdamW):
         if spd_lam < 0:
             raise ValueError(f"spd_lam must be >= 0; got {spd_lam}")
         self.spd_lam = spd_lam
-        by_id = {id(p): a for p, a in anchors.items()}
-        held = {id(p) for group in self.param_groups for p in group["params"]}
-        if not by_id.keys() <= held:
-            raise ValueError("anchors name parameters that the optimizer does not hold")
-        self._anchored: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for group in self.param_groups:
-            for param in group["params"]:
-                anchor = by_id.get(id(param))
-                if anchor is None:
-                    continue
-                if group["weight_decay"] != 0:
-                    raise ValueError(
-                        "an anchored parameter sits in a group with weight decay "
-                        f"{group['weight_decay']}; SPD replaces weight decay there "
-                        "(build the groups with spd_param_groups)"
-                    )
-                if anchor.shape != param.shape:
-                    raise ValueError(
-                        f"anchor of shape {tuple(anchor.shape)} for a parameter of shape "
-                        f"{tuple(param.shape)}"
-                    )
-                self._anchored.append((param, anchor))
+        self._anchored = pair_anchors(self.param_groups, anchors, "SPD")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
