@@ -37,7 +37,15 @@ from riftune.commands.grid import (
 from riftune.config import finetune_parser, run_config_from_args
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
-from riftune.runs.launchers import GridJob, Launcher, LocalLauncher, SlurmLauncher
+from riftune.runs.launchers import (
+    SLURM_FLAGS,
+    GridJob,
+    Launcher,
+    LocalLauncher,
+    SlurmLauncher,
+    add_launcher_arguments,
+    slurm_settings,
+)
 
 
 def run_folder(
@@ -127,26 +135,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: none)",
     )
     parser.add_argument("--wise-ft-alphas", help="the α grid of WiSE-FT (default: 0,0.1,...,1)")
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="local runs at once (default: 1; e.g. 8 on one GPU)"
-    )
-    parser.add_argument(
-        "--launcher",
-        choices=("local", "slurm"),
-        default="local",
-        help="where the runs execute: local processes (--jobs at once) or a SLURM job array "
-        "through submitit (pip install 'riftune[slurm]'); either way a finished run is "
-        "skipped and an interrupted one resumes",
-    )
-    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
-    slurm.add_argument("--slurm-time", type=int, help="time limit per run, minutes (default: 60)")
-    slurm.add_argument("--slurm-gpus", type=int, help="GPUs per run (default: 1)")
-    slurm.add_argument("--slurm-cpus", type=int, help="CPU cores per run (default: 4)")
-    slurm.add_argument(
-        "--slurm-parallel", type=int, help="at most this many runs at once (default: 16)"
-    )
-    slurm.add_argument("--slurm-logs", help="submitit's scripts and logs (default: OUT/slurm)")
+    add_launcher_arguments(parser)
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -157,27 +146,18 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-_SLURM_FLAGS = {
-    "slurm_partition": "partition",
-    "slurm_time": "time_minutes",
-    "slurm_gpus": "gpus_per_job",
-    "slurm_cpus": "cpus_per_task",
-    "slurm_parallel": "array_parallelism",
-}
-
-
 def make_launcher(args: argparse.Namespace, grid: dict, out: Path) -> Launcher:
     """The launcher of ``--launcher``; SLURM settings from the grid file's ``slurm:`` mapping
     (keys as :class:`~riftune.runs.launchers.SlurmLauncher`'s fields), then the ``--slurm-*`` flags."""
-    given = {f: getattr(args, f) for f in (*_SLURM_FLAGS, "slurm_logs") if getattr(args, f)}
+    given = slurm_settings(args)
     if args.launcher == "local":
         if given or grid["slurm"]:
-            named = ", ".join("--" + f.replace("_", "-") for f in given) or "the grid's slurm:"
-            raise UserError(f"{named} needs --launcher slurm")
+            flags = {key: flag for flag, key in SLURM_FLAGS.items()}
+            named = ", ".join("--" + flags[k].replace("_", "-") for k in given)
+            raise UserError((named or "the grid's slurm:") + " needs --launcher slurm")
         return LocalLauncher(jobs=max(args.jobs, 1))
-    settings = dict(grid["slurm"] or {})
-    settings |= {_SLURM_FLAGS[f]: v for f, v in given.items() if f in _SLURM_FLAGS}
-    folder = Path(given.get("slurm_logs") or settings.pop("folder", None) or out / "slurm")
+    settings = dict(grid["slurm"] or {}) | given
+    folder = Path(settings.pop("folder", None) or out / "slurm")
     try:
         return SlurmLauncher(folder=folder, **settings)
     except TypeError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
-from riftune.runs.launchers import Launcher, LocalLauncher, SlurmLauncher
+from riftune.runs.launchers import Launcher, LocalLauncher, SlurmLauncher, add_launcher_arguments
 from riftune.strength import recipe
 from riftune.strength.candidates import check_components
 from riftune.strength.config import DEFAULT_CV_BELOW, TuneConfig
@@ -71,17 +71,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop a candidate whose mean paired AUC difference falls below -(tolerance + "
         "this), in points",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="local runs at once")
-    parser.add_argument(
-        "--launcher", choices=("local", "slurm"), default="local", help="where the runs execute"
-    )
-    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
-    slurm.add_argument("--slurm-time", type=int, help="time limit per run, minutes")
-    slurm.add_argument("--slurm-gpus", type=int, help="GPUs per run")
-    slurm.add_argument("--slurm-cpus", type=int, help="CPU cores per run")
-    slurm.add_argument("--slurm-parallel", type=int, help="at most this many runs at once")
-    slurm.add_argument("--slurm-logs", help="submitit's scripts and logs (default: OUT/slurm)")
+    add_launcher_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="only the final summary")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 

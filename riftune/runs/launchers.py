@@ -26,6 +26,7 @@ nothing but ``sbatch`` (and runs the same code locally, for tests).
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -304,3 +305,42 @@ def _auto_executor(folder: Path) -> Any:
             "the SLURM launcher needs submitit; install it with pip install 'riftune[slurm]'"
         ) from err
     return submitit.AutoExecutor(folder=str(folder / "%j"))
+
+
+SLURM_FLAGS = {
+    "slurm_partition": "partition",
+    "slurm_time": "time_minutes",
+    "slurm_gpus": "gpus_per_job",
+    "slurm_cpus": "cpus_per_task",
+    "slurm_parallel": "array_parallelism",
+    "slurm_logs": "folder",
+}
+"""``--slurm-*`` flag (argparse dest) → :class:`SlurmLauncher` field."""
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--launcher`` and the ``--slurm-*`` flags of a command that launches runs."""
+    parser.add_argument("--jobs", type=int, default=1, help="local runs at once (default: 1)")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="where the runs execute: local processes (--jobs at once) or a SLURM job array "
+        "through submitit (pip install 'riftune[slurm]'); either way a finished run is "
+        "skipped and an interrupted one resumes",
+    )
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
+    slurm.add_argument("--slurm-time", type=int, help="time limit per run, minutes (default: 60)")
+    slurm.add_argument("--slurm-gpus", type=int, help="GPUs per run (default: 1)")
+    slurm.add_argument("--slurm-cpus", type=int, help="CPU cores per run (default: 4)")
+    slurm.add_argument(
+        "--slurm-parallel", type=int, help="at most this many runs at once (default: 16)"
+    )
+    slurm.add_argument("--slurm-logs", help="submitit's scripts and logs (default: OUT/slurm)")
+
+
+def slurm_settings(args: argparse.Namespace) -> dict:
+    """The :class:`SlurmLauncher` fields the ``--slurm-*`` flags give."""
+    return {key: getattr(args, flag) for flag, key in SLURM_FLAGS.items() if getattr(args, flag)}
+

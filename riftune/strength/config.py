@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from riftune.errors import UserError
+from riftune.runs.launchers import slurm_settings
 from riftune.strength.ladder import DEFAULT_DRIFT_FRACTIONS
 
 DEFAULT_CV_BELOW = 2000
@@ -139,19 +140,8 @@ def _numbers(text: str) -> tuple[float, ...]:
         raise UserError(f"{text!r}: give comma-separated numbers") from None
 
 
-_SLURM_FLAGS = {
-    "slurm_partition": "partition",
-    "slurm_time": "time_minutes",
-    "slurm_gpus": "gpus_per_job",
-    "slurm_cpus": "cpus_per_task",
-    "slurm_parallel": "array_parallelism",
-    "slurm_logs": "folder",
-}
-
-
 def from_args(args: argparse.Namespace, passthrough: Sequence[str]) -> TuneConfig:
     """The settings of ``riftune tune``'s flags; unknown flags are the shared finetune flags."""
-    slurm = {key: getattr(args, flag) for flag, key in _SLURM_FLAGS.items() if getattr(args, flag)}
     return TuneConfig(
         out=args.out,
         finetune=tuple(passthrough),
@@ -167,6 +157,6 @@ def from_args(args: argparse.Namespace, passthrough: Sequence[str]) -> TuneConfi
         prune_margin=args.prune_margin,
         jobs=args.jobs,
         launcher=args.launcher,
-        slurm=slurm,
+        slurm=slurm_settings(args),
         quiet=args.quiet,
     )
