@@ -44,21 +44,36 @@ def _check_run_folder(out, metrics):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("method", "reg"),
-    [(m, r) for m in ("full", "linear", "bitfit", "lora", "lp-ft") for r in ("none", "rift")
-     if (m, r) != ("linear", "rift")],  # refused: a frozen backbone (test_cli_errors)
-)  # fmt: skip
-def test_every_method_with_and_without_rift(tmp_path, medmnist_dir, monkeypatch, method, reg):
+@pytest.mark.parametrize("method", ["full", "bitfit", "lora", "lp-ft"])
+def test_every_method_with_and_without_rift(tmp_path, medmnist_dir, monkeypatch, method):
+    """Each method with RIFT (a fixed λ = 10 over 15 steps, so it binds) ends with more of the
+    pretrained representation than the same method without it, on the same seed and data:
+    the last epoch's validation CKA, compared at the same epoch (the selected checkpoints may
+    come from different epochs). Measured: full 0.41 against 0.23, lp-ft 0.40 against 0.23."""
     monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
-    out, metrics = _finetune(
-        tmp_path, f"{method}-{reg}", "--method", method, "--reg", reg, "--epochs", "2"
-    )
+    shared = ("--method", method, "--epochs", "3", "--batch-size", "8")
+    runs = {
+        reg: _finetune(tmp_path, f"{method}-{reg}", *shared, *flags)
+        for reg, flags in (("none", ("--reg", "none")), ("rift", ("--reg", "rift", "--lam", "10")))
+    }
+    last_cka = {}
+    for reg, (out, metrics) in runs.items():
+        _check_run_folder(out, metrics)
+        with open(out / "history.csv") as handle:
+            history = list(csv.DictReader(handle))
+        assert len(history) == 3
+        last_cka[reg] = float(history[-1]["val_cka"])
+    # drift (1 − CKA) at least 10% lower (bitfit barely moves the backbone: 0.004 against 0.007)
+    assert 1 - last_cka["rift"] < 0.9 * (1 - last_cka["none"]), last_cka
+
+
+@pytest.mark.slow
+def test_linear_probing_runs_end_to_end(tmp_path, medmnist_dir, monkeypatch):
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
+    out, metrics = _finetune(tmp_path, "linear", "--method", "linear", "--epochs", "2")
     _check_run_folder(out, metrics)
-    history = (out / "history.csv").read_text().splitlines()
-    assert len(history) == 3  # header + 2 epochs
-    if reg == "none":
-        assert "train_reg_loss" in history[0]
+    # the backbone is frozen: its embeddings are the pretrained ones
+    assert metrics["test"]["cka"] == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.slow
