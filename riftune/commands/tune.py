@@ -91,10 +91,6 @@ def make_launcher(settings: TuneConfig, executor=None) -> Launcher:
 def run_tune(settings: TuneConfig, executor=None) -> str:
     """Run or continue the study of ``settings``; write tuned.yaml, report.md and tune.png;
     return report.md's text. One tune at a time per folder (its lock)."""
-    try:
-        import optuna  # noqa: F401  (an extra: riftune[tune])
-    except ImportError as err:
-        raise UserError("riftune tune needs optuna: pip install 'riftune[tune]'") from err
     from riftune.strength import summary
     from riftune.strength.report import write_report
     from riftune.strength.rule import choose
