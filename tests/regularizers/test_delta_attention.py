@@ -1,4 +1,6 @@
-"""DELTA's channel attention, batched: equal to the implementation it replaced.
+"""DELTA's channel attention (riftune/regularizers/delta_attention.py): the softmax of z-scored
+scores, the linear probe, ablation scores against zeroing channels by hand, and, batched, equal
+to the implementation it replaced.
 
 The reference below is ``ablation_scores`` as it was at commit 1a9f34c (every ablation ran the
 whole backbone on repeated images); the current one runs only the layers after the ablated
@@ -8,9 +10,11 @@ images at 28 px.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,8 @@ from riftune.regularizers.delta_attention import (
     attention_from_scores,
     fit_linear_probe,
 )
+
+from .conftest import _batches, tiny_cnn
 
 
 def _zero_channels_before(module, inputs, output, mask, nhwc):
@@ -170,3 +176,67 @@ def test_the_default_32_images_give_the_attention_of_128_within_its_sampling_noi
         assert not torch.equal(wa, wb)
         assert 0.5 * (wa - wb).abs().sum() <= 0.1, name
         assert (wa / wb - 1).abs().median() <= 0.1, name
+
+
+def test_attention_from_scores_is_zscored_softmax_with_temperature_5():
+    scores = np.array([0.3, -0.1, 2.0, 0.0, 0.05])
+    z = (scores - scores.mean()) / scores.std()
+    expected = np.exp(z / 5) / np.exp(z / 5).sum()
+    got = attention_from_scores(torch.tensor(scores))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(attention_from_scores(torch.ones(4)).numpy(), np.full(4, 0.25))
+
+
+def test_linear_probe_reaches_the_optimum():
+    gen = np.random.default_rng(3)
+    x = gen.normal(size=(60, 4))
+    y = (x[:, 0] + 0.5 * gen.normal(size=60) > 0).astype(np.int64) + (x[:, 1] > 1)
+    probe = fit_linear_probe(
+        torch.tensor(x, dtype=torch.float32), torch.tensor(y), weight_decay=0.01
+    )
+    w, b = probe.weight.double().numpy(), probe.bias.double().numpy()
+    logits = x @ w.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(60), y] -= 1  # softmax − one-hot
+    grad_w = p.T @ x / 60 + 0.01 * w
+    grad_b = p.mean(0)
+    assert np.abs(grad_w).max() < 1e-3 and np.abs(grad_b).max() < 1e-3
+
+
+def _brute_force_scores(backbone, head, layers, batches):
+    """Zero conv weight and bias of channel j (as the authors' code does) and re-run."""
+    backbone.eval()
+    ce = nn.CrossEntropyLoss(reduction="sum")
+    scores = []
+    with torch.no_grad():
+        for name in layers:
+            conv = resolve_layer(backbone, name)
+            out = []
+            for j in range(conv.out_channels):
+                total, count = 0.0, 0
+                for images, labels, _ in batches:
+                    base = ce(head(backbone(images)), labels).item()
+                    w, b = conv.weight[j].clone(), conv.bias[j].clone()
+                    conv.weight[j] = 0.0
+                    conv.bias[j] = 0.0
+                    total += ce(head(backbone(images)), labels).item() - base
+                    conv.weight[j], conv.bias[j] = w, b
+                    count += len(labels)
+                out.append(total / count)
+            scores.append(np.array(out))
+    return scores
+
+
+def test_ablation_scores_match_zeroing_the_conv_channels():
+    backbone, head = tiny_cnn(), nn.Linear(5, 3)
+    backbone.train()
+    backbone[1].train()
+    batches = _batches([6, 4])
+    got = ablation_scores(backbone, ["0", "3"], head, batches, max_images=12)  # several passes
+    assert backbone.training and backbone[1].training  # modes restored
+    expected = _brute_force_scores(copy.deepcopy(backbone), head, ["0", "3"], batches)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        ablation_scores(backbone, ["0"], head, [])

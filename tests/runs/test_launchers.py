@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from riftune.runs.folder import RunDir
 from riftune.runs.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
 from riftune.runs.signals import PREEMPTED_EXIT
-from riftune.runs.folder import RunDir
 
 submitit = pytest.importorskip("submitit")
 
