@@ -1,0 +1,46 @@
+"""The documentation site's pages agree with the code and README they are taken from."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _docstring_diff(module_path: str) -> str:
+    """The indented block after ``The diff to an existing script (...)::`` in a module docstring."""
+    source = (REPO / module_path).read_text()
+    docstring = source.split('"""', 2)[1]
+    block = inspect.cleandoc(docstring).split("::\n\n", 1)[1]
+    lines = []
+    for line in block.split("\n"):
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip("\n")
+
+
+@pytest.mark.parametrize(
+    "module_path", ["riftune/integrations/lightning.py", "riftune/integrations/hf_trainer.py"]
+)
+def test_frameworks_page_shows_the_diff_of_the_module_docstring(module_path):
+    page = (REPO / "docs" / "frameworks.md").read_text()
+    diffs = re.findall(r"```diff\n(.*?)\n```", page, flags=re.DOTALL)
+    expected = _docstring_diff(module_path)
+    assert expected.count("\n") >= 5 and expected.startswith(("+", "-"))
+    assert expected in diffs
+
+
+def test_docs_include_the_readme_training_loop_example():
+    readme = (REPO / "README.md").read_text()
+    section = re.search(
+        r"<!-- --8<-- \[start:example\] -->\n(.*?)<!-- --8<-- \[end:example\] -->",
+        readme,
+        flags=re.DOTALL,
+    )
+    assert section is not None
+    assert "RIFT(" in section[1] and "loss.backward()" in section[1]
+    for page in ("index.md", "own-loop.md"):
+        assert '--8<-- "README.md:example"' in (REPO / "docs" / page).read_text()
