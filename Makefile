@@ -36,8 +36,8 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check riftune tests benchmarks
-	$(VENV)/bin/ruff format --check riftune tests benchmarks
+	$(VENV)/bin/ruff check riftune tests benchmarks docs/hooks
+	$(VENV)/bin/ruff format --check riftune tests benchmarks docs/hooks
 	$(VENV)/bin/lint-imports --no-cache
 
 docs: $(STAMP)

@@ -1,5 +1,6 @@
 """The documentation site's pages agree with the code and README they are taken from."""
 
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -44,3 +45,32 @@ def test_docs_include_the_readme_training_loop_example():
     assert "RIFT(" in section[1] and "loss.backward()" in section[1]
     for page in ("index.md", "own-loop.md"):
         assert '--8<-- "README.md:example"' in (REPO / "docs" / page).read_text()
+
+
+def _rst_docstrings():
+    spec = importlib.util.spec_from_file_location(
+        "rst_docstrings", REPO / "docs" / "hooks" / "rst_docstrings.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docstring_roles_and_math_become_markdown():
+    import griffe
+
+    rst = _rst_docstrings()
+    package = griffe.Module("integrations", filepath=REPO / "riftune/integrations/__init__.py")
+    package.parent = griffe.Module("riftune")
+    text = (
+        "Uses :class:`~riftune.budget.DualAscentWeight` and :mod:`.lightning`.\n\n"
+        ".. math::\n\n    a &= b\\\\\n    c &= d\n\nThe diff::\n\n    +x = 1\n"
+    )
+    assert rst.to_markdown(text, package) == (
+        'Uses <autoref identifier="riftune.budget.DualAscentWeight" optional>'
+        "<code>DualAscentWeight</code></autoref> and "
+        '<autoref identifier="riftune.integrations.lightning" optional>'
+        "<code>lightning</code></autoref>.\n\n"
+        "\\[\n\\begin{aligned}\na &= b\\\\\nc &= d\n\\end{aligned}\n\\]\n\n"
+        "The diff:\n\n    +x = 1"
+    )
