@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job) and `make test` (the test suite).
+# Two entry points: `make demo` (the main job) and `make test` (the test suite); `make docs`
+# builds the documentation site into site/ (warnings are errors).
 # Both create .venv and install riftune into it first if needed.
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -15,11 +16,11 @@ endif
 # two workers on the two cores; a module's shared fixtures stay on one worker (xdist_group)
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint docs install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,9 +36,12 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check riftune tests benchmarks
-	$(VENV)/bin/ruff format --check riftune tests benchmarks
+	$(VENV)/bin/ruff check riftune tests benchmarks docs/hooks
+	$(VENV)/bin/ruff format --check riftune tests benchmarks docs/hooks
 	$(VENV)/bin/lint-imports --no-cache
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

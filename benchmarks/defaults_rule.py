@@ -1,4 +1,5 @@
-"""README's defaults rule over several `riftune compare` grids at once (RESULTS.md, "Defaults").
+"""The Defaults rule (docs/strength.md) over several `riftune compare` grids at once (RESULTS.md,
+"Defaults").
 
 Each grid's ``runs.json`` (its chosen and swept runs) goes into one set of tables, so a candidate
 (one RIFT variant at one λ, or one budget) is judged in every table of every grid: the 50- and

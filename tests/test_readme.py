@@ -1,4 +1,4 @@
-"""README's code blocks run as written."""
+"""The code blocks of README.md and of the docs run as written."""
 
 import re
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _python_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
+def _python_blocks(page: str = "README.md") -> list[str]:
+    text = (REPO / page).read_text()
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
@@ -30,12 +30,12 @@ def test_readme_training_loop_example_runs(medmnist_dir, monkeypatch):
     assert namespace["lam"].updates == 546 // 32 and namespace["lam"].value >= 0.0
 
 
-def test_readme_python_entry_point_example_runs(medmnist_dir, monkeypatch, tmp_path, capsys):
+def test_docs_python_entry_point_example_runs(medmnist_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
     monkeypatch.chdir(tmp_path)
-    example = next(b for b in _python_blocks() if "riftune.finetune(" in b)
+    example = next(b for b in _python_blocks("docs/cli.md") if "riftune.finetune(" in b)
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(example, "docs/cli.md", "exec"), namespace)
     metrics = namespace["metrics"]
     assert (tmp_path / "runs" / "api" / "metrics.json").is_file()
     low, high = metrics["test"]["ci"]["auc"]["low"], metrics["test"]["ci"]["auc"]["high"]

@@ -233,7 +233,8 @@ def _default_budget(
     budget: BudgetConfig, reg_name: str, lam: float | None, options: Section
 ) -> BudgetConfig:
     """``budget``, or the regularizer's default similarity budget when neither ``--lam`` nor
-    a budget was given (``--reg rift`` alone keeps a similarity of 0.8: README, "Defaults")."""
+    a budget was given (``--reg rift`` alone keeps a similarity of 0.8: docs/strength.md,
+    "Defaults")."""
     if lam is not None or budget.active:
         return budget
     similarity = component(regularizers, reg_name, "regularizer").default_budget_similarity(options)

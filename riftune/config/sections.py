@@ -126,8 +126,8 @@ class TrainingConfig(Section):
         "cut each global batch into M equal micro-batches whose gradients are summed (M a "
         "multiple of the torchrun process count): with the same M, 1, 2 or M processes compute "
         "the same sums in the same order, so a run gives the same result on any of them "
-        "(README). Needs a regularizer without batch statistics (none, l2sp, spd, ftp, delta, "
-        "ldifs, feature-distill)",
+        "with the same intra-op threads per process (docs/grids.md). Needs a regularizer "
+        "without batch statistics (none, l2sp, spd, ftp, delta, ldifs, feature-distill)",
         check=positive,
         metavar="M",
     )

@@ -48,13 +48,14 @@ class RegularizedTrainer(Trainer):
     """``transformers.Trainer`` whose training loss adds a riftune regularizer's λ·penalty.
 
     Args:
-        *args, **kwargs: what ``Trainer`` takes.
+        *args: what ``Trainer`` takes positionally.
         regularization: the regularizer, its λ and its cache.
         index_key: the batch field with each sample's training-set index (removed before the
             model's forward).
         embeddings_key: the model output field with the embeddings. Shape: (n, d).
         input_key: the batch field the model embeds in the pass that fills the cache.
         cache_batch_size: batch size of that pass.
+        **kwargs: what ``Trainer`` takes by keyword.
     """
 
     def __init__(

@@ -54,11 +54,13 @@ class RegularizerCallback(pl.Callback):
     """Adds λ·penalty of a riftune regularizer to a LightningModule's training loss.
 
     Args:
-        regularizer, lam, target_similarity, **options: as
-            :class:`~riftune.integrations.regularization.Regularization` takes them.
+        regularizer: the regularizer's name or instance, as
+            :class:`~riftune.integrations.regularization.Regularization` takes it.
         embed: ``(module, images) -> embeddings`` for the pass that fills the cache; default
             the ``embed`` method found on the module or its submodules.
         cache_batch_size: batch size of that pass.
+        **kwargs: the rest of ``Regularization``'s arguments (``lam``, ``target_similarity``,
+            the regularizer's options).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The rule that picks ``--reg rift``'s defaults from a grid (README, "Defaults").
+"""The rule that picks ``--reg rift``'s defaults from a grid (docs/strength.md, "Defaults").
 
 A candidate is one RIFT variant at one λ (or one budget) of full finetuning. In every dataset
 table (dataset and training-set size) of the grid it has the mean validation AUC a and CKA c over

@@ -29,9 +29,9 @@ from riftune.regularizers.rift.q import Q_STRATEGIES, names_taking, q_strategy
 #: the names of the registered Q (``--rift-q``'s choices)
 Q_NAMES = tuple(Q_STRATEGIES)
 
-# `--reg rift` with no other flags: chosen by README's defaults rule (RESULTS.md, "Defaults"):
-# paired matching, optimal Q, a similarity budget of 0.8 (λ by dual ascent). The fixed weight
-# of --rift-match covariance, and of --budget-mode geco's start, is CLI_DEFAULT_LAM.
+# `--reg rift` with no other flags: chosen by the Defaults rule (docs/strength.md; RESULTS.md,
+# "Defaults"): paired matching, optimal Q, a similarity budget of 0.8 (λ by dual ascent). The
+# fixed weight of --rift-match covariance, and of --budget-mode geco's start, is CLI_DEFAULT_LAM.
 CLI_DEFAULT_MATCH = "paired"
 CLI_DEFAULT_Q = "optimal"
 CLI_DEFAULT_TARGET_SIMILARITY = 0.8

@@ -89,8 +89,9 @@ def test_the_q_rank_in_a_run_config_is_there_with_learned_q_only():
 
 
 def test_reg_rift_alone_keeps_the_default_similarity_budget():
-    """README's defaults rule chose a similarity budget for --reg rift; --lam, an explicit
-    budget or the covariance penalty (no similarity) keep a fixed weight or their own budget."""
+    """The Defaults rule (docs/strength.md) chose a similarity budget for --reg rift; --lam, an
+    explicit budget or the covariance penalty (no similarity) keep a fixed weight or their own
+    budget."""
     from riftune.config import RunConfig, finetune_parser, run_config_from_args
 
     def config(*argv: str) -> RunConfig:
