@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from riftune.runs.signals import PREEMPTED_EXIT, GracefulStop
 from riftune.errors import UserError
 from riftune.runs.folder import RunDir
+from riftune.runs.signals import PREEMPTED_EXIT, GracefulStop
 
 LOG_NAME = "compare.log"
 """Each job's output is appended to ``<run>/compare.log``."""
@@ -343,4 +343,3 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
 def slurm_settings(args: argparse.Namespace) -> dict:
     """The :class:`SlurmLauncher` fields the ``--slurm-*`` flags give."""
     return {key: getattr(args, flag) for flag, key in SLURM_FLAGS.items() if getattr(args, flag)}
-
