@@ -69,6 +69,11 @@ class DataConfig(Section):
     cv_seed: int = option(
         0, "with --cv-folds, the seed of the folds (not the training seed)", metavar="S"
     )
+    test_split: bool = option(
+        True,
+        "read and evaluate the test split; --no-test-split leaves it unread (riftune tune's "
+        "seed trials: no test metrics, no --robustness)",
+    )
 
     def check(self) -> None:
         for name in ("group_column", "label_columns"):
@@ -78,6 +83,11 @@ class DataConfig(Section):
             raise UserError("--cv-fold and --cv-seed choose a fold of --cv-folds K; give K")
         if self.cv_folds is not None:
             CrossValidation(self.cv_folds, self.cv_fold, self.cv_seed)  # checks K and the fold
+
+    @property
+    def reads_test(self) -> bool:
+        """Whether the run reads the test split (not under --cv-folds or --no-test-split)."""
+        return self.test_split and self.cv_folds is None
 
     @property
     def cross_validation(self) -> CrossValidation | None:

@@ -35,6 +35,7 @@ def load_dataset(
     group_column: str | None = None,
     label_columns: Sequence[str] | None = None,
     cv: CrossValidation | None = None,
+    test: bool = True,
 ) -> DatasetSplits:
     """Load a dataset named by ``spec``, resized once and normalized per item.
 
@@ -75,6 +76,8 @@ def load_dataset(
         cv: a cross-validation fold (:mod:`riftune.data.folds`): train (after ``shots``) and
             val pooled, the fold validates, the rest trains, and the test split is never
             read (``test`` is ``None``).
+        test: read the test split; ``False`` leaves it unread (``test`` is ``None``), as a
+            cross-validation fold does.
 
     Returns:
         The splits, whose items are ``(image (3, S, S) float32, label, index)``.
@@ -93,7 +96,7 @@ def load_dataset(
             f"--group-column and --label-columns apply to {tables} data only; got --data {spec!r}"
         )
     request = SplitRequest(
-        data_root, download, group_column, label_columns, SPLITS if cv is None else POOLED
+        data_root, download, group_column, label_columns, SPLITS if test and cv is None else POOLED
     )
     stored = data.splits(request)
     images, labels = dict(stored.images), dict(stored.labels)

@@ -56,16 +56,17 @@ def build_model_and_data(
 ) -> tuple[Classifier, DatasetSplits, PretrainedEmbeddings, tuning.FinetuningMethod]:
     """Backbone + head, data, pretrained embeddings of every split, and the applied method.
 
-    A ``--cv-folds`` run has no test split (``data.test`` and ``pretrained.test`` are None).
+    A ``--cv-folds`` or ``--no-test-split`` run has no test split (``data.test`` and
+    ``pretrained.test`` are None).
 
     The pretrained embeddings are computed before the method changes the backbone. Seeded, so
     ``riftune evaluate`` rebuilds exactly what ``finetune`` trained.
     """
     seed = config.training.seed
-    if config.data.cv_folds is not None and config.evaluation.robustness:
+    if not config.data.reads_test and config.evaluation.robustness:
         raise UserError(
-            "--robustness evaluates on the test split, which a --cv-folds run never reads; "
-            "drop one of them"
+            "--robustness evaluates on the test split, which a --cv-folds or --no-test-split "
+            "run never reads; drop one of them"
         )
     torch.manual_seed(seed)
     model = build_pretrained_classifier(config)
@@ -82,6 +83,7 @@ def build_model_and_data(
         group_column=config.data.group_column,
         label_columns=config.data.label_columns.split(",") if config.data.label_columns else None,
         cv=config.data.cross_validation,
+        test=config.data.test_split,
     )
     if ctx.device.type == "cuda":  # images live on the GPU: batches never cross the host
         data = dataclasses.replace(

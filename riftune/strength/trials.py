@@ -48,7 +48,7 @@ class Rungs:
 
     def flags(self, rung: int) -> tuple[str, ...]:
         if self.mode == "seeds":
-            return ("--seed", str(self.seed + rung))
+            return ("--seed", str(self.seed + rung), "--no-test-split")
         return (
             "--cv-folds", str(self.count), "--cv-fold", str(rung), "--cv-seed", str(self.seed),
             "--seed", str(self.seed),

@@ -134,6 +134,10 @@ def test_a_fold_run_never_reads_the_test_images(tmp_path, capsys):
     assert (
         main(["evaluate", "--run", str(out), "--quiet"]) == 0
     )  # and re-evaluated without test too
+    # riftune tune's seed trials keep train and val as given and leave test unread too
+    unread = tmp_path / "no-test"
+    assert main(["finetune", *data, *FAST, "--no-test-split", "--out", str(unread)]) == 0
+    assert "test" not in json.loads((unread / "metrics.json").read_text())
     splits = load_dataset(
         f"csv:{table}", img_size=32, group_column="patient", cv=CrossValidation(4, 1, 3)
     )
@@ -155,6 +159,10 @@ def test_an_npz_fold_never_loads_the_test_arrays(tmp_path):
     assert splits.test is None
     assert (len(splits.train), len(splits.val)) == (12, 6)
     np.testing.assert_array_equal(np.bincount(splits.val.labels.numpy()), [3, 3])
+    # without folds (riftune tune's seed trials: --no-test-split) train and val stay as given
+    kept = load_dataset(path, img_size=8, test=False)
+    assert kept.test is None
+    np.testing.assert_array_equal(kept.val.labels.numpy(), arrays["val_labels"])
 
 
 @pytest.mark.slow

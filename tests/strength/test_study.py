@@ -240,3 +240,10 @@ def test_the_slurm_path_through_submitits_local_executor(tmp_path, medmnist_dir,
     runs = sorted((tmp_path / "study" / "trials").glob("*/fold*/metrics.json"))
     assert len(runs) == 4 and not any("test" in json.loads(p.read_text()) for p in runs)
     assert len(list((tmp_path / "submitit").rglob("*_submitted.pkl"))) == 4  # through submitit
+
+
+def test_seed_trials_leave_the_test_split_unread():
+    """Seeds on a large validation split: each trial trains on train, validates on val and
+    never reads test (--no-test-split), as a fold trial never does (--cv-folds)."""
+    assert Rungs("seeds", 3, 5).flags(1) == ("--seed", "6", "--no-test-split")
+    assert "--cv-folds" in Rungs("folds", 3, 0).flags(1)
