@@ -20,6 +20,16 @@ GRIDS = {
     "evidence-methods": ("evidence-methods", "grid_evidence_methods.yaml"),
     "evidence-linear": ("evidence-linear", "grid_evidence_linear.yaml"),
     "delta-attention": ("delta_attention", "grid_delta_attention.yaml"),
+    # the final runs of RESULTS.md's "Tuned for each dataset" (benchmarks/tune_evidence.py)
+    **{
+        f"tuned-{setting}": (f"tune/{setting}/final", f"results/tune/{setting}/grid.yaml")
+        for setting in (
+            "breastmnist-50shots",
+            "pneumoniamnist-50shots",
+            "breastmnist-whole",
+            "breastmnist-erosion",
+        )
+    },
 }
 
 
