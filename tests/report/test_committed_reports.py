@@ -6,8 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+import riftune
 from riftune.cli import main
+from riftune.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = ["full", "peft", "linear", "learned_rank", "peft_learned", "q_lr", "freeze_bn"]
@@ -51,3 +54,26 @@ def test_compare_report_only_reproduces_the_committed_report(tmp_path, name):
     assert _without_command((out / "report.md").read_text()) == _without_command(
         (committed / "report.md").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["breastmnist-50shots", "pneumoniamnist-50shots", "breastmnist-whole", "breastmnist-erosion"],
+)
+def test_a_committed_tune_study_reproduces_its_report_without_running(
+    tmp_path, medmnist_dir, monkeypatch, setting
+):
+    """Rerunning `riftune tune` on a committed study (its journal, the trials' configs and
+    metrics) launches nothing and writes the same report.md and tuned.yaml."""
+    monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
+    committed = REPO / "benchmarks" / "results" / "tune" / setting / "tune"
+    out = tmp_path / "tune"
+    # what is committed (a working tree may hold the trials' checkpoints too)
+    shutil.copytree(committed, out, ignore=shutil.ignore_patterns("checkpoints"))
+    settings = yaml.safe_load((committed / "study.yaml").read_text())
+    riftune.tune({**settings, "out": str(out), "quiet": True})
+    assert (out / "report.md").read_text() == (committed / "report.md").read_text()
+    # the same configuration (a committed tuned.yaml predates options added since)
+    tuned = [load_run_config(folder / "tuned.yaml").to_dict() for folder in (out, committed)]
+    assert tuned[0] == tuned[1]
+    assert not list(out.glob("trials/*/*/checkpoints"))  # no trial ran again
