@@ -8,6 +8,7 @@ import csv
 import json
 import struct
 import sys
+import time
 
 import pytest
 import yaml
@@ -47,11 +48,22 @@ def wandb_records(path):
     return records
 
 
-def wandb_run(root):
-    """(history rows keyed by metric name with ``_step``, config) of the offline run in root."""
+def wandb_run(root, wait: float = 30.0):
+    """(history rows keyed by metric name with ``_step``, config) of the offline run in root.
+
+    wandb-core writes the file from its own process; on a loaded machine (CI, two workers) its
+    last blocks landed after ``finish()`` returned, so the file is read again until its
+    history is there, for at most ``wait`` seconds."""
     (path,) = (root / "wandb").glob("offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + wait
+    records = wandb_records(path)
+    while not any(r.WhichOneof("record_type") == "history" for r in records):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+        records = wandb_records(path)
     history, config = [], {}
-    for record in wandb_records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
