@@ -31,6 +31,7 @@ GRIDS = {
             "pneumoniamnist-50shots",
             "breastmnist-whole",
             "breastmnist-erosion",
+            "breastmnist-erosion-lam",
         )
     },
 }
@@ -58,7 +59,13 @@ def test_compare_report_only_reproduces_the_committed_report(tmp_path, name):
 
 @pytest.mark.parametrize(
     "setting",
-    ["breastmnist-50shots", "pneumoniamnist-50shots", "breastmnist-whole", "breastmnist-erosion"],
+    [
+        "breastmnist-50shots",
+        "pneumoniamnist-50shots",
+        "breastmnist-whole",
+        "breastmnist-erosion",
+        "breastmnist-erosion-lam",
+    ],
 )
 def test_a_committed_tune_study_reproduces_its_report_without_running(
     tmp_path, medmnist_dir, monkeypatch, setting
