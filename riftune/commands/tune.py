@@ -99,10 +99,11 @@ def run_tune(settings: TuneConfig, executor=None) -> str:
     out = settings.folder
     config = recipe.check_recipe(settings.finetune)
     check_components(settings.methods, settings.regularizers)
+    val_images = recipe.validation_size(config)  # an unreadable --data: refused before mkdir
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(RunDir(out)):
         summary.check_same_study(out, settings)
-        rungs = recipe.rungs_for(settings, config, recipe.validation_size(config))
+        rungs = recipe.rungs_for(settings, config, val_images)
         log = (lambda m: None) if settings.quiet else (lambda m: print(m, file=sys.stderr))
         study = Study(settings, rungs, settings.finetune, make_launcher(settings, executor), log)
         outcome = study.run()

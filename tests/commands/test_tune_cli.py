@@ -156,4 +156,6 @@ def test_tune_refuses_what_it_chooses_itself(tmp_path, capsys):
     assert "must include full" in capsys.readouterr().err
     assert main(["tune", "--out", str(tmp_path / "s"), "--folds", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+    assert main(["tune", "--out", str(tmp_path / "s"), "--data", "breastmnst"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown dataset 'breastmnst'")
     assert not (tmp_path / "s").exists()
