@@ -43,7 +43,7 @@ from riftune.engine.schedule import warmup_cosine
 from riftune.engine.step import TrainStep
 from riftune.engine.weight import ConstantWeight
 from riftune.models import build_classifier
-from riftune.models.speed import to_channels_last, use_channels_last
+from riftune.models.speed import compiled_training_forward, to_channels_last, use_channels_last
 from riftune.regularizers import PretrainedView
 from riftune.report import summary_table
 from riftune.tuning import get as get_method
@@ -57,7 +57,9 @@ def _sync(device: torch.device) -> None:
 class _Runner:
     """One variant's TrainStep on the shared model and batch."""
 
-    def __init__(self, variant, model, method, images, labels, cache, ctx, amp_dtype, lr):
+    def __init__(
+        self, variant, model, method, images, labels, cache, ctx, amp_dtype, lr, compiled=False
+    ):
         self.variant = variant
         reg = variant.build(model.num_features)
         reg.prepare(
@@ -84,6 +86,8 @@ class _Runner:
             teacher=teacher,
             backbone_weights=method.backbone_weights,
         )
+        if compiled:  # --compile on: the step's forward and backward captured, as finetune's
+            self.step.forward_model = compiled_training_forward(model, ctx.device)
         self.images, self.labels = images, labels
         self.indices = torch.arange(len(images))
         self.device = ctx.device
@@ -147,7 +151,10 @@ def bench_steps(args: argparse.Namespace, variants: list[Variant]) -> list[dict]
         method.configure(model, 0, 1, freeze_bn=args.freeze_bn)
 
     def build(variant: Variant) -> _Runner:
-        return _Runner(variant, model, method, images, labels, cache, ctx, amp_dtype, 1e-5)
+        return _Runner(
+            variant, model, method, images, labels, cache, ctx, amp_dtype, 1e-5,
+            compiled=args.compile == "on",
+        )  # fmt: skip
 
     runners = [build(v) for v in variants]
     for runner in runners:
@@ -299,6 +306,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         default="auto",
         help="convolution weights channels last, as riftune finetune's --channels-last",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("off", "on"),
+        default="off",
+        help="torch.compile every variant's training forward and backward, as finetune's "
+        "--compile on (the warm-up steps compile)",
     )
     parser.add_argument(
         "--no-freeze-bn",

@@ -174,6 +174,12 @@ class TrainingConfig(Section):
         "the CPU's channels-last BatchNorm backward lost precision (tests/models/test_speed.py). "
         "Same values, another order of sums (off before 2026-12)",
     )
+    compile: Literal["auto", "on", "off"] = option(
+        "auto",
+        "torch.compile the training step's forward and backward (on CUDA with CUDA graphs); "
+        "auto = on only where BENCHMARKS.md measured it faster (nowhere yet: slower on the "
+        "2-core CPU, unmeasured on a GPU). The first step compiles (tens of seconds on a CPU)",
+    )
     checkpoint_every: int = option(
         0,
         "also checkpoint every N optimizer steps (0: at epoch ends only)",

@@ -16,6 +16,7 @@ from riftune.config import RunConfig
 from riftune.config.sections import TrainingConfig
 from riftune.data import BatchLoader, DatasetSplits, GlobalBatchSampler, eval_loader, load_dataset
 from riftune.data.sampling import train_batch_sampler
+from riftune.engine.ddp import wrap_model
 from riftune.engine.evaluation import PretrainedEmbeddings, pretrained_embeddings
 from riftune.engine.losses import class_weights
 from riftune.engine.schedule import warmup_cosine
@@ -24,7 +25,13 @@ from riftune.engine.weight import ConstantWeight, DualAscentWeight, LossWeight
 from riftune.errors import UserError
 from riftune.models import build_classifier
 from riftune.models.classifier import Classifier
-from riftune.models.speed import to_channels_last, trains_batchnorm, use_channels_last
+from riftune.models.speed import (
+    compiled_training_forward,
+    to_channels_last,
+    trains_batchnorm,
+    use_channels_last,
+    use_compile,
+)
 from riftune.optim.ftp import FTPAdamW
 from riftune.optim.spd import SPDAdamW, spd_anchors, spd_param_groups
 from riftune.regularizers import PretrainedView, Regularizer
@@ -249,7 +256,7 @@ def build_training(
         scheduler,
         scaler,
         ctx,
-        weight=build_loss_weight(config) if reg.has_penalty else None,
+        weight=build_loss_weight(config).to(device) if reg.has_penalty else None,
         grad_clip=train.grad_clip,
         amp_dtype=amp_dtype,
         reference_cache=cache,
@@ -262,6 +269,18 @@ def build_training(
     return Training(
         reg, optimizer, scheduler, scaler, sampler, BatchLoader(data.train, sampler), step
     )
+
+
+def training_forward(
+    model: Classifier, ctx: distributed.DistributedContext, train: TrainingConfig
+) -> torch.nn.Module:
+    """What the train step's forward pass calls: ``model``, in DistributedDataParallel under
+    torchrun (over the parameters that train now: build it again when they change), compiled
+    when ``--compile`` says so. Both share ``model``'s parameters."""
+    forward = wrap_model(model, ctx) if ctx.is_distributed else model
+    if use_compile(train.compile, ctx.device):
+        forward = compiled_training_forward(forward, ctx.device)
+    return forward
 
 
 def local_micro_batches(train: TrainingConfig, model: torch.nn.Module, world_size: int) -> int:

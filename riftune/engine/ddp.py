@@ -21,18 +21,23 @@ def wrap_model(model: nn.Module, ctx: DistributedContext) -> DistributedDataPara
     )
 
 
-def mean_over_ranks(losses: dict[str, torch.Tensor], ctx: DistributedContext) -> dict[str, float]:
+def mean_over_ranks(
+    losses: dict[str, torch.Tensor], ctx: DistributedContext
+) -> dict[str, torch.Tensor]:
     """The losses of the global batch: the mean over ranks of each rank's (equal-sized) batch.
+
+    Nothing is read back to the host: the values stay scalar tensors on the device (one
+    all-reduce of the stacked losses when distributed).
 
     Args:
         losses: scalar tensors by name, this rank's.
 
     Returns:
-        The same names, as floats (float32 values), equal on every rank.
+        The same names, as float32 scalar tensors, equal on every rank.
     """
     names = sorted(losses)
     stacked = torch.stack([losses[k].float() for k in names])
     if ctx.is_distributed:
         torch.distributed.all_reduce(stacked)
         stacked /= ctx.world_size
-    return dict(zip(names, stacked.tolist(), strict=True))
+    return dict(zip(names, stacked.unbind(), strict=True))

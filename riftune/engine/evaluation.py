@@ -188,12 +188,12 @@ def transfer_metrics(
         ev.transfer_data, data_root=config.data.data_root, img_size=config.data.img_size,
         mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=seed, shots=ev.transfer_shots,
     )  # fmt: skip
+    # on the GPU the images move there once, not batch by batch
+    memory, queries = other.train.to(ctx.device), other.test.to(ctx.device)
     scores: dict[str, dict[str, float]] = {}
     for name, net in (("finetuned", model), ("pretrained", pretrained)):
-        train = collect(
-            net, eval_loader(other.train, ev.eval_batch_size, ctx), ctx.device, amp_dtype
-        )
-        test = collect(net, eval_loader(other.test, ev.eval_batch_size, ctx), ctx.device, amp_dtype)
+        train = collect(net, eval_loader(memory, ev.eval_batch_size, ctx), ctx.device, amp_dtype)
+        test = collect(net, eval_loader(queries, ev.eval_batch_size, ctx), ctx.device, amp_dtype)
         scores[name] = {
             "knn": knn_accuracy(train.embeddings, train.labels, test.embeddings, test.labels, k=20),
             "probe": linear_probe_accuracy(

@@ -23,15 +23,16 @@ from riftune.engine.build import (
     build_pretrained_classifier,
     build_training,
     run_channels_last,
+    training_forward,
 )
 from riftune.engine.checkpointer import Checkpointer, TrainState
-from riftune.engine.ddp import wrap_model
 from riftune.engine.evaluation import EvalResult, evaluate_split, final_metrics
 from riftune.engine.outputs import LiveOutputs, write_evaluation_outputs, write_figures
 from riftune.engine.progress import Progress
 from riftune.engine.run_claim import claim_run_dir, preflight
 from riftune.engine.selection import initial_best, is_better
 from riftune.engine.step import NonFiniteLossError
+from riftune.engine.step_log import StepLog
 from riftune.engine.timing import PhaseTimer
 from riftune.models.speed import thread_report
 from riftune.runs.folder import RunDir, write_json_atomic
@@ -86,8 +87,8 @@ class Finetuner:
         train = self.config.training
         self.method.configure(self.model, epoch, train.epochs, freeze_bn=train.freeze_bn)
         names = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
-        if self.ctx.is_distributed and names != self._trainable_names:
-            self.training.step.forward_model = wrap_model(self.model, self.ctx)
+        if names != self._trainable_names:
+            self.training.step.forward_model = training_forward(self.model, self.ctx, train)
         self._trainable_names = names
 
     def _stateful(self) -> dict:
@@ -95,10 +96,26 @@ class Finetuner:
         return self.training.stateful() | {"timing": self.timer}
 
     def _save(self) -> None:
+        self._flush_steps()  # a checkpoint holds every step row up to its step
         with self.timer.phase("checkpointing"):
             wall = self.state.wall_seconds + (time.perf_counter() - self._started)
             self.checkpointer.save(self.state, wall, self.model, self._stateful())
         self._saved_at = time.perf_counter()
+
+    def _flush_steps(self, bar=None) -> None:
+        """Read the pending step rows back from the device and write them (see
+        :mod:`~riftune.engine.step_log`); a diverged loss stops the run here, with the best model
+        kept so far written."""
+        try:
+            last = self.step_log.flush()
+        except NonFiniteLossError as error:
+            self.checkpointer.flush_best()
+            raise NonFiniteLossError(
+                f"{error} (epoch {self.state.epoch + 1}); lower --lr or --lam. "
+                f"{self.checkpointer.kept()}"
+            ) from None
+        if bar is not None and last is not None:
+            bar.show(loss=last["loss"])
 
     def _checkpoint_due(self) -> bool:
         """Whether an epoch end should write a progress checkpoint: ``--checkpoint-seconds``
@@ -113,7 +130,6 @@ class Finetuner:
         self.data.train.set_epoch(epoch)
         if s.step_in_epoch == 0:
             s.epoch_sums = {"loss": 0.0, "task": 0.0, "reg": 0.0}
-        sums = s.epoch_sums
         bar = self.progress.bar(
             self.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {epoch + 1}"
         )
@@ -121,14 +137,7 @@ class Finetuner:
         tick = start = time.perf_counter()
         for images, labels, indices in t.loader:
             s.data_ms.append((time.perf_counter() - tick) * 1000.0)
-            try:
-                losses = t.step(images, labels, indices)
-            except NonFiniteLossError:
-                self.checkpointer.flush_best()
-                raise NonFiniteLossError(
-                    f"loss became non-finite at step {s.global_step + 1} (epoch {epoch + 1}); "
-                    f"lower --lr or --lam. {self.checkpointer.kept()}"
-                ) from None
+            losses = t.step(images, labels, indices)  # scalar tensors: nothing waits here
             now = time.perf_counter()
             s.step_ms.append((now - tick) * 1000.0)
             s.global_step += 1
@@ -136,11 +145,9 @@ class Finetuner:
             row = {"step": s.global_step, **losses, "lr": t.scheduler.get_last_lr()[0]}
             if t.step.weight is not None:  # under a budget: the λ of this step and D̄ after it
                 row |= t.step.weight.step_log()
-            s.steps.append(row)
-            self.outputs.step(row)
-            for key in sums:
-                sums[key] += losses[key]
-            bar.update(loss=losses["loss"])
+            if self.step_log.add(row):
+                self._flush_steps(bar)
+            bar.update()
             mid_epoch = s.step_in_epoch < self.steps_per_epoch
             if every and s.global_step % every == 0 and mid_epoch:
                 self.timer.add("train_steps", time.perf_counter() - start)
@@ -150,11 +157,12 @@ class Finetuner:
                 self.timer.add("train_steps", time.perf_counter() - start)
                 self._stop_here()
             tick = time.perf_counter()
+        self._flush_steps(bar)
         self.timer.add("train_steps", time.perf_counter() - start)
         bar.close()
         return {
             f"train_{k if k == 'loss' else k + '_loss'}": v / max(s.step_in_epoch, 1)
-            for k, v in sums.items()
+            for k, v in s.epoch_sums.items()
         }
 
     def _stop_here(self) -> None:
@@ -196,6 +204,7 @@ class Finetuner:
         s, epochs = self.state, self.config.training.epochs
         self._saved_at = time.perf_counter()
         self.outputs = LiveOutputs(self.run_dir, self.config, self.ctx, s)
+        self.step_log = StepLog(s, self.outputs)
         epochs_bar = self.progress.bar(epochs, initial=s.epoch, desc="epochs", leave=True)
         for epoch in range(s.epoch, epochs):
             train_losses = self._train_epoch(epoch)
@@ -209,7 +218,7 @@ class Finetuner:
                 "lr": self.training.scheduler.get_last_lr()[0],
             }
             if self.training.step.weight is not None:  # under a budget: λ now
-                row |= self.training.step.weight.epoch_log()
+                row |= {k: float(v) for k, v in self.training.step.weight.epoch_log().items()}
             s.history.append(row)
             self.outputs.epoch(row, s.global_step)
             select_on = self.config.training.select_on

@@ -30,17 +30,19 @@ class LiveOutputs:
         if not self.enabled:
             return
         self.history = AppendingCSV(run_dir.history, state.history)
-        self.steps = AppendingCSV(run_dir.steps, state.steps)
+        self.step_rows = AppendingCSV(run_dir.steps, state.steps)
         resume_step = state.global_step or None
         self.loggers = open_loggers(config.output.loggers, run_dir, config.to_dict(), resume_step)
 
-    def step(self, row: dict) -> None:
+    def steps(self, rows: list[dict]) -> None:
+        """Append steps' rows (numbers) to steps.csv in one write, and log each to the trackers."""
         if not self.enabled:
             return
-        self.steps.append(row)
-        scalars = {f"train/{k}": v for k, v in row.items() if k != "step"}
-        for logger in self.loggers:
-            logger.log_scalars(row["step"], scalars)
+        self.step_rows.extend(rows)
+        for row in rows:
+            scalars = {f"train/{k}": v for k, v in row.items() if k != "step"}
+            for logger in self.loggers:
+                logger.log_scalars(row["step"], scalars)
 
     def epoch(self, row: dict, global_step: int) -> None:
         if not self.enabled:
@@ -57,7 +59,7 @@ class LiveOutputs:
             return
         test = {f"test/{k}": v for k, v in metrics.get("test", {}).items() if isinstance(v, float)}
         for logger in self.loggers:
-            logger.log_scalars(max(len(self.steps.rows), 1), test)
+            logger.log_scalars(max(len(self.step_rows.rows), 1), test)
             logger.close()
 
 

@@ -12,9 +12,16 @@ class _Bar:
         self._bar = bar
 
     def update(self, **postfix: float) -> None:
+        """One step done; ``postfix`` (numbers already on the host) replaces the shown values."""
+        if self._bar is not None:
+            if postfix:
+                self.show(**postfix)
+            self._bar.update(1)
+
+    def show(self, **postfix: float) -> None:
+        """Show these values beside the bar (from the next refresh)."""
         if self._bar is not None:
             self._bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()}, refresh=False)
-            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -31,7 +31,10 @@ from riftune.tuning.base import BackboneWeights, plain_backbone_weights
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops, keeping its checkpoints and best model."""
+    """The loss became NaN or infinite; the run stops, keeping its checkpoints and best model.
+
+    Raised by the training loop when it reads a step's losses back (:mod:`.step_log`), not by
+    the step itself, which never waits for the device."""
 
 
 class Teacher:
@@ -137,12 +140,14 @@ class TrainStep:
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """Run the step and update λ's schedule; returns the losses ``loss``, ``task``, ``reg``
         of the global batch (under torchrun the mean over ranks, equal on every rank).
 
-        Raises:
-            NonFiniteLossError: the loss is NaN or infinite on some rank (no update is made).
+        The step never waits for the device: the losses come back as scalar tensors where
+        training runs, λ's dual ascent stays there too, and a non-finite loss is found when the
+        loop reads the losses back (:class:`~riftune.engine.step_log.StepLog`), which stops the
+        run before any checkpoint holds the diverged weights.
         """
         device = self.ctx.device
         images = images.to(device, non_blocking=True)
@@ -161,9 +166,6 @@ class TrainStep:
             last = number == len(parts) - 1
             with self._gradient_sync(last):
                 losses = self._losses(part_images, part_labels, part_indices)
-                if not self.ctx.all_true(bool(torch.isfinite(losses["loss"].detach()))):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError("loss became non-finite")
                 self.scaler.scale(losses["loss"] / len(parts)).backward()
             detached = {k: v.detach() for k, v in losses.items()}
             sums = detached if sums is None else {k: sums[k] + v for k, v in detached.items()}
@@ -214,5 +216,10 @@ class TrainStep:
                     backbone_weights=self.backbone_weights,
                 )
             ).float()
-        loss = task if self.weight is None else task + self.weight.value * reg_loss
+        if self.weight is None:
+            return {"loss": task, "task": task, "reg": reg_loss}
+        lam = self.weight.value  # a float, or a float64 tensor on the device under a budget
+        if isinstance(lam, torch.Tensor):
+            lam = lam.to(reg_loss.dtype)  # rounds as a float multiplier would
+        loss = task + lam * reg_loss
         return {"loss": loss, "task": task, "reg": reg_loss}

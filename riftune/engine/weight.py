@@ -38,6 +38,8 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
+import torch
+
 from riftune.errors import UserError
 
 Mode = Literal["additive", "geco"]
@@ -56,17 +58,21 @@ class LossWeight:
 
     adapts: ClassVar[bool] = False
     checkpoint_key: ClassVar[str | None] = None
-    value: float
+    value: float | torch.Tensor
 
-    def update(self, penalty: float) -> float:
+    def to(self, device: torch.device | str) -> LossWeight:
+        """Keep any state on ``device``; returns self (nothing to move here)."""
+        return self
+
+    def update(self, penalty: torch.Tensor | float) -> float | torch.Tensor:
         """Take this step's penalty D_t into account; returns the next step's λ."""
         return self.value
 
-    def step_log(self) -> dict[str, float]:
+    def step_log(self) -> dict[str, float | torch.Tensor]:
         """The columns of steps.csv this weight adds for the step just taken (none here)."""
         return {}
 
-    def epoch_log(self) -> dict[str, float]:
+    def epoch_log(self) -> dict[str, float | torch.Tensor]:
         """The columns of history.csv this weight adds at an epoch's end (none here)."""
         return {}
 
@@ -95,8 +101,13 @@ class DualAscentWeight(LossWeight):
     Use: the step's loss takes :attr:`value`; after the optimizer step, :meth:`update` gets
     the step's penalty. Under ``torch.distributed`` pass the penalty averaged over all ranks
     (the mean the engine logs), so every rank computes the same λ from the same numbers.
-    The state (λ, D̄, update count) is plain Python floats and an int, so
-    :meth:`state_dict` / :meth:`load_state_dict` restore it bit for bit.
+
+    The state (λ, D̄) is float64 scalar tensors where training runs (:meth:`to`), so a step
+    updates λ without waiting for the device: nothing is read back to the host until a log or
+    a checkpoint asks (:meth:`state_dict`). Each update is the same float64 arithmetic as on
+    Python floats, and :meth:`state_dict` / :meth:`load_state_dict` restore it bit for bit. A
+    non-finite penalty is not checked here (that would wait for the device): it makes the
+    step's loss non-finite, which the training loop refuses (``NonFiniteLossError``).
 
     Args:
         budget: ε ≥ 0, the bound on the running mean of the penalty.
@@ -143,50 +154,63 @@ class DualAscentWeight(LossWeight):
         self.ema = float(ema)
         self.mode = mode
         self.floor = float(floor)
-        self.value = float(initial)
-        self.running: float | None = None
-        self.updates = 0
-        self.applied = self.value  # the λ that weighed the last penalty given to update()
+        self.device = torch.device("cpu")
+        self._restore(float(initial), None, 0)
 
-    def update(self, penalty: float) -> float:
+    def to(self, device: torch.device | str) -> DualAscentWeight:
+        """Keep λ and D̄ on ``device`` (where the penalties are); returns self."""
+        self.device = torch.device(device)
+        self._restore(*self._floats())
+        return self
+
+    def update(self, penalty: torch.Tensor | float) -> torch.Tensor:
         """Fold this step's penalty into D̄ and take one dual step; returns the new λ.
 
         Args:
-            penalty: D_t, the step's penalty (all-reduced mean under torch.distributed).
-
-        Raises:
-            ValueError: a non-finite penalty (λ would become meaningless).
+            penalty: D_t, the step's penalty (all-reduced mean under torch.distributed), a
+                scalar tensor (it stays on its device) or a float.
         """
-        penalty = float(penalty)
-        if not math.isfinite(penalty):
-            raise ValueError(f"the penalty must be finite to update λ, got {penalty}")
-        self.running = (
-            penalty if self.running is None else self.ema * self.running + (1 - self.ema) * penalty
-        )
+        penalty = torch.as_tensor(penalty, dtype=torch.float64, device=self.device)
+        if self.running is None:
+            self.running = penalty
+        else:
+            self.running = self.ema * self.running + (1 - self.ema) * penalty
         excess = self.running - self.budget
         self.applied = self.value
         if self.mode == "additive":
-            self.value = max(0.0, self.value + self.lr * excess)
+            self.value = torch.clamp_min(self.value + self.lr * excess, 0.0)
         else:
-            self.value = max(self.floor, self.value * math.exp(self.lr * excess))
+            self.value = torch.clamp_min(self.value * torch.exp(self.lr * excess), self.floor)
         self.updates += 1
         return self.value
 
-    def step_log(self) -> dict[str, float]:
-        """``lam``, the λ that weighed the step's penalty, and ``reg_mean``, D̄ after it."""
+    def step_log(self) -> dict[str, torch.Tensor]:
+        """``lam``, the λ that weighed the step's penalty, and ``reg_mean``, D̄ after it (scalar
+        tensors: the loop reads them back in chunks)."""
         return {"lam": self.applied, "reg_mean": self.running}
 
-    def epoch_log(self) -> dict[str, float]:
+    def epoch_log(self) -> dict[str, torch.Tensor]:
         """``lam``: λ at the epoch's end (the next step's)."""
         return {"lam": self.value}
 
     def state_dict(self) -> dict[str, float | int | None]:
         """λ, the running mean D̄ (``None`` before the first update) and the update count."""
-        return {"value": self.value, "running": self.running, "updates": self.updates}
+        value, running, updates = self._floats()
+        return {"value": value, "running": running, "updates": updates}
 
     def load_state_dict(self, state: dict[str, float | int | None]) -> None:
         """Restore what :meth:`state_dict` returned (the settings come from the constructor)."""
-        self.value = float(state["value"])
-        self.running = None if state["running"] is None else float(state["running"])
-        self.updates = int(state["updates"])
+        self._restore(float(state["value"]), state["running"], int(state["updates"]))
+
+    def _floats(self) -> tuple[float, float | None, int]:
+        running = None if self.running is None else float(self.running)
+        return float(self.value), running, self.updates
+
+    def _restore(self, value: float, running: float | None, updates: int) -> None:
+        def scalar(x: float) -> torch.Tensor:
+            return torch.tensor(x, dtype=torch.float64, device=self.device)
+
+        self.value = scalar(value)
+        self.running = None if running is None else scalar(float(running))
+        self.updates = updates
         self.applied = self.value

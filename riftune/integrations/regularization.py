@@ -85,8 +85,11 @@ class Regularization(nn.Module):
 
     @property
     def lam(self) -> float:
-        """λ for the next step."""
-        return self.weight.value if isinstance(self.weight, DualAscentWeight) else self.weight
+        """λ for the next step (a budget's λ read back to the host: the frameworks log it
+        every step anyway)."""
+        if isinstance(self.weight, DualAscentWeight):
+            return float(self.weight.value)
+        return self.weight
 
     @property
     def ready(self) -> bool:

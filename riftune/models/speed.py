@@ -8,8 +8,9 @@
   decides when ``riftune finetune`` trains so (``--channels-last``, on by default).
 - :func:`channels_last_meanwhile`: the same, for the duration of a block (DELTA's
   ablations), then back.
-- :func:`maybe_compile`: ``torch.compile`` of the backbone in place (``nn.Module.compile``, so
-  parameter names, state dicts and forward hooks stay as they are), or nothing.
+- :func:`use_compile` and :func:`compiled_training_forward`: ``--compile``, ``torch.compile`` of
+  the training step's forward pass (a wrapper: the model, its state dict and the evaluation
+  passes stay uncompiled).
 - :func:`thread_report`: the intra- and inter-op thread counts against the CPUs this process
   may use, for ``metrics.json`` (a run with more threads than CPUs is slower, not faster).
 """
@@ -26,12 +27,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from riftune.errors import UserError
-from riftune.models.classifier import Classifier
-
 ChannelsLast = Literal["auto", "on", "off"]
-CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
-COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune")
+CompileChoice = Literal["auto", "on", "off"]
+
+#: the device types where compiling the training forward was measured faster than eager for
+#: the default recipe (BENCHMARKS.md, "The compiled step"): none yet. On this project's 2-core
+#: CPU it was slower; on a GPU it is unmeasured (benchmarks/gpu.sh measures it).
+COMPILE_MEASURED_FASTER: frozenset[str] = frozenset()
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -94,29 +96,25 @@ def channels_last_input(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
 
 
-def maybe_compile(model: Classifier, mode: CompileMode = "off") -> Classifier:
-    """Compile ``model.backbone`` with ``torch.compile`` in place, unless ``mode == "off"``.
+def use_compile(choice: CompileChoice, device: torch.device) -> bool:
+    """``--compile`` resolved: ``auto`` is on only on the device types in
+    :data:`COMPILE_MEASURED_FASTER`."""
+    if choice == "auto":
+        return device.type in COMPILE_MEASURED_FASTER
+    return choice == "on"
 
-    ``nn.Module.compile`` keeps the module tree, so checkpoints, layer names (DELTA's taps) and
-    optimizer parameter groups are unchanged. The first forward pass (and backward) compiles,
-    which costs tens of seconds on a CPU (the inductor backend needs a C++ compiler); a new
-    input shape (e.g. a smaller last batch) compiles again.
 
-    Args:
-        model: the classifier whose backbone to compile.
-        mode: ``"off"``, or a ``torch.compile`` mode (``"default"`` is its default).
+def compiled_training_forward(module: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile(module)`` for the training step's forward and backward.
 
-    Returns:
-        ``model``.
-
-    Raises:
-        UserError: an unknown ``mode``.
+    A wrapper that shares ``module``'s parameters: checkpoints, layer names and evaluation keep
+    using ``module`` itself. On CUDA the mode is ``reduce-overhead`` (CUDA graphs: training
+    batches have one static shape, ``drop_last``); elsewhere the default (inductor). The first
+    step compiles, which takes tens of seconds on a CPU (inductor needs a C++ compiler); a
+    change of trainable parameters (LP-FT's second stage) compiles again.
     """
-    if mode not in COMPILE_MODES:
-        raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    if mode != "off":
-        model.backbone.compile(mode=None if mode == "default" else mode)
-    return model
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    return torch.compile(module, mode=mode)
 
 
 def thread_report() -> dict[str, int]:

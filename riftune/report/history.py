@@ -42,11 +42,11 @@ def write_history_csv(history: Sequence[Mapping[str, object]], path: str | Path)
 
 
 class AppendingCSV:
-    """A history CSV that grows by one row per :meth:`append`, readable at any time.
+    """A history CSV that grows by rows (:meth:`append`, :meth:`extend`), readable at any time.
 
     The file always holds exactly the rows given so far, in the format of
     :func:`write_history_csv`: the header once, one line per row, flushed and closed after each
-    append, so another process (or ``tail -f``) sees every finished row. A row with a key the
+    append or extend, so another process (or ``tail -f``) sees every finished row. A row with a key the
     header lacks rewrites the file once with the widened header (atomically, through a
     temporary file and a rename); otherwise a row is appended, and earlier bytes are never
     touched.
@@ -91,17 +91,21 @@ class AppendingCSV:
 
     def append(self, row: Mapping[str, object]) -> None:
         """Add one row at the end of the file (the header first, if the file is new)."""
-        row = dict(row)
-        if any(key not in self._columns for key in row):
-            self.sync([*self._rows, row])
+        self.extend([row])
+
+    def extend(self, rows: Sequence[Mapping[str, object]]) -> None:
+        """Add rows at the end of the file in one write (the header first, if the file is new)."""
+        rows = [dict(row) for row in rows]
+        if any(key not in self._columns for row in rows for key in row):
+            self.sync([*self._rows, *rows])
             return
-        self._rows.append(row)
+        self._rows.extend(rows)
         new_file = not self.path.exists()
         with self.path.open("a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=self._columns, restval="")
             if new_file:
                 writer.writeheader()
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
 
 
 def read_history_csv(path: str | Path) -> list[dict[str, int | float | str]]:

@@ -5,6 +5,7 @@ similarity penalties against their definitions."""
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -102,8 +103,40 @@ def test_the_running_mean_and_steps_follow_the_formula():
     assert geco.value == pytest.approx(np.exp(1.0), rel=1e-15)
     geco.update(-20.0)  # exp(−10.5)·e is below the floor
     assert geco.value == 0.1
-    with pytest.raises(ValueError, match="must be finite"):
-        weight.update(float("nan"))
+    weight.update(float("nan"))  # not checked here (that would wait for the device) ...
+    assert torch.isnan(weight.value)  # ... it makes the loss non-finite, which the loop refuses
+
+
+def _python_float_dual_ascent(penalties, budget, lr, ema, mode, initial, floor):
+    """The dual ascent on Python floats (the engine's form before λ moved to the device)."""
+    value, running, trail = initial, None, []
+    for d in penalties:
+        running = d if running is None else ema * running + (1 - ema) * d
+        if mode == "additive":
+            value = max(0.0, value + lr * (running - budget))
+        else:
+            value = max(floor, value * math.exp(lr * (running - budget)))
+        trail.append((value, running))
+    return trail
+
+
+@pytest.mark.parametrize("mode", ["additive", "geco"])
+def test_the_device_state_follows_python_floats_to_the_last_bit(mode):
+    """λ and D̄ live in float64 tensors (no host read per step); fed the same float32 penalties
+    they take the same values as float arithmetic: equal for the additive form, to an ulp of
+    exp() for GECO."""
+    penalties = torch.rand(300, generator=torch.Generator().manual_seed(0)) * 3
+    settings = dict(budget=1.0, lr=0.3, ema=0.9, mode=mode, initial=0.5, floor=1e-3)
+    weight = DualAscentWeight(**settings)
+    trail = _python_float_dual_ascent(penalties.tolist(), **settings)
+    for penalty, (value, running) in zip(penalties, trail, strict=True):
+        weight.update(penalty)  # a float32 scalar tensor, as the step gives it
+        assert float(weight.running) == running
+        if mode == "additive":
+            assert float(weight.value) == value
+        else:
+            assert float(weight.value) == pytest.approx(value, rel=1e-14, abs=0)
+    assert weight.value.dtype == torch.float64 and weight.state_dict()["updates"] == 300
 
 
 @pytest.mark.parametrize(

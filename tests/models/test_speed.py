@@ -15,15 +15,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from riftune.data import load_dataset
-from riftune.errors import UserError
-from riftune.models import build_classifier
+from riftune.models import build_classifier, speed
 from riftune.models.speed import (
     channels_last_input,
     channels_last_meanwhile,
-    maybe_compile,
+    compiled_training_forward,
     thread_report,
     to_channels_last,
     use_channels_last,
+    use_compile,
 )
 
 CHANNELS_LAST = torch.channels_last
@@ -146,27 +146,28 @@ def test_plain_training_gradients_match_float64(lite0):
     assert_relative_close(flat(plain), flat(exact), 1e-3)
 
 
-def test_maybe_compile_off_is_a_no_op_and_a_bad_mode_is_a_user_error(lite0):
-    model = copy.deepcopy(lite0)
-    forward = model.backbone.forward
-    assert maybe_compile(model, "off") is model
-    assert model.backbone.forward == forward and model.backbone._compiled_call_impl is None
-    with pytest.raises(UserError, match="--compile must be one of"):
-        maybe_compile(model, "fast")
+def test_compile_auto_is_on_only_where_it_was_measured_faster(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_compile("auto", cpu) and not use_compile("auto", cuda)  # measured: none yet
+    assert use_compile("on", cpu) and not use_compile("off", cuda)
+    monkeypatch.setattr(speed, "COMPILE_MEASURED_FASTER", frozenset({"cuda"}))
+    assert use_compile("auto", cuda) and not use_compile("auto", cpu)
 
 
 @pytest.mark.slow
-def test_compiled_backbone_gives_the_eager_logits_and_gradients(lite0):
+def test_the_compiled_training_forward_gives_the_eager_logits_and_gradients(lite0):
+    """The wrapper shares the model's parameters: its gradients land on the model itself, whose
+    state dict (what checkpoints hold) keeps its names."""
     images, labels = next(iter(DataLoader(breast(lite0, 64, 4), batch_size=4)))[:2]
-    eager = copy.deepcopy(lite0)
-    compiled = maybe_compile(copy.deepcopy(lite0), "default")
-    assert list(compiled.state_dict()) == list(eager.state_dict())
-    assert compiled.backbone._compiled_call_impl is not None
+    eager, model = copy.deepcopy(lite0), copy.deepcopy(lite0)
+    compiled = compiled_training_forward(model, torch.device("cpu"))
+    assert list(model.state_dict()) == list(eager.state_dict())
     logits, grads = train_step_outputs(eager, images, labels)
     for _ in range(2):  # the first call compiles, the second runs the compiled code
-        compiled_logits, compiled_grads = train_step_outputs(compiled, images, labels)
+        compiled_logits, _ = train_step_outputs(compiled, images, labels)
+    model_grads = {n: p.grad for n, p in model.named_parameters()}
     assert_relative_close(compiled_logits, logits, 1e-4)
-    assert_relative_close(flat(compiled_grads), flat(grads), 1e-3)
+    assert_relative_close(flat(model_grads), flat(grads), 1e-3)
 
 
 def test_thread_report_reads_the_settings_of_a_real_process():
