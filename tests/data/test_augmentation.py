@@ -147,3 +147,14 @@ def test_without_augmentation_a_batch_is_a_gather_and_normalize(medmnist_dir: Pa
     for row, i in enumerate(items):
         image, label, position = data.train[i]
         assert torch.equal(image, images[row]) and label == labels[row] and position == i
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_augmented_batch_equals_the_cpu_one(medmnist_dir: Path) -> None:
+    data = load_dataset("breastmnist", data_root=medmnist_dir, img_size=28, augment=True, seed=5)
+    data.train.set_epoch(3)
+    items = [545, 0, 17, 17, 300]
+    on_gpu = data.train.to("cuda").batch(items)
+    assert all(t.device.type == "cuda" for t in on_gpu)
+    for gpu, cpu in zip(on_gpu, data.train.batch(items), strict=True):
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
