@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from riftune.data.transforms import Normalize, flip_and_crop
+from riftune.data.transforms import CropDraws, Normalize, draw_crops, resized_crop_and_flip
 
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -23,10 +23,14 @@ class ImageTensorDataset(Dataset[Item]):
     ``mean``/``std``, its class index (multi-label: its 0/1 targets), and its position in
     this dataset.
 
-    With ``augment`` on (meant for the training split; off by default), each access applies
-    :func:`~riftune.data.transforms.flip_and_crop` with randomness drawn from
-    ``(seed, epoch, index)`` alone, so an epoch's augmented images do not depend on the
-    number of processes, data-loader workers, or where a run was resumed. Call
+    With ``augment`` on (meant for the training split; off by default), every access
+    applies a random resized crop and horizontal flip
+    (:func:`~riftune.data.transforms.resized_crop_and_flip`) whose parameters come from a
+    table drawn once per epoch for all N items (:func:`~riftune.data.transforms.draw_crops`,
+    from a CPU ``torch.Generator`` seeded with ``(seed, epoch)`` through NumPy's
+    ``SeedSequence``), indexed by the items' positions. So an item's augmentation is a
+    function of ``(seed, epoch, index)`` alone: it does not depend on the batch it comes in,
+    the number of processes, data-loader workers, or where a run was resumed. Call
     :meth:`set_epoch` at the start of every epoch (and use non-persistent workers, so that
     the workers see the new epoch).
 
@@ -70,29 +74,30 @@ class ImageTensorDataset(Dataset[Item]):
         self.seed = seed
         self.source_indices = source_indices
         self.epoch = 0
+        self._crops: CropDraws | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Item:
-        pixels = self._pixels(index)
-        return self.normalize(pixels), self.labels[index], torch.tensor(index, dtype=torch.int64)
+        images, labels, indices = self.batch([index])
+        return images[0], labels[0], indices[0]
 
     def batch(self, indices: Sequence[int]) -> Item:
         """The items at ``indices`` as one batch: the stacked ``__getitem__`` results.
 
-        Without augmentation this is one gather and one fused multiply-add, run where the
-        images live (see :meth:`to`: on the GPU it costs the host nothing).
+        One gather and one fused multiply-add, plus with augmentation one batched
+        resampling, all run where the images live (see :meth:`to`: on the GPU it costs the
+        host nothing).
 
         Shape:
             output: images (B, 3, S, S) float32; labels (B,) int64 (multi-label: (B, L));
             indices (B,) int64; all on the images' device.
         """
         index = torch.as_tensor(indices, dtype=torch.int64).to(self.images.device)
+        pixels = self.images[index]
         if self.augment:
-            pixels = torch.stack([self._pixels(i) for i in torch.as_tensor(indices).tolist()])
-        else:
-            pixels = self.images[index]
+            pixels = resized_crop_and_flip(pixels, self._epoch_crops().take(index))
         return self.normalize(pixels), self.labels[index], index
 
     def to(self, device: torch.device | str) -> ImageTensorDataset:
@@ -104,6 +109,7 @@ class ImageTensorDataset(Dataset[Item]):
         """
         moved = copy.copy(self)
         moved.images, moved.labels = self.images.to(device), self.labels.to(device)
+        moved._crops = None  # drawn again, on the new device
         return moved
 
     def without_augmentation(self) -> ImageTensorDataset:
@@ -112,17 +118,23 @@ class ImageTensorDataset(Dataset[Item]):
         plain.augment = False
         return plain
 
-    def _pixels(self, index: int) -> torch.Tensor:
-        """Item ``index``'s pixels, augmented when on. Shape: (C, S, S), uint8 or float32."""
-        pixels = self.images[index]
-        if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-            pixels = flip_and_crop(pixels, rng)
-        return pixels
-
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose augmentation draws the next accesses use."""
         self.epoch = epoch
+        self._crops = None
+
+    def _epoch_crops(self) -> CropDraws:
+        """The current epoch's crop and flip draws of all N items, on the images' device.
+
+        Drawn on first use after :meth:`set_epoch` (or :meth:`to`), from a CPU generator
+        seeded with ``SeedSequence((seed, epoch))``, so every rank and worker draws the same.
+        """
+        if self._crops is None:
+            state = np.random.SeedSequence((self.seed, self.epoch)).generate_state(1, np.uint64)
+            generator = torch.Generator().manual_seed(int(state[0]))
+            draws = draw_crops(len(self), self.image_size, generator)
+            self._crops = draws.to(self.images.device)
+        return self._crops
 
     @property
     def multilabel(self) -> bool:

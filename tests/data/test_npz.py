@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from riftune.data import load_dataset
-from riftune.data.transforms import Normalize, flip_and_crop, resize, to_nchw
+from riftune.data.transforms import Normalize, resize, to_nchw
 from riftune.errors import UserError
 
 
@@ -200,19 +200,6 @@ def test_normalize_gray_and_rgb_against_numpy() -> None:
     )
     with pytest.raises(ValueError, match="positive"):
         Normalize(mean, (0.2, 0.0, 0.2))
-
-
-def test_flip_and_crop_without_crop_is_identity_or_mirror() -> None:
-    image = torch.arange(2 * 6 * 6, dtype=torch.uint8).view(2, 6, 6)
-    outcomes = set()
-    for seed in range(20):
-        out = flip_and_crop(image, np.random.default_rng(seed), scale=(1, 1), ratio=(1, 1))
-        if torch.equal(out, image.float()):
-            outcomes.add("same")
-        else:
-            torch.testing.assert_close(out, image.float().flip(-1))
-            outcomes.add("flipped")
-    assert outcomes == {"same", "flipped"}
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(medmnist_dir: Path) -> None:
