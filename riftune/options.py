@@ -153,10 +153,10 @@ def from_mapping(section: type, values: dict[str, Any], where: str) -> Any:
     if unknown:
         raise UserError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
     types = field_types(section)
-    return section(**{k: _coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})
+    return section(**{k: coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def coerce(value: Any, annotation: Any, where: str) -> Any:
     """``value`` as ``annotation`` (int -> float, checks bool/str/Literal); UserError if it can't."""
     if value is None:
         if allows_none(annotation):
