@@ -149,7 +149,7 @@ def from_mapping(section: type, values: dict[str, Any], where: str) -> Any:
     Values are converted to the field's type where YAML may give another (``1`` for ``1.0``).
     """
     names = {f.name for f in dataclasses.fields(section)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # YAML keys may be numbers
     if unknown:
         raise UserError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
     types = field_types(section)

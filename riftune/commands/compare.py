@@ -42,8 +42,8 @@ from riftune.runs.launchers import (
     GridJob,
     Launcher,
     LocalLauncher,
-    SlurmLauncher,
     add_launcher_arguments,
+    slurm_launcher,
     slurm_settings,
 )
 
@@ -161,12 +161,7 @@ def make_launcher(args: argparse.Namespace, grid: dict, out: Path) -> Launcher:
             named = ", ".join("--" + flags[k].replace("_", "-") for k in given)
             raise UserError((named or "the grid's slurm:") + " needs --launcher slurm")
         return LocalLauncher(jobs=max(args.jobs, 1))
-    settings = dict(grid["slurm"] or {}) | given
-    folder = Path(settings.pop("folder", None) or out / "slurm")
-    try:
-        return SlurmLauncher(folder=folder, **settings)
-    except TypeError as err:
-        raise UserError(f"slurm: {err}") from None
+    return slurm_launcher(dict(grid["slurm"] or {}) | given, out / "slurm")
 
 
 class GridStopped(Exception):

@@ -198,7 +198,7 @@ class RunConfig:
             raise UserError(f"{where} does not hold a riftune configuration")
         values = nested_form(values, where)
         known = {*SECTIONS, "method", "regularizer", "output"}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise UserError(f"{where}: unknown sections {unknown}; known: {sorted(known)}")
         for key, value in values.items():

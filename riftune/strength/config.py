@@ -112,22 +112,18 @@ class TuneConfig:
         if "out" not in values:
             raise UserError("tune: give out, the study folder")
         values["finetune"] = flags_of(values.get("finetune") or {})
-        for key in ("methods", "regularizers", "budgets", "lams"):
+        for key, kind in _LISTS.items():
             if values.get(key) is not None:
-                values[key] = _items(values[key], float if key in ("budgets", "lams") else str, key)
+                values[key] = _items(values[key], kind, key)
         if not isinstance(values.get("slurm", {}), dict):
             raise UserError(f"tune: slurm {values['slurm']!r}: give a mapping of its settings")
         types = field_types(cls)
-        for key in set(values) - {
-            "finetune",
-            "methods",
-            "regularizers",
-            "budgets",
-            "lams",
-            "slurm",
-        }:
+        for key in set(values) - {*_LISTS, "finetune", "slurm"}:
             values[key] = coerce(values[key], types[key], f"tune: {key}")
         return cls(**values)
+
+
+_LISTS = {"methods": str, "regularizers": str, "budgets": float, "lams": float}
 
 
 def _items(value: Any, kind: type, key: str) -> tuple:

@@ -127,6 +127,8 @@ def test_the_unmutated_configurations_load():
         ("riftune_config: 2\ntraining: 5\n", "training must be a mapping"),
         ("method: {name: [lora]}\n", r"unknown method \['lora'\]"),
         ("[" * 5000 + "]" * 5000, "is not valid YAML"),
+        ("riftune_config: 2\n1: {}\nx: {}\n", r"unknown sections \[1, 'x'\]"),  # mixed keys
+        ("training: {1: 2, x: 3}\n", r"unknown keys \[1, 'x'\]"),
     ],
 )
 def test_config_findings(text, message, tmp_path):
@@ -148,6 +150,13 @@ def test_tune_of_a_random_bytes_file_is_a_user_error(raw):
         with pytest.raises(UserError) as caught:
             riftune.tune(path)
         assert "\n" not in str(caught.value)
+
+
+def test_tune_command_refuses_a_random_bytes_config_before_its_folder(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"\xff\xfe\x00\xd8 not text")
+    assert _run_cli(["tune", "--out", str(tmp_path / "study"), "--config", str(path)]) == 2
+    assert not (tmp_path / "study").exists()
 
 
 TUNE_KEYS = ["out", "finetune", "methods", "regularizers", "ladder", "budgets", "lams", "folds",
