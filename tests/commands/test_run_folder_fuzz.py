@@ -2,7 +2,7 @@
 ``error:`` line, exit status 2 and nothing already written lost, never a traceback.
 
 One real run (EfficientNet-Lite0 on 4 BreastMNIST images a class, one epoch) is finished once
-per module. Each hypothesis example copies it and damages its config.yaml, its best checkpoint
+per module (so the module is ``slow``). Each hypothesis example copies it and damages its config.yaml, its best checkpoint
 or its metrics.json (random bytes, a truncation, flipped bytes in the checkpoint, a section of
 the configuration replaced by random YAML), then rebuilds it as all four commands do
 (:func:`~riftune.commands.evaluate.load_finished_run`): the run, or one UserError line, and
@@ -36,7 +36,7 @@ from riftune.cli import main
 from riftune.commands.evaluate import load_finished_run
 from riftune.errors import UserError
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("run_folder_fuzz")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("run_folder_fuzz")]
 
 FUZZ = settings(
     deadline=timedelta(seconds=30),  # a rebuild on a loaded CI machine takes seconds
