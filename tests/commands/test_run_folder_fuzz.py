@@ -36,7 +36,11 @@ from riftune.cli import main
 from riftune.commands.evaluate import load_finished_run
 from riftune.errors import UserError
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("run_folder_fuzz")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("run_folder_fuzz"),
+]
 
 FUZZ = settings(
     deadline=timedelta(seconds=30),  # a rebuild on a loaded CI machine takes seconds
