@@ -129,6 +129,7 @@ def test_the_unmutated_configurations_load():
         ("[" * 5000 + "]" * 5000, "is not valid YAML"),
         ("riftune_config: 2\n1: {}\nx: {}\n", r"unknown sections \[1, 'x'\]"),  # mixed keys
         ("training: {1: 2, x: 3}\n", r"unknown keys \[1, 'x'\]"),
+        ("reg: rift\nrift_q: []\n", r"q must be one of .*; got \[\]"),  # an old flat file
     ],
 )
 def test_config_findings(text, message, tmp_path):
