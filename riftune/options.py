@@ -149,14 +149,14 @@ def from_mapping(section: type, values: dict[str, Any], where: str) -> Any:
     Values are converted to the field's type where YAML may give another (``1`` for ``1.0``).
     """
     names = {f.name for f in dataclasses.fields(section)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # YAML keys may be numbers
     if unknown:
         raise UserError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
     types = field_types(section)
-    return section(**{k: _coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})
+    return section(**{k: coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def coerce(value: Any, annotation: Any, where: str) -> Any:
     """``value`` as ``annotation`` (int -> float, checks bool/str/Literal); UserError if it can't."""
     if value is None:
         if allows_none(annotation):

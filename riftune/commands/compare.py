@@ -42,8 +42,8 @@ from riftune.runs.launchers import (
     GridJob,
     Launcher,
     LocalLauncher,
-    SlurmLauncher,
     add_launcher_arguments,
+    slurm_launcher,
     slurm_settings,
 )
 
@@ -100,7 +100,12 @@ class Job:
         metrics_path = self.folder / "metrics.json"
         if not metrics_path.is_file():
             return None
-        metrics = json.loads(metrics_path.read_text())
+        try:
+            metrics = json.loads(metrics_path.read_bytes())
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+            metrics = None
+        if not isinstance(metrics, dict):
+            raise UserError(f"{metrics_path} is damaged; remove {self.folder} to run it again")
         return {
             "dataset": self.dataset_label,
             "method": self.method,
@@ -156,12 +161,7 @@ def make_launcher(args: argparse.Namespace, grid: dict, out: Path) -> Launcher:
             named = ", ".join("--" + flags[k].replace("_", "-") for k in given)
             raise UserError((named or "the grid's slurm:") + " needs --launcher slurm")
         return LocalLauncher(jobs=max(args.jobs, 1))
-    settings = dict(grid["slurm"] or {}) | given
-    folder = Path(settings.pop("folder", None) or out / "slurm")
-    try:
-        return SlurmLauncher(folder=folder, **settings)
-    except TypeError as err:
-        raise UserError(f"slurm: {err}") from None
+    return slurm_launcher(dict(grid["slurm"] or {}) | given, out / "slurm")
 
 
 class GridStopped(Exception):
@@ -197,7 +197,7 @@ def run_compare(args: argparse.Namespace, passthrough: Sequence[str]) -> str:
     the grid's runs.
     """
     out = Path(args.out)
-    plan = _plan(args, passthrough)  # every cell checked before the folder is created
+    plan = _plan(args, passthrough, out)  # every cell checked before the folder is created
     with run_lock(RunDir(out)):
         return _compare(args, plan, out)
 
@@ -216,28 +216,26 @@ def _check_flags(grid: dict, flags: dict, variants: Sequence[RegularizerVariant]
 
 
 def _plan(
-    args: argparse.Namespace, passthrough: Sequence[str]
-) -> tuple[dict, dict, list[RegularizerVariant]]:
-    """The grid, each (dataset, size)'s finetune flags and the variants, every cell's
-    configuration checked; nothing is created."""
+    args: argparse.Namespace, passthrough: Sequence[str], out: Path
+) -> tuple[dict, dict, list[RegularizerVariant], Launcher]:
+    """The grid, each (dataset, size)'s finetune flags, the variants and the launcher, every
+    cell's configuration checked; nothing is created."""
     grid = resolve_grid(args)
     flags = {
         (d, k): finetune_flags(grid, passthrough, d, k) for d in grid["data"] for k in grid["shots"]
     }
     variants = [parse_regularizer_entry(entry) for entry in grid["regs"]]
     _check_flags(grid, flags, variants)
-    return grid, flags, variants
+    return grid, flags, variants, make_launcher(args, grid, out)
 
 
 def _compare(
-    args: argparse.Namespace, plan: tuple[dict, dict, list[RegularizerVariant]], out: Path
+    args: argparse.Namespace, plan: tuple[dict, dict, list[RegularizerVariant], Launcher], out: Path
 ) -> str:
-    grid, flags, variants = plan
+    grid, flags, variants, launcher = plan
     log = (
         (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     )
-
-    launcher = make_launcher(args, grid, out)
 
     def job(cell, lam, seed) -> Job:
         dataset, shots, method, variant = cell

@@ -47,7 +47,13 @@ def load_finished_run(run: str | Path, device: str = "auto") -> FinishedRun:
     amp_dtype = autocast_dtype(config.training.amp, ctx.device)
     model, data, pretrained, method = build_model_and_data(config, ctx, amp_dtype)
     tensors, meta = ckpt.load_checkpoint(best)
-    model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])
+    try:
+        model.load_state_dict(ckpt.unflatten_state(tensors, meta)["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # another run's, or edited
+        raise UserError(
+            f"{best} does not hold the model {run_dir.config} describes "
+            f"({type(error).__name__}); was config.yaml edited or the checkpoint copied?"
+        ) from None
     return FinishedRun(run_dir, config, ctx, amp_dtype, model, data, pretrained, method)
 
 

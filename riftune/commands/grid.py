@@ -61,7 +61,7 @@ def parse_regularizer_entry(entry) -> RegularizerVariant:
         )
     unknown = set(entry) - {"reg", "lams", "select_seeds"}
     if unknown:
-        raise UserError(f"regs entry {entry['reg']!r}: unknown keys {sorted(unknown)}")
+        raise UserError(f"regs entry {entry['reg']!r}: unknown keys {sorted(unknown, key=str)}")
     variant = parse_variant(entry["reg"])
     lams = entry.get("lams")
     if lams is not None:
@@ -126,12 +126,14 @@ def resolve_grid(args: argparse.Namespace) -> dict:
             raise UserError(f"{path}: a grid file is a mapping of keys (data, regs, ...)")
         unknown = set(loaded) - set(grid)
         if unknown:
-            raise UserError(f"{path}: unknown keys {sorted(unknown)}; use {sorted(grid)}")
+            raise UserError(f"{path}: unknown keys {sorted(unknown, key=str)}; use {sorted(grid)}")
         _check_types(loaded, path)
-        grid.update(loaded)
+        grid.update({k: v for k, v in loaded.items() if v is not None})  # empty: the default
     unknown = set(grid["dataset_finetune"] or {}) - set(grid["data"])
     if unknown:  # checked against the file's datasets: --data may run a subset of them
-        raise UserError(f"dataset_finetune names datasets not in the grid: {sorted(unknown)}")
+        raise UserError(
+            f"dataset_finetune names datasets not in the grid: {sorted(unknown, key=str)}"
+        )
     lists = (("data", str), ("methods", str), ("lams", float), ("seeds", int), ("wise_ft", str))
     for key, convert in lists:
         text = getattr(args, key)
@@ -157,6 +159,9 @@ def resolve_grid(args: argparse.Namespace) -> dict:
     seeds = grid["select_seeds"]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"select_seeds {seeds!r}: give a positive integer")
+    empty = [key for key in ("data", "methods", "regs", "lams", "seeds", "shots") if not grid[key]]
+    if empty:
+        raise UserError(f"the grid's {', '.join(empty)} must list at least one value")
     return grid
 
 

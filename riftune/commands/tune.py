@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from riftune.errors import UserError
 from riftune.runs.folder import RunDir, run_lock
-from riftune.runs.launchers import Launcher, LocalLauncher, SlurmLauncher, add_launcher_arguments
+from riftune.runs.launchers import Launcher, LocalLauncher, add_launcher_arguments, slurm_launcher
 from riftune.strength import recipe
 from riftune.strength.candidates import check_components
 from riftune.strength.config import DEFAULT_CV_BELOW, TuneConfig
@@ -80,12 +78,7 @@ def make_launcher(settings: TuneConfig, executor=None) -> Launcher:
     """Local processes, or a SLURM array per rung through submitit (``executor``: tests)."""
     if settings.launcher == "local":
         return LocalLauncher(settings.jobs)
-    options = dict(settings.slurm)
-    folder = Path(options.pop("folder", None) or settings.folder / "slurm")
-    try:
-        return SlurmLauncher(folder=folder, executor=executor, **options)
-    except TypeError as err:
-        raise UserError(f"slurm: {err}") from None
+    return slurm_launcher(settings.slurm, settings.folder / "slurm", executor)
 
 
 def run_tune(settings: TuneConfig, executor=None) -> str:

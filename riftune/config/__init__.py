@@ -19,6 +19,7 @@ from riftune.config.run import (
     RegularizerConfig,
     RunConfig,
     load_run_config,
+    load_yaml,
     read_config,
     write_config,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "add_finetune_flags",
     "finetune_parser",
     "load_run_config",
+    "load_yaml",
     "read_config",
     "run_config_from_args",
     "write_config",

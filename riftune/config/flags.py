@@ -156,7 +156,7 @@ _NOT_CONFIG = {"config", "print_config", "command", "handler", "passthrough"}
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration of parsed finetune flags: defaults, then --config, then flags."""
     file = getattr(args, "config", None)
-    base = nested_form(read_yaml(Path(file))) if file else {}
+    base = nested_form(read_yaml(Path(file)), file) if file else {}
     return RunConfig.from_dict(nest_given(given_flags(args), base), where=file or "flags")
 
 

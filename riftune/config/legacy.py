@@ -14,6 +14,7 @@ from typing import Any
 
 from riftune import regularizers, tuning
 from riftune.config.routing import component, flag_targets, nest_given
+from riftune.errors import UserError
 from riftune.options import allows_none, field_types
 
 FORMAT_KEY = "riftune_config"
@@ -23,26 +24,40 @@ FORMAT = 2
 WRITTEN_WITHOUT = {("training", "channels_last"): "off"}
 
 
-def nested_form(values: dict[str, Any]) -> dict[str, Any]:
+def nested_form(values: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """``values`` in the nested form, without the format key: as they are, or converted from
-    an old flat config."""
+    an old flat config (``where`` names the file in errors).
+
+    Raises:
+        UserError: a section that is not a mapping, or a flat key that is no flag.
+    """
     if FORMAT_KEY in values or all(isinstance(v, dict) for v in values.values()):
-        return {k: v for k, v in values.items() if k != FORMAT_KEY}
-    return nest_legacy(values)
+        nested = {k: v for k, v in values.items() if k != FORMAT_KEY}
+        for key, value in nested.items():
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {key} must be a mapping of options")
+        return nested
+    return nest_legacy(values, where)
 
 
-def nest_legacy(flat: dict[str, Any]) -> dict[str, Any]:
+def nest_legacy(flat: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """A flat config.yaml of a run written before typed configs, in the nested form.
 
-    It stored every flag. Flags that no longer exist are dropped, ``no_pretrained`` becomes
-    ``pretrained``, ``null`` stands for a field's default where the field does not take None,
-    and a component's ``from_legacy`` (if any) drops options its run did not use.
+    It stored every flag. ``no_pretrained`` becomes ``pretrained``, ``null`` stands for a
+    field's default where the field does not take None, and a component's ``from_legacy`` (if
+    any) drops options its run did not use. A key that is no flag (a typo, or a section of the
+    nested form beside flat keys) is an error, not dropped.
     """
     flat = dict(flat)
     if "no_pretrained" in flat:
         flat["pretrained"] = not flat.pop("no_pretrained")
-    given = {k: v for k, v in flat.items() if k in flag_targets()}
-    nested = nest_given(given)
+    unknown = sorted(set(flat) - set(flag_targets()), key=str)
+    if unknown:
+        raise UserError(
+            f"{where}: unknown keys {unknown}; a config file is nested by section "
+            "(riftune finetune --print-config writes one)"
+        )
+    nested = nest_given(flat)
     nested.pop("output", None)
     for key, registry in (("method", tuning), ("regularizer", regularizers)):
         name = nested[key]["name"]

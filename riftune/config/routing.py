@@ -85,7 +85,7 @@ def component(registry, name: str, what: str) -> type:
     """
     try:
         return registry.get(name)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a list or mapping (from YAML) for the name
         raise UserError(
             f"unknown {what} {name!r}; choose one of: {', '.join(registry.available())}"
         ) from None

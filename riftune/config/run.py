@@ -196,9 +196,9 @@ class RunConfig:
         """Build from the nested form, or from a flat pre-typed-config mapping."""
         if not isinstance(values, dict):
             raise UserError(f"{where} does not hold a riftune configuration")
-        values = nested_form(values)
+        values = nested_form(values, where)
         known = {*SECTIONS, "method", "regularizer", "output"}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise UserError(f"{where}: unknown sections {unknown}; known: {sorted(known)}")
         for key, value in values.items():
@@ -213,7 +213,7 @@ class RunConfig:
         options = component(tuning, name, "method").Options
         reg = dict(values.get("regularizer", {}))
         reg_name = reg.pop("name", "none")
-        lam = reg.pop("lam", None)
+        lam = _lam(reg.pop("lam", None), f"{where}.regularizer.lam")
         reg_options = component(regularizers, reg_name, "regularizer").Options
         with _naming(f"--method {name}"):
             method_options = from_mapping(options, method, f"{where}.method")
@@ -223,10 +223,16 @@ class RunConfig:
         return cls(
             **sections,
             method=MethodConfig(name, method_options),
-            regularizer=RegularizerConfig(
-                reg_name, None if lam is None else float(lam), reg_options
-            ),
+            regularizer=RegularizerConfig(reg_name, lam, reg_options),
         )
+
+
+def _lam(value: Any, where: str) -> float | None:
+    """λ as a float (a number, or text such as ``1e-3`` that YAML leaves a string), or None."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {value!r} is not a number") from None
 
 
 def _default_budget(
@@ -259,14 +265,25 @@ def write_config(config: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def load_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (UTF-8, or UTF-16 with its byte-order mark).
+
+    Raises:
+        UserError: the file cannot be read, is not text or not YAML, or nests too deep.
+    """
+    try:
+        return yaml.safe_load(path.read_bytes())
+    except (yaml.YAMLError, RecursionError) as error:  # RecursionError: nesting too deep
+        raise UserError(f"{path} is not valid YAML ({error.__class__.__name__})") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror})") from None
+
+
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping from ``path``; UserError if missing or not a mapping."""
+    """A YAML mapping from ``path``; UserError if missing, unreadable or not a mapping."""
     if not path.is_file():
         raise UserError(f"{path} not found; is {path.parent} a riftune run folder?")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML ({error.__class__.__name__})") from None
+    values = load_yaml(path)
     if not isinstance(values, dict):
         raise UserError(f"{path} does not hold a riftune configuration")
     return values
@@ -276,7 +293,7 @@ def read_config(path: Path) -> RunConfig:
     """The configuration of a run folder's config.yaml (either form); an option it predates
     takes the value its run used (:func:`~riftune.config.legacy.with_predated_options`), not
     today's default."""
-    values = with_predated_options(nested_form(read_yaml(path)))
+    values = with_predated_options(nested_form(read_yaml(path), str(path)))
     return RunConfig.from_dict(values, where=str(path))
 
 

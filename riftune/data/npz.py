@@ -48,6 +48,27 @@ def read_npz(
         raise UserError(f"data path {path} does not exist; check the path or --data-root")
     if not path.is_file():
         raise UserError(f"data path {path} is not a file; give a .npz file")
+    with open_npz(path) as archive:
+        missing = [key for key in KEYS if key not in archive.files]
+        if missing:
+            raise UserError(
+                f"{path} lacks the keys {', '.join(missing)}; a MedMNIST .npz holds {', '.join(KEYS)}"
+            )
+        arrays = {
+            key: read_array(archive, key, path) for key in KEYS if key.split("_")[0] in splits
+        }
+    return {
+        split: _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, path)
+        for split in splits
+    }
+
+
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """The ``.npz`` archive at ``path``, opened without unpickling (a context manager).
+
+    Raises:
+        UserError: the file is no zip archive, or holds a single ``.npy`` array.
+    """
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -56,22 +77,16 @@ def read_npz(
         ) from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UserError(f"{path} holds a single array, not an .npz archive with keys {KEYS}")
-    with archive:
-        missing = [key for key in KEYS if key not in archive.files]
-        if missing:
-            raise UserError(
-                f"{path} lacks the keys {', '.join(missing)}; a MedMNIST .npz holds {', '.join(KEYS)}"
-            )
-        arrays = {
-            key: _read_array(archive, key, path) for key in KEYS if key.split("_")[0] in splits
-        }
-    return {
-        split: _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, path)
-        for split in splits
-    }
+    return archive
 
 
-def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+def read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """The array ``key`` of ``archive``; its header's size checked before NumPy allocates it.
+
+    Raises:
+        UserError: a header declaring more than the member holds, an object array, or a
+            damaged member.
+    """
     _check_declared_size(archive, key, path)
     try:
         return archive[key]

@@ -27,6 +27,7 @@ nothing but ``sbatch`` (and runs the same code locally, for tests).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -250,6 +251,14 @@ class SlurmLauncher:
     executor: Any = None
 
     def __post_init__(self) -> None:
+        for name in ("time_minutes", "gpus_per_job", "cpus_per_task", "array_parallelism"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"SLURM {name} must be an integer; got {value!r}")
+        if isinstance(self.stop_grace_s, bool) or not isinstance(self.stop_grace_s, int | float):
+            raise UserError(f"SLURM stop_grace_s must be a number; got {self.stop_grace_s!r}")
+        if not isinstance(self.partition, str | None) or not isinstance(self.extra, dict):
+            raise UserError("SLURM partition must be a name and extra a mapping of parameters")
         for name in ("time_minutes", "cpus_per_task", "array_parallelism"):
             if getattr(self, name) < 1:
                 raise UserError(f"SLURM {name} must be at least 1; got {getattr(self, name)}")
@@ -338,6 +347,26 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
         "--slurm-parallel", type=int, help="at most this many runs at once (default: 16)"
     )
     slurm.add_argument("--slurm-logs", help="submitit's scripts and logs (default: OUT/slurm)")
+
+
+def slurm_launcher(
+    settings: dict[str, Any], default_folder: Path, executor: Any = None
+) -> SlurmLauncher:
+    """A :class:`SlurmLauncher` of a grid's or a study's SLURM settings (its fields by name;
+    ``folder`` defaults to ``default_folder``).
+
+    Raises:
+        UserError: an unknown setting, or a value of the wrong type.
+    """
+    settings = dict(settings)
+    known = {f.name for f in dataclasses.fields(SlurmLauncher)} - {"executor"}
+    unknown = sorted(set(settings) - known, key=str)
+    if unknown:
+        raise UserError(f"slurm: unknown settings {unknown}; known: {sorted(known)}")
+    folder = settings.pop("folder", None) or default_folder
+    if not isinstance(folder, str | Path):
+        raise UserError(f"slurm: folder {folder!r} is not a path")
+    return SlurmLauncher(folder=Path(folder), executor=executor, **settings)
 
 
 def slurm_settings(args: argparse.Namespace) -> dict:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from riftune.config import load_yaml
 from riftune.errors import UserError
+from riftune.options import coerce, field_types
 from riftune.runs.launchers import slurm_settings
 from riftune.strength.ladder import DEFAULT_DRIFT_FRACTIONS
 
@@ -91,38 +91,62 @@ class TuneConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any] | str | Path) -> TuneConfig:
-        """From ``riftune.tune``'s mapping (or a YAML file of it): the fields above, lists for
-        tuples, ``finetune`` a mapping of flag names to values."""
+        """From ``riftune.tune``'s mapping (or a YAML file of it): the fields above, lists (or
+        comma-separated text) for tuples, ``finetune`` a mapping of flag names to values.
+
+        Raises:
+            UserError: an unreadable file, an unknown setting or a value of the wrong type.
+        """
         if isinstance(values, str | Path):
             path = Path(values)
             if not path.is_file():
                 raise UserError(f"tune settings {path} not found")
-            values = yaml.safe_load(path.read_text()) or {}
+            values = load_yaml(path) or {}
         if not isinstance(values, dict):
             raise UserError("riftune.tune takes a mapping of its settings or a YAML file")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(set(values) - names, key=str)
         if unknown:
             raise UserError(f"tune: unknown settings {unknown}; known: {sorted(names)}")
         values = dict(values)
         if "out" not in values:
             raise UserError("tune: give out, the study folder")
         values["finetune"] = flags_of(values.get("finetune") or {})
-        for key in ("methods", "regularizers", "budgets", "lams"):
-            if isinstance(values.get(key), str):
-                values[key] = values[key].split(",")
+        for key, kind in _LISTS.items():
             if values.get(key) is not None:
-                convert = float if key in ("budgets", "lams") else str
-                values[key] = tuple(convert(v) for v in values[key])
+                values[key] = _items(values[key], kind, key)
+        if not isinstance(values.get("slurm", {}), dict):
+            raise UserError(f"tune: slurm {values['slurm']!r}: give a mapping of its settings")
+        types = field_types(cls)
+        for key in set(values) - {*_LISTS, "finetune", "slurm"}:
+            values[key] = coerce(values[key], types[key], f"tune: {key}")
         return cls(**values)
+
+
+_LISTS = {"methods": str, "regularizers": str, "budgets": float, "lams": float}
+
+
+def _items(value: Any, kind: type, key: str) -> tuple:
+    """A setting's list (or comma-separated text) as a tuple of ``kind``; UserError if not."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        if not isinstance(items, list | tuple):
+            raise TypeError
+        return tuple(coerce(v, kind, "") if kind is str else float(v) for v in items)
+    except (TypeError, ValueError):
+        raise UserError(f"tune: {key} {value!r}: give a list of {kind.__name__} values") from None
 
 
 def flags_of(finetune: dict[str, Any] | Sequence[str]) -> tuple[str, ...]:
     """Finetune flags from a mapping (``{"img_size": 28, "augment": False}``) or a flag list."""
+    if not isinstance(finetune, dict | list | tuple):
+        raise UserError(f"tune: finetune {finetune!r}: give a mapping of finetune flags")
     if not isinstance(finetune, dict):
         return tuple(str(v) for v in finetune)
     flags: list[str] = []
     for key, value in finetune.items():
+        if not isinstance(key, str):
+            raise UserError(f"tune: finetune flag {key!r}: give the flag's name")
         name = "--" + key.replace("_", "-")
         if value is True:
             flags.append(name)

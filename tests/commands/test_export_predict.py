@@ -281,12 +281,12 @@ def test_unreadable_new_data_is_one_line(tmp_path):
     (tmp_path / "no_images.npz").write_bytes(b"")
     np.savez(tmp_path / "labels_only.npz", test_labels=np.zeros(3, dtype=np.int64))
     cases = {
-        tmp_path / "x.txt": "not a readable .npz",
+        tmp_path / "x.txt": "not a valid .npz file",
         "nothing_known": "unknown dataset 'nothing_known'; give a MedMNIST flag",
         tmp_path / "missing.csv": "does not exist",
         tmp_path / "missing.npz": "does not exist",
         tmp_path / "empty": "holds no images",
-        tmp_path / "no_images.npz": "not a readable .npz",
+        tmp_path / "no_images.npz": "not a valid .npz file",
         tmp_path / "labels_only.npz": "no \\*_images array",
     }
     for data, message in cases.items():

@@ -19,8 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from riftune.errors import UserError
 from riftune.runs.folder import RunDir
-from riftune.runs.launchers import GridJob, LocalLauncher, SlurmLauncher, SlurmTask, again_flags
+from riftune.runs.launchers import (
+    GridJob,
+    LocalLauncher,
+    SlurmLauncher,
+    SlurmTask,
+    again_flags,
+    slurm_launcher,
+)
 from riftune.runs.signals import PREEMPTED_EXIT
 
 submitit = pytest.importorskip("submitit")
@@ -185,6 +193,24 @@ def test_slurm_launcher_submits_one_array_with_the_parameters(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"partitoin": "gpu"}, r"unknown settings \['partitoin'\]"),
+        ({"folder": 5}, "folder 5 is not a path"),
+        ({"time_minutes": "1h"}, "time_minutes must be an integer; got '1h'"),
+        ({"gpus_per_job": True}, "gpus_per_job must be an integer"),
+        ({"stop_grace_s": [80]}, "stop_grace_s must be a number"),
+        ({"extra": ["mem"]}, "extra a mapping"),
+    ],
+)
+def test_wrong_slurm_settings_are_one_line_errors(tmp_path, settings, message):
+    with pytest.raises(UserError, match=message) as caught:
+        slurm_launcher(settings, tmp_path / "slurm")
+    assert "\n" not in str(caught.value)
+    assert slurm_launcher({"time_minutes": 5}, tmp_path / "slurm").folder == tmp_path / "slurm"
+
+
 def test_a_tiny_real_finetune_through_submitit_local(tmp_path, medmnist_dir, monkeypatch):
     monkeypatch.setenv("RIFTUNE_DATA", str(medmnist_dir))
     folder = tmp_path / "run"

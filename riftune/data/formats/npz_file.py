@@ -11,7 +11,6 @@ Images to classify: every ``<name>_images`` array (uint8, N×H×W or N×H×W×C,
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from riftune.data.formats.base import (
     check_options,
     register,
 )
-from riftune.data.npz import read_npz
+from riftune.data.npz import open_npz, read_array, read_npz
 from riftune.data.splits import SPLITS, count_outputs
 from riftune.data.stored import ImageArray, LabelledSplits
 from riftune.data.transforms import resize, to_nchw
@@ -104,15 +103,8 @@ def npz_new_images(path: Path, request: ImageRequest) -> NewImages:
     """
     if not path.is_file():
         raise UserError(f"--data {path} does not exist; check the path")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        with archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(
-            f"{path} is not a readable .npz of plain arrays ({type(err).__name__}); give a "
-            "MedMNIST-format .npz"
-        ) from err
+    with open_npz(path) as archive:
+        arrays = {key: read_array(archive, key, path) for key in archive.files}
     names = [key.removesuffix("_images") for key in arrays if key.endswith("_images")]
     if not names:
         raise UserError(f"{path} has no *_images array (e.g. test_images); nothing to predict")

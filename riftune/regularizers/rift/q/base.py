@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from riftune.errors import UserError
 from riftune.regularizers.rift.options import DEFAULT_Q_RANK
 
 #: every registered Q by its ``q`` name, in the order they were registered
@@ -161,9 +162,9 @@ def register_q(cls: type[QStrategy]) -> type[QStrategy]:
 
 
 def q_strategy(name: str) -> type[QStrategy]:
-    """The Q class registered as ``name``; ValueError naming the registered ones."""
-    if name not in Q_STRATEGIES:
-        raise ValueError(f"q must be one of {', '.join(Q_STRATEGIES)}; got {name!r}")
+    """The Q class registered as ``name``; UserError (a ValueError) naming the registered ones."""
+    if not isinstance(name, str) or name not in Q_STRATEGIES:  # a config file may give a list
+        raise UserError(f"q must be one of {', '.join(Q_STRATEGIES)}; got {name!r}")
     return Q_STRATEGIES[name]
 
 
