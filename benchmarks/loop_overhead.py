@@ -6,7 +6,8 @@ the loop is mostly the loop itself: the batch (gather, augmentation, normalizati
 bookkeeping, λ, the logs. Each round runs, in child processes, in the order old, new, new, old
 (alternating, so the machine's drift hits both alike):
 
-- the loop: ``riftune finetune`` with that model on BreastMNIST (the default recipe otherwise,
+- the loop: ``riftune finetune`` with that model on BreastMNIST at 32 px (its smallest input; the
+  default recipe otherwise,
   augmentation on); its per-step cost is the ``train_steps`` phase of metrics.json over the
   number of steps (everything inside an epoch's loop, the data and the logs included);
 - the bare step: the same model's forward, cross-entropy, backward, gradient clipping and AdamW
@@ -39,7 +40,7 @@ MODEL = "timm:test_convnext"
 
 def loop_ms_per_step(code: Path, epochs: int, out: Path) -> float:
     """One ``riftune finetune`` run of the riftune in ``code``: its train_steps phase per step."""
-    flags = ["--data", "breastmnist", "--model", MODEL, "--no-pretrained", "--epochs", str(epochs),
+    flags = ["--data", "breastmnist", "--backbone", MODEL, "--no-pretrained", "--img-size", "32", "--epochs", str(epochs),
              "--out", str(out), "--overwrite", "--quiet", "--no-robustness"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(code))
     subprocess.run([sys.executable, "-m", "riftune", "finetune", *flags], check=True, env=env,
@@ -54,13 +55,13 @@ def bare_ms_per_step(steps: int = 200, batch: int = 32) -> float:
     from riftune.models import build_classifier
 
     torch.manual_seed(0)
-    model = build_classifier(MODEL, 2, pretrained=False, img_size=28)
+    model = build_classifier(MODEL, 2, pretrained=False, img_size=32)
     model = model.to(memory_format=torch.channels_last).train()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
-    images = torch.randn(batch, 3, 28, 28).contiguous(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (batch,))
     times = []
     for _ in range(steps):
@@ -100,7 +101,7 @@ def main() -> None:
         f"--epochs {args.epochs}",
         f"# OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, model {MODEL} (random weights), "
-        "BreastMNIST 28 px, batch 32, augmentation on",
+        "BreastMNIST at 32 px, batch 32, augmentation on",
         "",
         "| ms per step (median over rounds) | old | new |",
         "|---|---:|---:|",

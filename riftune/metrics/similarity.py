@@ -71,13 +71,27 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, who: str) -> None:
         )
 
 
-def _cross_norm2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """‖aᵀb‖²_F = tr(aaᵀ bbᵀ), through whichever side (features or samples) is cheaper."""
-    n, da = a.shape
-    db = b.shape[1]
-    if n * (da + db) < da * db:
-        return ((a @ a.T) * (b @ b.T)).sum()
-    return (a.T @ b).square().sum()
+def _cross_norms2(
+    xc: torch.Tensor, yc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """‖xcᵀyc‖²_F, ‖xcᵀxc‖²_F and ‖ycᵀyc‖²_F, each as ‖aᵀb‖²_F = tr(aaᵀ bbᵀ) through whichever
+    side (features or samples) is cheaper for its pair; the n×n Gram matrices xc·xcᵀ and
+    yc·ycᵀ are computed once and shared by the terms that use them."""
+    grams: dict[int, torch.Tensor] = {}
+
+    def gram(a: torch.Tensor) -> torch.Tensor:
+        if id(a) not in grams:
+            grams[id(a)] = a @ a.T
+        return grams[id(a)]
+
+    def cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n, da = a.shape
+        db = b.shape[1]
+        if n * (da + db) < da * db:
+            return (gram(a) * gram(b)).sum()
+        return (a.T @ b).square().sum()
+
+    return cross(xc, yc), cross(xc, xc), cross(yc, yc)
 
 
 def _debias(
@@ -121,7 +135,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> torc
     with torch.autocast(device_type=x.device.type, enabled=False):
         xc = x.double() - x.double().mean(0)
         yc = y.double() - y.double().mean(0)
-        hxy, hxx, hyy = _cross_norm2(xc, yc), _cross_norm2(xc, xc), _cross_norm2(yc, yc)
+        hxy, hxx, hyy = _cross_norms2(xc, yc)
         if debiased:
             r, s = xc.square().sum(1), yc.square().sum(1)
             r_sum, s_sum = r.sum(), s.sum()
