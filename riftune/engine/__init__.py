@@ -1,7 +1,8 @@
 """Running a finetuning: :mod:`~riftune.engine.build` assembles it from a
 :class:`~riftune.config.RunConfig`, :mod:`~riftune.engine.run_claim` takes the run folder,
 :mod:`~riftune.engine.loop` trains and evaluates (each :mod:`~riftune.engine.step` weighing
-the penalty by its :mod:`~riftune.engine.weight` schedule, the one owner of λ;
+the penalty by its :mod:`~riftune.engine.weight` schedule, the one owner of λ, and
+:mod:`~riftune.engine.step_log` reading the steps' losses back in chunks;
 :mod:`~riftune.engine.ddp` under torchrun), and :mod:`~riftune.engine.checkpointer` saves and
 restores its progress.
 
