@@ -353,9 +353,10 @@ def test_metric_column_rejects_unknown_direction():
 # --------------------------------------------------------------------------- figures
 
 
-def test_pca_2d_matches_sklearn_up_to_sign():
+@pytest.mark.parametrize("shape", [(60, 5), (40, 300)])  # the covariance's and the Gram's route
+def test_pca_2d_matches_sklearn_up_to_sign(shape):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(60, 5)) @ rng.normal(size=(5, 5)) + 3.0
+    x = rng.normal(size=shape) @ np.diag(np.linspace(3.0, 0.5, shape[1])) + 3.0
     scores, ratios = pca_2d(x)
     reference = PCA(n_components=2, svd_solver="full").fit(x)
     expected = reference.transform(x)
