@@ -94,7 +94,9 @@ class ImageTensorDataset(Dataset[Item]):
             output: images (B, 3, S, S) float32; labels (B,) int64 (multi-label: (B, L));
             indices (B,) int64; all on the images' device.
         """
-        index = torch.as_tensor(indices, dtype=torch.int64).to(self.images.device)
+        index = torch.as_tensor(indices, dtype=torch.int64).to(
+            self.images.device, non_blocking=True
+        )
         pixels = self.images[index]
         if self.augment:
             pixels = resized_crop_and_flip(pixels, self._epoch_crops().take(index))

@@ -279,7 +279,8 @@ def training_forward(
     when ``--compile`` says so. Both share ``model``'s parameters."""
     forward = wrap_model(model, ctx) if ctx.is_distributed else model
     if use_compile(train.compile, ctx.device):
-        forward = compiled_training_forward(forward, ctx.device)
+        micro = local_micro_batches(train, model, ctx.world_size)
+        forward = compiled_training_forward(forward, ctx.device, micro)
     return forward
 
 

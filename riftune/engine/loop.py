@@ -150,10 +150,12 @@ class Finetuner:
             bar.update()
             mid_epoch = s.step_in_epoch < self.steps_per_epoch
             if every and s.global_step % every == 0 and mid_epoch:
+                self._flush_steps(bar)  # the device's queue is training time
                 self.timer.add("train_steps", time.perf_counter() - start)
                 self._save()
                 start = time.perf_counter()
             if mid_epoch and self.stop.should_stop(self.ctx):
+                self._flush_steps(bar)
                 self.timer.add("train_steps", time.perf_counter() - start)
                 self._stop_here()
             tick = time.perf_counter()

@@ -105,9 +105,10 @@ class DualAscentWeight(LossWeight):
     The state (λ, D̄) is float64 scalar tensors where training runs (:meth:`to`), so a step
     updates λ without waiting for the device: nothing is read back to the host until a log or
     a checkpoint asks (:meth:`state_dict`). Each update is the same float64 arithmetic as on
-    Python floats, and :meth:`state_dict` / :meth:`load_state_dict` restore it bit for bit. A
-    non-finite penalty is not checked here (that would wait for the device): it makes the
-    step's loss non-finite, which the training loop refuses (``NonFiniteLossError``).
+    Python floats (GECO's exp may differ in the last bit on a GPU), and :meth:`state_dict` /
+    :meth:`load_state_dict` restore it bit for bit. A penalty given as a number is refused when
+    not finite; one given as a tensor is not checked (that would wait for the device): it makes
+    the step's loss non-finite, which riftune's training loop refuses (``NonFiniteLossError``).
 
     Args:
         budget: ε ≥ 0, the bound on the running mean of the penalty.
@@ -169,7 +170,12 @@ class DualAscentWeight(LossWeight):
         Args:
             penalty: D_t, the step's penalty (all-reduced mean under torch.distributed), a
                 scalar tensor (it stays on its device) or a float.
+
+        Raises:
+            ValueError: a float penalty that is not finite (λ would become meaningless).
         """
+        if not torch.is_tensor(penalty) and not math.isfinite(penalty):
+            raise ValueError(f"the penalty must be finite to update λ, got {penalty}")
         penalty = torch.as_tensor(penalty, dtype=torch.float64, device=self.device)
         if self.running is None:
             self.running = penalty

@@ -104,17 +104,21 @@ def use_compile(choice: CompileChoice, device: torch.device) -> bool:
     return choice == "on"
 
 
-def compiled_training_forward(module: nn.Module, device: torch.device) -> nn.Module:
+def compiled_training_forward(
+    module: nn.Module, device: torch.device, micro_batches: int = 1
+) -> nn.Module:
     """``torch.compile(module)`` for the training step's forward and backward.
 
     A wrapper that shares ``module``'s parameters: checkpoints, layer names and evaluation keep
-    using ``module`` itself. On CUDA the mode is ``reduce-overhead`` (CUDA graphs: training
-    batches have one static shape, ``drop_last``); elsewhere the default (inductor). The first
-    step compiles, which takes tens of seconds on a CPU (inductor needs a C++ compiler); a
-    change of trainable parameters (LP-FT's second stage) compiles again.
+    using ``module`` itself. On CUDA with one micro-batch a step the mode is ``reduce-overhead``
+    (CUDA graphs: training batches have one static shape, ``drop_last``); elsewhere, and with
+    several micro-batches (whose gradients a graph's replay would overwrite before they are
+    added, PyTorch issue 169545), the default (inductor). The first step compiles, which takes
+    tens of seconds on a CPU (inductor needs a C++ compiler); a change of trainable parameters
+    (LP-FT's second stage) compiles again.
     """
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    return torch.compile(module, mode=mode)
+    graphs = device.type == "cuda" and micro_batches == 1
+    return torch.compile(module, mode="reduce-overhead" if graphs else None)
 
 
 def thread_report() -> dict[str, int]:

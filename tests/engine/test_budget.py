@@ -103,8 +103,10 @@ def test_the_running_mean_and_steps_follow_the_formula():
     assert geco.value == pytest.approx(np.exp(1.0), rel=1e-15)
     geco.update(-20.0)  # exp(−10.5)·e is below the floor
     assert geco.value == 0.1
-    weight.update(float("nan"))  # not checked here (that would wait for the device) ...
-    assert torch.isnan(weight.value)  # ... it makes the loss non-finite, which the loop refuses
+    with pytest.raises(ValueError, match="must be finite"):  # a number is checked ...
+        weight.update(float("nan"))
+    weight.update(torch.tensor(float("nan")))  # ... a tensor is not (that would wait for the
+    assert torch.isnan(weight.value)  # device): the loss turns non-finite, which the loop refuses
 
 
 def _python_float_dual_ascent(penalties, budget, lr, ema, mode, initial, floor):
