@@ -3,8 +3,9 @@
 Images are resized once, when a dataset is loaded, into a uint8 tensor (N, C, S, S), C ∈ {1, 3}.
 Per batch only a gather, a cast and one fused multiply-add remain, plus the optional training
 augmentation: crop and flip parameters drawn for all items at once, and one batched resampling
-where the images live. So data loading stays far cheaper than a training step. Grayscale stays one channel in memory
-(a third of the bytes) and becomes three channels in the normalization's broadcast.
+where the images live. So data loading stays far cheaper than a training step. Grayscale stays
+one channel in memory (a third of the bytes) and becomes three channels in the normalization's
+broadcast.
 """
 
 from __future__ import annotations

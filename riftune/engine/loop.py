@@ -32,7 +32,7 @@ from riftune.engine.progress import Progress
 from riftune.engine.run_claim import claim_run_dir, preflight
 from riftune.engine.selection import initial_best, is_better
 from riftune.engine.step import NonFiniteLossError
-from riftune.engine.step_log import StepLog
+from riftune.engine.step_log import LOSSES, StepLog
 from riftune.engine.timing import PhaseTimer
 from riftune.models.speed import thread_report
 from riftune.runs.folder import RunDir, write_json_atomic
@@ -129,7 +129,7 @@ class Finetuner:
         t.sampler.set_start_step(s.step_in_epoch)
         self.data.train.set_epoch(epoch)
         if s.step_in_epoch == 0:
-            s.epoch_sums = {"loss": 0.0, "task": 0.0, "reg": 0.0}
+            s.epoch_sums = dict.fromkeys(LOSSES, 0.0)
         bar = self.progress.bar(
             self.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {epoch + 1}"
         )

@@ -217,6 +217,6 @@ class DualAscentWeight(LossWeight):
             return torch.tensor(x, dtype=torch.float64, device=self.device)
 
         self.value = scalar(value)
-        self.running = None if running is None else scalar(float(running))
+        self.running = None if running is None else scalar(running)
         self.updates = updates
         self.applied = self.value
