@@ -38,12 +38,14 @@ test-fast: $(STAMP)
 
 # The fast suite on another declared Python (pyenv's CPython, e.g. 3.12.1 or 3.13.0) in a venv of
 # its own: `make test-python PYTHON_VERSION=3.13.0` (PYTHON_VENV to put that venv elsewhere).
+# Its torch is PyPI's CUDA build (~5.5 GB in the venv); --no-cache-dir keeps pip from holding a
+# second copy of the wheels.
 PYTHON_VERSION ?= 3.13.0
 PYTHON_VENV ?= .venv-py$(PYTHON_VERSION)
 
 $(PYTHON_VENV)/.installed: pyproject.toml constraints.txt
 	PYENV_VERSION=$(PYTHON_VERSION) python -m venv $(PYTHON_VENV)
-	$(PYTHON_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[test,docs]'
+	$(PYTHON_VENV)/bin/python -m pip install -q --no-cache-dir -c constraints.txt -e '.[test,docs]'
 	touch $@
 
 test-python: $(PYTHON_VENV)/.installed
