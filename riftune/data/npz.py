@@ -67,11 +67,12 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
     """The ``.npz`` archive at ``path``, opened without unpickling (a context manager).
 
     Raises:
-        UserError: the file is no zip archive, or holds a single ``.npy`` array.
+        UserError: the file is no zip archive (or one of a zip version or compression method
+            Python's zipfile does not read), or holds a single ``.npy`` array.
     """
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile) as err:
         raise UserError(
             f"{path} is not a valid .npz file ({type(err).__name__}); give a MedMNIST-format .npz"
         ) from err
@@ -101,7 +102,7 @@ def read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarra
                 "safety; store plain numeric arrays"
             ) from err
         raise UserError(f"{path}: {key} cannot be read ({err}); re-create the file") from err
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+    except (OSError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
         raise UserError(f"{path}: {key} is corrupted ({type(err).__name__}); re-create it") from err
 
 
@@ -127,7 +128,10 @@ def _check_declared_size(archive: np.lib.npyio.NpzFile, key: str, path: Path) ->
             held = info.file_size - handle.tell()
     except KeyError:  # stored without the .npy suffix: NumPy reads it as a raw array
         return
-    except (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, zlib.error) as err:
+    except (
+        OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
+        zlib.error,
+    ) as err:  # fmt: skip
         raise UserError(f"{path}: {key} has an unreadable header ({err}); re-create it") from err
     declared = math.prod(shape) * dtype.itemsize
     if declared > held:

@@ -102,22 +102,6 @@ def _check_splits(data, num_images: int | None = None) -> None:
         assert 0 <= int(label) < data.num_classes and int(index) == 0
 
 
-def _mutate_bytes(data: bytes, draw) -> bytes:
-    """Truncate, flip bits or overwrite a run of bytes."""
-    kind = draw(st.sampled_from(["truncate", "flip", "overwrite"]))
-    if kind == "truncate":
-        return data[: draw(st.integers(0, len(data) - 1))]
-    out = bytearray(data)
-    if kind == "flip":
-        for pos, bit in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 7)),
-                                      min_size=1, max_size=8)):  # fmt: skip
-            out[pos] ^= 1 << bit
-    else:
-        start = draw(st.integers(0, len(data) - 1))
-        out[start : start + 16] = draw(st.binary(min_size=1, max_size=16))
-    return bytes(out)
-
-
 # --------------------------------------------------------------------------------- npz
 
 
@@ -148,8 +132,8 @@ def test_the_unmutated_inputs_load():
 
 @settings(FUZZ, max_examples=60)
 @given(data=st.data())
-def test_npz_with_mutated_bytes(data):
-    raw = _mutate_bytes(_npz_bytes(_valid_arrays()), data.draw)
+def test_npz_with_mutated_bytes(data, mutate_bytes):
+    raw = mutate_bytes(_npz_bytes(_valid_arrays()), data.draw)
     with _scratch() as folder:
         (folder / "data.npz").write_bytes(raw)
         loaded = _clean_or_user_error(lambda: _load_npz(folder / "data.npz"), folder, 64)
@@ -245,7 +229,7 @@ def _valid_csv(names: list[str]) -> str:
 
 @settings(FUZZ, max_examples=60)
 @given(data=st.data())
-def test_csv_with_mutated_text_and_bytes(data):
+def test_csv_with_mutated_text_and_bytes(data, mutate_bytes):
     with _scratch() as folder:
         names = _write_images(folder, 12)
         text = _valid_csv(names)
@@ -255,7 +239,7 @@ def test_csv_with_mutated_text_and_bytes(data):
             cut = data.draw(st.integers(0, 8))
             raw = (text[:pos] + inserted + text[pos + cut :]).encode("utf-8")
         else:
-            raw = _mutate_bytes(text.encode("utf-8"), data.draw)
+            raw = mutate_bytes(text.encode("utf-8"), data.draw)
         (folder / "labels.csv").write_bytes(raw)
         spec = f"csv:{folder / 'labels.csv'}"
         loaded = _clean_or_user_error(lambda: load_dataset(spec, img_size=8), folder)
@@ -290,14 +274,14 @@ def _huge_png(width: int, height: int) -> bytes:
 
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
-def test_image_folders_with_damaged_images(data):
+def test_image_folders_with_damaged_images(data, mutate_bytes):
     with _scratch() as folder:
         root = folder / "dataset"
         files = _valid_imagefolder(root)
         victim = data.draw(st.sampled_from(files))
         kind = data.draw(st.sampled_from(["bytes", "huge", "empty"]))
         if kind == "bytes":
-            victim.write_bytes(_mutate_bytes(victim.read_bytes(), data.draw))
+            victim.write_bytes(mutate_bytes(victim.read_bytes(), data.draw))
         elif kind == "huge":
             side = data.draw(st.sampled_from([(70_000, 70_000), (2**31 - 1, 1), (1, 2**31 - 1)]))
             victim.write_bytes(_huge_png(*side))
@@ -329,12 +313,12 @@ def _assert_same_content(loaded) -> None:
 
 @settings(FUZZ, max_examples=80)
 @given(data=st.data())
-def test_checkpoints_with_mutated_bytes(data):
+def test_checkpoints_with_mutated_bytes(data, mutate_bytes):
     with _scratch() as folder:
         older = _good_checkpoint(folder, "step-000001")
         newest = _good_checkpoint(folder)
         original = newest.read_bytes()
-        mutated = _mutate_bytes(original, data.draw)
+        mutated = mutate_bytes(original, data.draw)
         newest.write_bytes(mutated)
         loaded = _clean_or_user_error(lambda: ckpt.load_checkpoint(newest), folder)
         assert (loaded is None) == (mutated != original)  # the checksum covers every byte
@@ -452,6 +436,20 @@ def test_npz_findings(changes, message):
     with _scratch() as folder:
         (folder / "data.npz").write_bytes(_npz_with(**changes))
         with pytest.raises(UserError, match=message):
+            _load_npz(folder / "data.npz")
+
+
+@pytest.mark.parametrize("field", [6, 10])
+def test_an_npz_zipfile_cannot_read_is_a_user_error(field):
+    """A central directory entry asking for zip version 10.9 (offset 6) or an unknown
+    compression method (offset 10): zipfile raises NotImplementedError, on opening or on
+    reading the member."""
+    raw = bytearray(_npz_bytes(_valid_arrays()))
+    central = raw.index(b"PK\x01\x02")
+    raw[central + field] = 109
+    with _scratch() as folder:
+        (folder / "data.npz").write_bytes(bytes(raw))
+        with pytest.raises(UserError, match=r"not a valid \.npz|unreadable header|corrupted"):
             _load_npz(folder / "data.npz")
 
 

@@ -81,22 +81,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def _mutate_bytes(data: bytes, draw) -> bytes:
-    """Truncate, flip bits or overwrite a run of bytes."""
-    kind = draw(st.sampled_from(["truncate", "flip", "overwrite"]))
-    if kind == "truncate":
-        return data[: draw(st.integers(0, len(data) - 1))]
-    out = bytearray(data)
-    if kind == "flip":
-        for pos, bit in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 7)),
-                                      min_size=1, max_size=8)):  # fmt: skip
-            out[pos] ^= 1 << bit
-    else:
-        start = draw(st.integers(0, len(data) - 1))
-        out[start : start + 16] = draw(st.binary(min_size=1, max_size=16))
-    return bytes(out)
-
-
 def _images(seed: int, count: int = 4) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 6, 6), dtype=np.uint8)
 
@@ -127,8 +111,8 @@ def test_the_unmutated_inputs_load():
 
 @settings(FUZZ, max_examples=50)
 @given(data=st.data())
-def test_npz_with_mutated_bytes(data):
-    _load_npz(_mutate_bytes(_npz_bytes(_valid_arrays()), data.draw))
+def test_npz_with_mutated_bytes(data, mutate_bytes):
+    _load_npz(mutate_bytes(_npz_bytes(_valid_arrays()), data.draw))
 
 
 @st.composite
@@ -193,13 +177,13 @@ def _write_folder(root: Path) -> list[Path]:
 
 @settings(FUZZ, max_examples=30)
 @given(data=st.data())
-def test_image_folders_with_damaged_images(data):
+def test_image_folders_with_damaged_images(data, mutate_bytes):
     with tempfile.TemporaryDirectory(prefix="riftune-fuzz-") as name:
         root = Path(name) / "new"
         files = _write_folder(root)
         victim = data.draw(st.sampled_from(files))
         if data.draw(st.booleans()):
-            victim.write_bytes(_mutate_bytes(victim.read_bytes(), data.draw))
+            victim.write_bytes(mutate_bytes(victim.read_bytes(), data.draw))
         else:
             victim.write_bytes(b"")
         loaded = _load(str(root), Path(name))
@@ -209,7 +193,7 @@ def test_image_folders_with_damaged_images(data):
 
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
-def test_csv_tables_with_mutated_text_and_bytes(data):
+def test_csv_tables_with_mutated_text_and_bytes(data, mutate_bytes):
     with tempfile.TemporaryDirectory(prefix="riftune-fuzz-") as name:
         folder = Path(name)
         files = _write_folder(folder / "img")
@@ -220,7 +204,7 @@ def test_csv_tables_with_mutated_text_and_bytes(data):
             inserted = data.draw(st.text(alphabet=',"\n\r\x00;é{}1-', max_size=6))
             raw = (text[:pos] + inserted + text[pos + data.draw(st.integers(0, 8)) :]).encode()
         else:
-            raw = _mutate_bytes(text.encode(), data.draw)
+            raw = mutate_bytes(text.encode(), data.draw)
         (folder / "new.csv").write_bytes(raw)
         _load(f"csv:{folder / 'new.csv'}", folder)
 
