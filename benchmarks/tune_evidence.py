@@ -149,7 +149,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default=",".join(list(SETTINGS)[:5]),
+    parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated, of {', '.join(SETTINGS)}")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")

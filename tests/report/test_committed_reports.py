@@ -32,6 +32,7 @@ GRIDS = {
             "breastmnist-whole",
             "breastmnist-erosion",
             "breastmnist-erosion-lam",
+            "pneumoniamnist-whole",
         )
     },
 }
@@ -65,6 +66,7 @@ def test_compare_report_only_reproduces_the_committed_report(tmp_path, name):
         "breastmnist-whole",
         "breastmnist-erosion",
         "breastmnist-erosion-lam",
+        "pneumoniamnist-whole",
     ],
 )
 def test_a_committed_tune_study_reproduces_its_report_without_running(
