@@ -63,6 +63,11 @@ def read_npz(
     }
 
 
+#: what Python's zipfile raises on a damaged archive or one it cannot read (NotImplementedError:
+#: a zip version or compression method it does not support)
+_ZIP_ERRORS = (OSError, EOFError, NotImplementedError, zipfile.BadZipFile)
+
+
 def open_npz(path: Path) -> np.lib.npyio.NpzFile:
     """The ``.npz`` archive at ``path``, opened without unpickling (a context manager).
 
@@ -72,7 +77,7 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
     """
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile) as err:
+    except (*_ZIP_ERRORS, ValueError) as err:
         raise UserError(
             f"{path} is not a valid .npz file ({type(err).__name__}); give a MedMNIST-format .npz"
         ) from err
@@ -102,7 +107,7 @@ def read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarra
                 "safety; store plain numeric arrays"
             ) from err
         raise UserError(f"{path}: {key} cannot be read ({err}); re-create the file") from err
-    except (OSError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
+    except (*_ZIP_ERRORS, zlib.error) as err:
         raise UserError(f"{path}: {key} is corrupted ({type(err).__name__}); re-create it") from err
 
 
@@ -128,10 +133,7 @@ def _check_declared_size(archive: np.lib.npyio.NpzFile, key: str, path: Path) ->
             held = info.file_size - handle.tell()
     except KeyError:  # stored without the .npy suffix: NumPy reads it as a raw array
         return
-    except (
-        OSError, ValueError, EOFError, SyntaxError, NotImplementedError, zipfile.BadZipFile,
-        zlib.error,
-    ) as err:  # fmt: skip
+    except (*_ZIP_ERRORS, ValueError, SyntaxError, zlib.error) as err:
         raise UserError(f"{path}: {key} has an unreadable header ({err}); re-create it") from err
     declared = math.prod(shape) * dtype.itemsize
     if declared > held:
